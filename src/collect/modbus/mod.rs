@@ -1,0 +1,1 @@
+//! Modbus TCP/RTU collector for CDUs, decoded through firmware profiles.

@@ -1,0 +1,1 @@
+//! The NVML GPU backend.

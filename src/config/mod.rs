@@ -1,0 +1,236 @@
+//! The site configuration: one TOML file that describes this host's GPUs, its CDUs, the
+//! control loop and the sinks.
+//!
+//! Every section rejects unknown keys, and every error names the file, the key and what was
+//! expected, because the person reading it is a facility engineer at 3 a.m., not the author.
+//! Each section's type lives beside the code it configures; this module only assembles them.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+mod site;
+pub use site::{
+    CduConfig, CduTransport, GpuBackendKind, GpusConfig, LogFormat, LoggingConfig, Parity,
+    SiteConfig,
+};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: SiteConfig,
+    #[serde(default)]
+    pub gpus: GpusConfig,
+    /// The CDUs this host controls, as `[[cdu]]` tables.
+    #[serde(default, rename = "cdu")]
+    pub cdus: Vec<CduConfig>,
+    pub control: crate::control::ControlConfig,
+    /// The built-in plant simulator; absent on a real site.
+    pub simulator: Option<crate::sim::SimConfig>,
+    pub influx: Option<crate::sink::influx::InfluxConfig>,
+    pub mqtt: Option<crate::sink::mqtt::MqttConfig>,
+    pub http: Option<crate::service::http::HttpConfig>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// The file this configuration was read from; relative paths inside it resolve against
+    /// its folder.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// One thing wrong with a configuration or profile file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, for example `control.setpoint` or `cdu[0].address`.
+    pub key: String,
+    /// What was expected there, and what was found where that helps.
+    pub expected: String,
+}
+
+/// A configuration that cannot be used: the file, and every issue found in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match self.issues.as_slice() {
+            [one] => write!(f, "{file}: {}: {}", one.key, one.expected),
+            many => {
+                write!(f, "{file}: {} problems:", many.len())?;
+                for i in many {
+                    write!(f, "\n  {}: {}", i.key, i.expected)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects the issues a validation pass finds, so that one run reports all of them.
+#[derive(Debug, Default)]
+pub struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    /// Records an issue at `key`.
+    pub fn push(&mut self, key: impl Into<String>, expected: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            key: key.into(),
+            expected: expected.into(),
+        });
+    }
+
+    /// Records an issue at `key` unless `ok` holds.
+    pub fn check(&mut self, ok: bool, key: impl Into<String>, expected: impl Into<String>) {
+        if !ok {
+            self.push(key, expected);
+        }
+    }
+
+    /// Checks that a number is finite and within `[lo, hi]`.
+    pub fn range(&mut self, value: f64, lo: f64, hi: f64, key: impl Into<String>, what: &str) {
+        if !(value.is_finite() && value >= lo && value <= hi) {
+            self.push(key, format!("{what} between {lo} and {hi}, got {value}"));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<ConfigIssue> {
+        self.0
+    }
+
+    /// Turns the collected issues into an error for `file`, or `Ok` when there are none.
+    pub fn into_result(self, file: &Path) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                file: file.to_path_buf(),
+                issues: self.0,
+            })
+        }
+    }
+}
+
+/// Parses TOML text into `T`, reporting the dotted key path and the position of the first
+/// error. Shared by the site configuration and the firmware profiles.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let pos = inner
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        let key = if path == "." || path.is_empty() {
+            "(top level)".to_string()
+        } else {
+            path
+        };
+        ConfigError {
+            file: file.to_path_buf(),
+            issues: vec![ConfigIssue {
+                key,
+                expected: format!("{}{pos}", inner.message().trim_end()),
+            }],
+        }
+    })
+}
+
+/// Reads a file into a string, with an error that names it.
+pub fn read_file(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        issues: vec![ConfigIssue {
+            key: "(file)".into(),
+            expected: format!("a readable file: {e}"),
+        }],
+    })
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file (not yet the profiles it names;
+    /// see [`crate::profile::Profiles::load_for`]).
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = read_file(file)?;
+        Config::parse(&text, file)
+    }
+
+    /// Parses and validates configuration text; `file` is used for messages and relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = parse_toml(text, file)?;
+        cfg.path = file.to_path_buf();
+        let mut issues = Issues::default();
+        cfg.validate(&mut issues);
+        issues.into_result(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, issues: &mut Issues) {
+        self.site.validate(issues);
+        self.gpus.validate(issues);
+        let mut names = std::collections::BTreeSet::new();
+        for (i, cdu) in self.cdus.iter().enumerate() {
+            cdu.validate(&format!("cdu[{i}]"), issues);
+            if !names.insert(cdu.name.as_str()) {
+                issues.push(
+                    format!("cdu[{i}].name"),
+                    format!("a unique CDU name, but `{}` is used twice", cdu.name),
+                );
+            }
+        }
+        self.control.validate("control", issues);
+        if let Some(sim) = &self.simulator {
+            sim.validate("simulator", issues);
+        }
+        if self.gpus.backend == GpuBackendKind::Simulated && self.simulator.is_none() {
+            issues.push(
+                "gpus.backend",
+                "a [simulator] section when the GPU backend is `simulated`",
+            );
+        }
+        if let Some(x) = &self.influx {
+            x.validate("influx", issues);
+        }
+        if let Some(x) = &self.mqtt {
+            x.validate("mqtt", issues);
+        }
+        if let Some(x) = &self.http {
+            x.validate("http", issues);
+        }
+        self.logging.validate(issues);
+    }
+
+    /// The folder relative paths in this file resolve against.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or_else(|| Path::new("."))
+    }
+
+    /// Resolves a path from the configuration against the configuration file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir().join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

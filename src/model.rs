@@ -1,0 +1,548 @@
+//! The values that cross module boundaries: samples in, actuations out, commands, alarms,
+//! metric points and the status snapshot.
+//!
+//! These types are plain data. The control core consumes and produces them without knowing
+//! where a sample came from (local NVML, the simulator, another host over MQTT) or where an
+//! actuation goes; the IO shell does the translating.
+
+use crate::units::{Celsius, Joules, Megahertz, Percent, Watts};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// Monotonic time since the daemon (or a test) started. The core's only notion of "now":
+/// it never reads a clock itself.
+pub type Mono = Duration;
+
+/// Identifies one GPU across the site: the host it sits in and its NVML index there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GpuKey {
+    pub host: String,
+    pub index: u32,
+}
+
+impl fmt::Display for GpuKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/gpu{}", self.host, self.index)
+    }
+}
+
+/// Where a reading came from. The core treats all sources alike; only age matters to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Read from NVML on this host.
+    Nvml,
+    /// Produced by the built-in plant simulator.
+    Simulated,
+    /// Received from another host's coolantd (over MQTT).
+    Remote,
+}
+
+/// What is known about a GPU once, at start-up: identity, thresholds and power-limit range.
+/// Thresholds come from NVML where it answers, else from the GPU profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuStatic {
+    pub key: GpuKey,
+    pub uuid: String,
+    pub name: String,
+    /// The GPU profile that matched this board (for example `h200-sxm`).
+    pub profile: String,
+    /// The core temperature at which the GPU starts to slow itself down.
+    pub slowdown: Celsius,
+    /// The core temperature the GPU is designed to stay under ("GPU max operating").
+    pub gpu_max: Celsius,
+    /// The HBM temperature limit ("memory max operating").
+    pub hbm_max: Celsius,
+    /// The temperature at which the GPU shuts down.
+    pub shutdown: Celsius,
+    /// Lowest power limit the board accepts.
+    pub power_min: Watts,
+    /// Highest power limit the board accepts.
+    pub power_max: Watts,
+    /// The board's default power limit.
+    pub power_default: Watts,
+}
+
+/// One fast-path GPU reading: everything that costs well under a millisecond in NVML.
+/// A value the GPU does not support, or that failed this time, is `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSample {
+    pub key: GpuKey,
+    pub source: Source,
+    /// When the reading was taken.
+    pub at: Mono,
+    pub core: Option<Celsius>,
+    pub hbm: Option<Celsius>,
+    pub power_instant: Option<Watts>,
+    /// NVML's one-second average; it lags the instantaneous value by about a second.
+    pub power_average: Option<Watts>,
+    pub enforced_limit: Option<Watts>,
+    pub sm_clock: Option<Megahertz>,
+    pub mem_clock: Option<Megahertz>,
+    pub utilization: Option<Percent>,
+    /// Raw NVML clocks-event (throttle) reason bits.
+    pub throttle_reasons: Option<u64>,
+    /// Performance state, 0 (P0, fastest) to 15.
+    pub pstate: Option<u8>,
+}
+
+impl GpuSample {
+    /// An empty sample: every value unknown. Collectors fill in what they can read.
+    pub fn empty(key: GpuKey, source: Source, at: Mono) -> Self {
+        GpuSample {
+            key,
+            source,
+            at,
+            core: None,
+            hbm: None,
+            power_instant: None,
+            power_average: None,
+            enforced_limit: None,
+            sm_clock: None,
+            mem_clock: None,
+            utilization: None,
+            throttle_reasons: None,
+            pstate: None,
+        }
+    }
+}
+
+/// Slow-path GPU counters: each NVML call here costs milliseconds (energy ~3 ms, violation
+/// counters ~0.6 ms on an H200), so they are read off the control path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSlowSample {
+    pub key: GpuKey,
+    pub at: Mono,
+    /// Energy consumed since the driver loaded.
+    pub energy: Option<Joules>,
+    /// Accumulated time throttled by the power limit, nanoseconds.
+    pub violation_power_ns: Option<u64>,
+    /// Accumulated time throttled for thermal reasons, nanoseconds.
+    pub violation_thermal_ns: Option<u64>,
+    /// Volatile corrected ECC errors.
+    pub ecc_corrected: Option<u64>,
+}
+
+/// What a CDU register means to the controller. A firmware profile maps its registers onto
+/// these roles; the control core only ever speaks in roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Coolant temperature entering the cold plates, °C.
+    SupplyTemperature,
+    /// Coolant temperature leaving the cold plates, °C.
+    ReturnTemperature,
+    /// Secondary-loop coolant flow, l/min.
+    Flow,
+    /// Differential pressure across the secondary loop, kPa.
+    DifferentialPressure,
+    /// Pump speed set point written by the controller, %.
+    PumpSpeedCommand,
+    /// Pump speed the CDU reports back, %.
+    PumpSpeedFeedback,
+    /// Leak detected (true) or dry (false).
+    Leak,
+    /// The CDU accepts remote (BMS) commands: true in remote, false in local mode.
+    RemoteEnable,
+    /// Facility (primary) water supply temperature, °C.
+    FacilityWaterTemperature,
+    /// Primary-side control valve position, %.
+    ValvePosition,
+    /// Room air temperature near the CDU, °C (for the dew-point floor).
+    RoomTemperature,
+    /// Room relative humidity, % (for the dew-point floor).
+    RoomHumidity,
+    /// A heartbeat register the CDU watches; when it stops changing the CDU falls back to
+    /// its own control.
+    Watchdog,
+}
+
+impl Role {
+    /// Every role, in a stable order.
+    pub const ALL: [Role; 13] = [
+        Role::SupplyTemperature,
+        Role::ReturnTemperature,
+        Role::Flow,
+        Role::DifferentialPressure,
+        Role::PumpSpeedCommand,
+        Role::PumpSpeedFeedback,
+        Role::Leak,
+        Role::RemoteEnable,
+        Role::FacilityWaterTemperature,
+        Role::ValvePosition,
+        Role::RoomTemperature,
+        Role::RoomHumidity,
+        Role::Watchdog,
+    ];
+
+    /// The name used in profiles, metrics and MQTT payloads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::SupplyTemperature => "supply_temperature",
+            Role::ReturnTemperature => "return_temperature",
+            Role::Flow => "flow",
+            Role::DifferentialPressure => "differential_pressure",
+            Role::PumpSpeedCommand => "pump_speed_command",
+            Role::PumpSpeedFeedback => "pump_speed_feedback",
+            Role::Leak => "leak",
+            Role::RemoteEnable => "remote_enable",
+            Role::FacilityWaterTemperature => "facility_water_temperature",
+            Role::ValvePosition => "valve_position",
+            Role::RoomTemperature => "room_temperature",
+            Role::RoomHumidity => "room_humidity",
+            Role::Watchdog => "watchdog",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a sensor value is missing. Carried per register so a fault names its register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SensorFault {
+    /// The request timed out.
+    Timeout,
+    /// The device answered with a Modbus exception code.
+    Exception { code: u8, meaning: String },
+    /// The transport failed (connection refused, reset, framing).
+    Transport { message: String },
+    /// The decoded value is outside the register's plausible range, or not a number.
+    Implausible { value: f64, min: f64, max: f64 },
+}
+
+impl fmt::Display for SensorFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SensorFault::Timeout => f.write_str("timed out"),
+            SensorFault::Exception { code, meaning } => {
+                write!(f, "Modbus exception {code:#04x} ({meaning})")
+            }
+            SensorFault::Transport { message } => write!(f, "transport error: {message}"),
+            SensorFault::Implausible { value, min, max } => {
+                write!(f, "implausible value {value} (expected {min}..={max})")
+            }
+        }
+    }
+}
+
+/// One register's decoded value (in the profile's unit, scale and offset applied) or why
+/// there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterReading {
+    /// The register's name in the firmware profile.
+    pub name: String,
+    pub role: Option<Role>,
+    pub value: Result<f64, SensorFault>,
+}
+
+/// One poll of a CDU: every mapped register, good or faulty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CduSample {
+    /// The CDU's name in the site configuration.
+    pub cdu: String,
+    pub at: Mono,
+    pub registers: Vec<RegisterReading>,
+}
+
+impl CduSample {
+    /// All good values for a role (a profile may map redundant sensors to one role).
+    pub fn values(&self, role: Role) -> impl Iterator<Item = f64> + '_ {
+        self.registers
+            .iter()
+            .filter(move |r| r.role == Some(role))
+            .filter_map(|r| r.value.as_ref().ok().copied())
+    }
+
+    /// The worst case of redundant sensors for a role: the highest for temperatures and leak,
+    /// the lowest for flow, pressure and feedback. `None` when no sensor of the role is good.
+    pub fn worst(&self, role: Role) -> Option<f64> {
+        let higher_is_worse = matches!(
+            role,
+            Role::SupplyTemperature
+                | Role::ReturnTemperature
+                | Role::FacilityWaterTemperature
+                | Role::Leak
+                | Role::RoomTemperature
+                | Role::RoomHumidity
+        );
+        self.values(role)
+            .reduce(|a, b| if higher_is_worse { a.max(b) } else { a.min(b) })
+    }
+
+    /// True when at least one register of this role is mapped in the sample.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.registers.iter().any(|r| r.role == Some(role))
+    }
+}
+
+/// An output of the control core, applied by the IO shell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Actuation {
+    /// Write the pump speed command of a CDU.
+    SetPumpSpeed { cdu: String, speed: Percent },
+    /// Set one GPU's power limit.
+    SetPowerCap { gpu: GpuKey, limit: Watts },
+    /// Write the next heartbeat value to a CDU's watchdog register.
+    FeedWatchdog { cdu: String, value: u16 },
+}
+
+impl fmt::Display for Actuation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actuation::SetPumpSpeed { cdu, speed } => {
+                write!(f, "set pump speed of {cdu} to {speed:.1}")
+            }
+            Actuation::SetPowerCap { gpu, limit } => {
+                write!(f, "set power limit of {gpu} to {limit:.0}")
+            }
+            Actuation::FeedWatchdog { cdu, value } => {
+                write!(f, "feed watchdog of {cdu} with {value}")
+            }
+        }
+    }
+}
+
+/// What happened when the shell applied an actuation; fed back into the core next tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActuationOutcome {
+    pub actuation: Actuation,
+    pub at: Mono,
+    /// `Ok` when the device acknowledged the write; `Err` carries the reason.
+    pub result: Result<(), String>,
+    /// True when nothing was written because the daemon runs in dry-run mode.
+    pub dry_run: bool,
+}
+
+/// Auto: the PID loops drive the outputs. Manual: an operator set the pump speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Auto,
+    Manual,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Manual => "manual",
+        })
+    }
+}
+
+/// The supervisor's state. Ordered by severity: a later variant is more severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlState {
+    /// Waiting for every required input to become valid; outputs held at their safe values.
+    Boot,
+    /// Normal closed-loop control.
+    Running,
+    /// An optional input is lost; control continues on what remains.
+    Degraded,
+    /// A required input is lost or the CDU is unreachable: failsafe outputs.
+    Failsafe,
+    /// Leak, or a GPU at a hard thermal limit: caps to minimum, pumps to maximum.
+    Emergency,
+}
+
+impl ControlState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlState::Boot => "boot",
+            ControlState::Running => "running",
+            ControlState::Degraded => "degraded",
+            ControlState::Failsafe => "failsafe",
+            ControlState::Emergency => "emergency",
+        }
+    }
+}
+
+impl fmt::Display for ControlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How bad an alarm is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+/// An alarm as the outside world sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alarm {
+    /// Stable identifier, for example `leak:cdu-a` or `gpu_slowdown:node01/gpu3`.
+    pub id: String,
+    pub severity: Severity,
+    pub message: String,
+    pub raised_at: Mono,
+    /// A latched alarm stays active after its cause clears, until acknowledged.
+    pub latched: bool,
+    pub acknowledged: bool,
+    /// False once the cause has cleared (a latched alarm may still be active).
+    pub cause_present: bool,
+}
+
+/// What happened to an alarm, for the event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmTransition {
+    Raised,
+    Cleared,
+    Acknowledged,
+}
+
+/// One alarm event, published on MQTT and written to InfluxDB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmEvent {
+    pub alarm: Alarm,
+    pub transition: AlarmTransition,
+    pub at: Mono,
+}
+
+/// An operator command, from MQTT (or, later, other front ends).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Change the temperature set point of the pump loop.
+    SetSetpoint { celsius: f64 },
+    /// Switch between automatic and manual control.
+    SetMode { mode: Mode },
+    /// In manual mode: the pump speed to hold.
+    SetPumpSpeed { percent: f64 },
+    /// Acknowledge an alarm by its id.
+    AckAlarm { id: String },
+}
+
+/// The core's answer to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandOutcome {
+    Accepted,
+    Rejected { reason: String },
+}
+
+/// A field value in a metric point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Float(f64),
+    Int(i64),
+    UInt(u64),
+    Bool(bool),
+    Str(String),
+}
+
+/// One metric point in InfluxDB's data model: the common currency of every sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub measurement: String,
+    /// Tags, kept sorted by key (InfluxDB's preferred order).
+    pub tags: Vec<(String, String)>,
+    pub fields: Vec<(String, FieldValue)>,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: i64,
+}
+
+impl Point {
+    pub fn new(measurement: impl Into<String>, time_ns: i64) -> Self {
+        Point {
+            measurement: measurement.into(),
+            tags: Vec::new(),
+            fields: Vec::new(),
+            time_ns,
+        }
+    }
+
+    /// Adds a tag, keeping tags sorted by key.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        let pos = self
+            .tags
+            .partition_point(|(k, _)| k.as_str() < key.as_str());
+        self.tags.insert(pos, (key, value.into()));
+        self
+    }
+
+    /// Adds a field.
+    pub fn field(mut self, key: impl Into<String>, value: FieldValue) -> Self {
+        self.fields.push((key.into(), value));
+        self
+    }
+
+    /// Adds a float field when the value is known and finite; skips it otherwise, because
+    /// line protocol has no representation for NaN or a missing value.
+    pub fn field_f64(self, key: &str, value: Option<f64>) -> Self {
+        match value {
+            Some(v) if v.is_finite() => self.field(key, FieldValue::Float(v)),
+            _ => self,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(role: Role, v: Result<f64, SensorFault>) -> RegisterReading {
+        RegisterReading {
+            name: role.as_str().into(),
+            role: Some(role),
+            value: v,
+        }
+    }
+
+    #[test]
+    fn redundant_sensors_combine_worst_case() {
+        let s = CduSample {
+            cdu: "a".into(),
+            at: Duration::ZERO,
+            registers: vec![
+                reading(Role::SupplyTemperature, Ok(30.0)),
+                reading(Role::SupplyTemperature, Ok(31.5)),
+                reading(Role::SupplyTemperature, Err(SensorFault::Timeout)),
+                reading(Role::Flow, Ok(120.0)),
+                reading(Role::Flow, Ok(80.0)),
+            ],
+        };
+        assert_eq!(s.worst(Role::SupplyTemperature), Some(31.5));
+        assert_eq!(s.worst(Role::Flow), Some(80.0));
+        assert_eq!(s.worst(Role::Leak), None);
+        assert!(s.has_role(Role::Flow));
+        assert!(!s.has_role(Role::Leak));
+    }
+
+    #[test]
+    fn point_tags_stay_sorted() {
+        let p = Point::new("gpu", 0)
+            .tag("uuid", "u")
+            .tag("host", "h")
+            .tag("index", "1");
+        let keys: Vec<_> = p.tags.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["host", "index", "uuid"]);
+    }
+
+    #[test]
+    fn commands_parse_from_json_and_reject_unknown_fields() {
+        let c: Command = serde_json::from_str(r#"{"command":"set_setpoint","celsius":65}"#)
+            .expect("valid command");
+        assert_eq!(c, Command::SetSetpoint { celsius: 65.0 });
+        assert!(serde_json::from_str::<Command>(
+            r#"{"command":"set_setpoint","celsius":65,"x":1}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<Command>(r#"{"command":"explode"}"#).is_err());
+    }
+}

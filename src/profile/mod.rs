@@ -1,0 +1,1 @@
+//! Firmware profiles: CDU register maps and GPU model facts, loaded from `firmware-profiles/`.

@@ -1,0 +1,3 @@
+//! The service shell: the daemon's run loop, signals, systemd notification, HTTP endpoint.
+
+pub mod http;

@@ -1,0 +1,12 @@
+//! Stub.
+
+use crate::config::Issues;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {}
+
+impl InfluxConfig {
+    pub fn validate(&self, _key: &str, _issues: &mut Issues) {}
+}
