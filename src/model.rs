@@ -546,3 +546,90 @@ mod tests {
         assert!(serde_json::from_str::<Command>(r#"{"command":"explode"}"#).is_err());
     }
 }
+
+/// One control loop's internals for one tick, for metrics and dashboards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopReport {
+    /// Loop name, for example `pump:cdu-a` or `power:node01/gpu3`.
+    pub name: String,
+    pub setpoint: f64,
+    pub measured: Option<f64>,
+    pub p: f64,
+    pub i: f64,
+    pub d: f64,
+    pub ff: f64,
+    pub output: f64,
+}
+
+/// Everything the control core decided in one tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TickOutput {
+    pub actuations: Vec<Actuation>,
+    pub state: ControlState,
+    pub mode: Mode,
+    /// The controlled variable: the hottest GPU temperature the pump loop holds (core or
+    /// HBM-equivalent, per configuration), when any GPU reading is valid.
+    pub controlled: Option<crate::units::Celsius>,
+    pub setpoint: crate::units::Celsius,
+    pub loops: Vec<LoopReport>,
+    /// Alarms raised, cleared or acknowledged this tick.
+    pub events: Vec<AlarmEvent>,
+    /// Every alarm active after this tick.
+    pub active_alarms: Vec<Alarm>,
+    /// True when every required input is valid (what `/readyz` reports).
+    pub ready: bool,
+}
+
+/// A CDU's latest values, for the status line, `/status` and MQTT state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CduStatus {
+    pub name: String,
+    pub supply: Option<f64>,
+    #[serde(rename = "return")]
+    pub return_: Option<f64>,
+    pub flow: Option<f64>,
+    pub differential_pressure: Option<f64>,
+    pub pump_command: Option<f64>,
+    pub pump_feedback: Option<f64>,
+    pub leak: Option<bool>,
+    pub remote_enable: Option<bool>,
+    /// Registers that failed this poll, with why.
+    pub faults: Vec<String>,
+}
+
+/// A GPU's latest values, for the status line, `/status` and MQTT state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuStatus {
+    pub key: GpuKey,
+    pub uuid: String,
+    pub name: String,
+    pub core: Option<f64>,
+    pub hbm: Option<f64>,
+    pub power: Option<f64>,
+    pub limit: Option<f64>,
+    /// Kelvin left to the slowdown threshold.
+    pub margin_to_slowdown: Option<f64>,
+}
+
+/// The daemon's whole state after a tick: what `/status`, MQTT state and the status line show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub site: String,
+    pub host: String,
+    /// Wall-clock time of the tick, nanoseconds since the Unix epoch.
+    pub time_ns: i64,
+    /// Ticks since start.
+    pub tick: u64,
+    pub dry_run: bool,
+    pub mode: Mode,
+    pub state: ControlState,
+    pub setpoint: f64,
+    pub controlled: Option<f64>,
+    pub ready: bool,
+    pub cdus: Vec<CduStatus>,
+    pub gpus: Vec<GpuStatus>,
+    pub alarms: Vec<Alarm>,
+    /// The latest metric points of this tick, named as in docs/metrics.md: the source of
+    /// `/metrics`, so that Prometheus and InfluxDB see the same names.
+    pub points: Vec<Point>,
+}
