@@ -50,3 +50,16 @@ pub trait GpuBackend: Send + Sync {
     /// Sets one GPU's power limit. Dry-run never reaches this method.
     fn set_power_limit(&self, gpu: &GpuKey, limit: Watts) -> Result<(), GpuError>;
 }
+
+/// A board model's facts from its GPU profile, used where NVML does not report them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardFacts {
+    pub profile: String,
+    pub slowdown: crate::units::Celsius,
+    pub gpu_max: crate::units::Celsius,
+    pub hbm_max: crate::units::Celsius,
+    pub shutdown: crate::units::Celsius,
+    pub power_min: Watts,
+    pub power_max: Watts,
+    pub power_default: Watts,
+}

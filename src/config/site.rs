@@ -145,23 +145,93 @@ pub enum Parity {
 }
 
 /// How to reach a CDU.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "transport", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CduTransport {
     /// Modbus TCP: `address` is `host:port`.
     Tcp { address: String },
     /// Modbus RTU over a serial line.
     Rtu {
         device: PathBuf,
-        #[serde(default = "default_baud")]
         baud: u32,
-        #[serde(default = "default_parity")]
         parity: Parity,
-        #[serde(default = "default_data_bits")]
         data_bits: u8,
-        #[serde(default = "default_stop_bits")]
         stop_bits: u8,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TransportKind {
+    Tcp,
+    Rtu,
+}
+
+/// The `[[cdu]]` table as written. serde cannot combine `deny_unknown_fields` with a
+/// flattened enum, so the table is flat here and the transport is assembled after parsing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCdu {
+    name: String,
+    profile: String,
+    transport: TransportKind,
+    address: Option<String>,
+    device: Option<PathBuf>,
+    baud: Option<u32>,
+    parity: Option<Parity>,
+    data_bits: Option<u8>,
+    stop_bits: Option<u8>,
+    #[serde(default = "default_unit_id")]
+    unit_id: u8,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default)]
+    hosts: Vec<String>,
+}
+
+impl TryFrom<RawCdu> for CduConfig {
+    type Error = String;
+
+    fn try_from(r: RawCdu) -> Result<Self, String> {
+        let transport = match r.transport {
+            TransportKind::Tcp => {
+                if r.device.is_some()
+                    || r.baud.is_some()
+                    || r.parity.is_some()
+                    || r.data_bits.is_some()
+                    || r.stop_bits.is_some()
+                {
+                    return Err("transport = \"tcp\" takes `address`, not serial settings (device, baud, parity, data_bits, stop_bits)".into());
+                }
+                CduTransport::Tcp {
+                    address: r
+                        .address
+                        .ok_or("transport = \"tcp\" needs `address = \"host:port\"`")?,
+                }
+            }
+            TransportKind::Rtu => {
+                if r.address.is_some() {
+                    return Err("transport = \"rtu\" takes `device`, not `address`".into());
+                }
+                CduTransport::Rtu {
+                    device: r.device.ok_or(
+                        "transport = \"rtu\" needs `device`, for example \"/dev/ttyUSB0\"",
+                    )?,
+                    baud: r.baud.unwrap_or_else(default_baud),
+                    parity: r.parity.unwrap_or_else(default_parity),
+                    data_bits: r.data_bits.unwrap_or_else(default_data_bits),
+                    stop_bits: r.stop_bits.unwrap_or_else(default_stop_bits),
+                }
+            }
+        };
+        Ok(CduConfig {
+            name: r.name,
+            profile: r.profile,
+            transport,
+            unit_id: r.unit_id,
+            timeout_ms: r.timeout_ms,
+            hosts: r.hosts,
+        })
+    }
 }
 
 fn default_baud() -> u32 {
@@ -180,21 +250,17 @@ fn default_stop_bits() -> u8 {
 
 /// `[[cdu]]`: one coolant distribution unit.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawCdu")]
 pub struct CduConfig {
     pub name: String,
     /// Firmware profile name: `firmware-profiles/cdu/<profile>.toml`.
     pub profile: String,
-    #[serde(flatten)]
     pub transport: CduTransport,
     /// Modbus unit (slave) id.
-    #[serde(default = "default_unit_id")]
     pub unit_id: u8,
     /// Per-request timeout in milliseconds; the Modbus client has none of its own.
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Hosts whose GPUs this CDU cools (this host when empty).
-    #[serde(default)]
     pub hosts: Vec<String>,
 }
 

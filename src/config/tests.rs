@@ -1,1 +1,147 @@
+//! Configuration errors must name the file, the key and what was expected.
 
+use super::*;
+
+const MINIMAL: &str = r#"
+[site]
+name = "lab"
+host = "node01"
+
+[control]
+
+[[cdu]]
+name = "cdu-a"
+profile = "generic-cdu"
+transport = "tcp"
+address = "10.0.0.5:502"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("site.toml"))
+}
+
+fn one_issue(text: &str) -> ConfigIssue {
+    let e = parse(text).expect_err("the configuration must be refused");
+    assert_eq!(e.file, Path::new("site.toml"));
+    assert!(!e.issues.is_empty());
+    e.issues[0].clone()
+}
+
+#[test]
+fn minimal_config_parses_with_defaults() {
+    let c = parse(MINIMAL).expect("minimal config is valid");
+    assert_eq!(c.cdus.len(), 1);
+    assert_eq!(c.cdus[0].unit_id, 1);
+    assert_eq!(c.cdus[0].timeout(), std::time::Duration::from_millis(500));
+    assert_eq!(c.gpus.backend, GpuBackendKind::Nvml);
+    assert_eq!(c.site.host_name(), "node01");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let text = MINIMAL.replace("host = \"node01\"", "host = \"node01\"\nhots = 1");
+    let i = one_issue(&text);
+    assert_eq!(i.key, "site.hots");
+    assert!(i.expected.contains("unknown field `hots`"), "{i:?}");
+    assert!(i.expected.contains("line"), "position is reported: {i:?}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text = MINIMAL.replace(
+        "transport = \"tcp\"",
+        "transport = \"tcp\"\nunit_id = \"one\"",
+    );
+    let e = parse(&text).expect_err("a string unit id is refused");
+    let msg = e.to_string();
+    assert!(msg.starts_with("site.toml: "), "{msg}");
+    assert!(msg.contains("cdu"), "{msg}");
+}
+
+#[test]
+fn semantic_errors_are_all_reported_with_keys() {
+    let text = MINIMAL.replace("10.0.0.5:502", "10.0.0.5").replace(
+        "transport = \"tcp\"",
+        "transport = \"tcp\"\nunit_id = 0\ntimeout_ms = 5",
+    );
+    let e = parse(&text).expect_err("invalid values are refused");
+    let keys: Vec<&str> = e.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"cdu[0].address"), "{keys:?}");
+    assert!(keys.contains(&"cdu[0].unit_id"), "{keys:?}");
+    assert!(keys.contains(&"cdu[0].timeout_ms"), "{keys:?}");
+    let addr = e
+        .issues
+        .iter()
+        .find(|i| i.key == "cdu[0].address")
+        .map(|i| i.expected.clone());
+    assert_eq!(addr.as_deref(), Some("`host:port`, got `10.0.0.5`"));
+}
+
+#[test]
+fn duplicate_cdu_names_are_refused() {
+    let text = format!("{MINIMAL}\n[[cdu]]\nname = \"cdu-a\"\nprofile = \"generic-cdu\"\ntransport = \"tcp\"\naddress = \"10.0.0.6:502\"\n");
+    let e = parse(&text).expect_err("duplicate names are refused");
+    assert!(
+        e.issues
+            .iter()
+            .any(|i| i.key == "cdu[1].name" && i.expected.contains("unique")),
+        "{e}"
+    );
+}
+
+#[test]
+fn rtu_transport_parses_and_checks_serial_settings() {
+    let text = MINIMAL.replace(
+        "transport = \"tcp\"\naddress = \"10.0.0.5:502\"",
+        "transport = \"rtu\"\ndevice = \"/dev/ttyUSB0\"\nbaud = 12345\nparity = \"none\"",
+    );
+    let e = parse(&text).expect_err("odd baud rate is refused");
+    assert!(e.issues.iter().any(|i| i.key == "cdu[0].baud"), "{e}");
+    let ok = text.replace("12345", "9600");
+    let c = parse(&ok).expect("valid RTU config");
+    assert!(matches!(
+        c.cdus[0].transport,
+        CduTransport::Rtu {
+            baud: 9600,
+            parity: Parity::None,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn simulated_backend_needs_a_simulator_section() {
+    let text = format!("{MINIMAL}\n[gpus]\nbackend = \"simulated\"\n");
+    let i = one_issue(&text);
+    assert_eq!(i.key, "gpus.backend");
+}
+
+#[test]
+fn bad_site_name_and_log_level_are_refused() {
+    let text =
+        MINIMAL.replace("name = \"lab\"", "name = \"my lab/1\"") + "\n[logging]\nlevel = \"=[\"\n";
+    let e = parse(&text).expect_err("refused");
+    let keys: Vec<&str> = e.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"site.name"), "{keys:?}");
+    assert!(keys.contains(&"logging.level"), "{keys:?}");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let e = Config::load(Path::new("/nonexistent/coolantd.toml")).expect_err("missing file");
+    assert!(e.to_string().contains("/nonexistent/coolantd.toml"), "{e}");
+}
+
+#[test]
+fn toml_syntax_error_reports_a_line() {
+    let e = parse("[site\nname = 1").expect_err("syntax error");
+    assert!(e.issues[0].expected.contains("line 1"), "{e}");
+}
+
+#[test]
+fn tcp_without_address_says_what_is_missing() {
+    let text = MINIMAL.replace("address = \"10.0.0.5:502\"", "");
+    let i = one_issue(&text);
+    assert_eq!(i.key, "cdu[0]");
+    assert!(i.expected.contains("needs `address"), "{i:?}");
+}
