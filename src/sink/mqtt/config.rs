@@ -326,3 +326,98 @@ impl MqttConfig {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> MqttConfig {
+        toml::from_str(toml_text).expect("valid [mqtt] table")
+    }
+
+    fn issues(c: &MqttConfig) -> Vec<(String, String)> {
+        let mut i = Issues::default();
+        c.validate("mqtt", &mut i);
+        i.into_vec()
+            .into_iter()
+            .map(|x| (x.key, x.expected))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(r#"host = "broker.lan""#);
+        assert_eq!(c.port(), 1883);
+        assert_eq!(c.protocol, MqttProtocol::V311);
+        assert_eq!(c.topic_prefix, "coolantd");
+        assert!(c.commands_enabled);
+        assert!(!c.discovery);
+        assert_eq!(c.discovery_prefix, "homeassistant");
+        assert!(issues(&c).is_empty(), "{:?}", issues(&c));
+        let c = parse("host = \"b\"\nprotocol = \"5\"\n[tls]\nca_file = \"ca.pem\"");
+        assert_eq!(c.port(), 8883);
+        assert_eq!(c.protocol, MqttProtocol::V5);
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let c = parse(
+            r#"
+            host = "b"
+            port = 0
+            keep_alive_s = 0
+            topic_prefix = "a/+/b"
+            telemetry_period_ms = 5
+            reconnect_min_ms = 1000
+            reconnect_max_ms = 10
+            password = "x"
+            password_env = "P"
+            tls = { ca_file = "ca.pem", client_cert_file = "c.pem" }
+            "#,
+        );
+        let keys: Vec<String> = issues(&c).into_iter().map(|(k, _)| k).collect();
+        for k in [
+            "mqtt.port",
+            "mqtt.keep_alive_s",
+            "mqtt.topic_prefix",
+            "mqtt.telemetry_period_ms",
+            "mqtt.reconnect_max_ms",
+            "mqtt.password",
+            "mqtt.username",
+            "mqtt.tls.client_key_file",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "no issue for {k}: {keys:?}");
+        }
+    }
+
+    #[test]
+    fn mqtt5_needs_five_seconds_of_keep_alive() {
+        let c = parse("host = \"b\"\nprotocol = \"5\"\nkeep_alive_s = 2");
+        assert_eq!(issues(&c)[0].0, "mqtt.keep_alive_s");
+    }
+
+    #[test]
+    fn unknown_keys_and_protocols_are_refused() {
+        assert!(toml::from_str::<MqttConfig>("host = \"b\"\nqos = 2").is_err());
+        assert!(toml::from_str::<MqttConfig>("host = \"b\"\nprotocol = \"3.1\"").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = parse("host = \"b\"\nusername = \"u\"\npassword = \"hunter2\"");
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(d.contains("<redacted>"));
+    }
+
+    #[test]
+    fn paths_resolve_against_the_config_folder() {
+        let c = parse("host = \"b\"\nusername = \"u\"\npassword_file = \"pw\"\n[tls]\nca_file = \"/etc/ca.pem\"");
+        let r = c.resolved(Path::new("/etc/coolantd"));
+        assert_eq!(
+            r.password_file.as_deref(),
+            Some(Path::new("/etc/coolantd/pw"))
+        );
+        assert_eq!(r.tls.map(|t| t.ca_file), Some(PathBuf::from("/etc/ca.pem")));
+    }
+}

@@ -38,6 +38,17 @@ pub struct CommandRequest {
     pub command: Command,
 }
 
+/// What the sink holds for the broker (see [`MqttSink::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MqttBacklog {
+    pub events: usize,
+    pub replies: usize,
+    /// A telemetry message waits (there is never more than one).
+    pub telemetry: bool,
+    pub dropped_events: u64,
+    pub dropped_replies: u64,
+}
+
 /// Why the MQTT sink could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -71,7 +82,7 @@ pub enum SinkError {
 const COMMAND_QUEUE: usize = 32;
 /// Alarm events kept while the broker is away; the oldest go first. InfluxDB is the
 /// lossless record; MQTT consumers re-sync from the retained state.
-const EVENT_QUEUE: usize = 1_000;
+pub const EVENT_QUEUE: usize = 1_000;
 /// Replies kept while the broker is away.
 const REPLY_QUEUE: usize = 100;
 /// MQTT 5 response routes remembered for replies the core has not sent yet.
@@ -289,9 +300,11 @@ impl MqttSink {
         let s = &self.shared;
         let now = Instant::now();
         let mut ob = s.outbox();
-        let telemetry_due = ob
-            .last_telemetry
-            .map_or(true, |t| now.duration_since(t) >= s.telemetry_period);
+        // An unsent message (the broker is away) is replaced by the newest: latest wins.
+        let telemetry_due = ob.telemetry.is_some()
+            || ob
+                .last_telemetry
+                .map_or(true, |t| now.duration_since(t) >= s.telemetry_period);
         if telemetry_due {
             ob.telemetry = Some(payload::telemetry_json(snap));
             ob.last_telemetry = Some(now);
@@ -356,6 +369,18 @@ impl MqttSink {
             retain: false,
             correlation_data,
         });
+    }
+
+    /// What is waiting for the broker, and what was dropped since start.
+    pub fn backlog(&self) -> MqttBacklog {
+        let ob = self.shared.outbox();
+        MqttBacklog {
+            events: ob.events.len(),
+            replies: ob.replies.len(),
+            telemetry: ob.telemetry.is_some(),
+            dropped_events: ob.dropped_events,
+            dropped_replies: ob.dropped_replies,
+        }
     }
 
     /// True while a session with the broker is up.
@@ -635,6 +660,11 @@ fn on_command(
             correlation_data: correlation_data.clone(),
         });
     };
+    if payload.is_empty() {
+        // An empty message is how a retained message is cleared; it is not a command.
+        debug!("ignoring an empty message on the command topic");
+        return;
+    }
     if retain {
         // A retained command would run again on every reconnect: refuse it.
         reject(
