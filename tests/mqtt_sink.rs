@@ -464,12 +464,17 @@ async fn broker_restart_reconnects_republishes_and_resubscribes() {
     watcher
         .publish(
             &format!("{BASE}/command"),
-            r#"{"id":"ack-1","command":"ack_alarm","id_":"x"}"#,
+            r#"{"id":"ack-1","command":"ack_alarm","alarm":"leak:cdu-a"}"#,
         )
         .await;
-    let _ = watcher
-        .wait_for("second rejection", WAIT, |m| m.payload.contains("ack-1"))
-        .await;
+    let req = recv_command(&mut rx).await;
+    assert_eq!(req.correlation_id.as_deref(), Some("ack-1"));
+    assert_eq!(
+        req.command,
+        Command::AckAlarm {
+            id: "leak:cdu-a".into()
+        }
+    );
     watcher
         .publish(
             &format!("{BASE}/command"),

@@ -239,6 +239,27 @@ pub fn parse_command(payload: &[u8]) -> Result<(Option<String>, Command), BadCom
                 .into(),
         ));
     }
+    // `Command::AckAlarm` names the alarm `id`, which on MQTT is the correlation id; so
+    // here the alarm goes in `alarm`, and the command is built by hand.
+    if map.get("command").and_then(|c| c.as_str()) == Some("ack_alarm") {
+        if let Some(extra) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), "command" | "alarm"))
+        {
+            return Err(bad(
+                id,
+                format!("unknown field `{extra}`, expected `alarm` (the alarm id)"),
+            ));
+        }
+        return match map.remove("alarm") {
+            Some(serde_json::Value::String(alarm)) => Ok((id, Command::AckAlarm { id: alarm })),
+            Some(other) => Err(bad(
+                id,
+                format!("invalid type: `alarm` must be a string (the alarm id), got {other}"),
+            )),
+            None => Err(bad(id, "missing field `alarm` (the alarm id)".into())),
+        };
+    }
     match serde_json::from_value::<Command>(serde_json::Value::Object(map)) {
         Ok(cmd) => Ok((id, cmd)),
         Err(e) => Err(bad(id, e.to_string())),
@@ -397,6 +418,25 @@ mod tests {
             .map(|(i, c)| (i, Some(c)))
             .unwrap_or_else(|e| (e.id, None));
         assert_eq!(id, None);
+    }
+
+    #[test]
+    fn ack_alarm_names_the_alarm_in_alarm() {
+        let (id, c) = parse_command(br#"{"id":"c1","command":"ack_alarm","alarm":"leak:cdu-a"}"#)
+            .expect("ok");
+        assert_eq!(id.as_deref(), Some("c1"));
+        assert_eq!(
+            c,
+            Command::AckAlarm {
+                id: "leak:cdu-a".into()
+            }
+        );
+        let e = parse_command(br#"{"id":"c2","command":"ack_alarm"}"#).expect_err("missing");
+        assert!(e.reason.contains("missing field `alarm`"), "{}", e.reason);
+        let e = parse_command(br#"{"command":"ack_alarm","alarm":3}"#).expect_err("type");
+        assert!(e.reason.contains("invalid type"), "{}", e.reason);
+        let e = parse_command(br#"{"command":"ack_alarm","alarm":"a","x":1}"#).expect_err("extra");
+        assert!(e.reason.contains("unknown field `x`"), "{}", e.reason);
     }
 
     #[test]
