@@ -1,5 +1,8 @@
 //! The plant simulator: simulated GPUs and a simulated CDU served over real Modbus TCP.
 
+pub mod fit;
+pub mod thermal;
+
 use crate::config::Issues;
 use serde::Deserialize;
 
