@@ -1,1 +1,3 @@
 //! Firmware profiles: CDU register maps and GPU model facts, loaded from `firmware-profiles/`.
+
+pub mod gpu;
