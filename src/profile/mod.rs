@@ -1,1 +1,5 @@
 //! Firmware profiles: CDU register maps and GPU model facts, loaded from `firmware-profiles/`.
+
+pub mod cdu;
+
+pub use cdu::{ByteOrder, CduProfile, DataType, Register, RegisterKind};
