@@ -1,3 +1,6 @@
 //! Firmware profiles: CDU register maps and GPU model facts, loaded from `firmware-profiles/`.
 
+pub mod cdu;
 pub mod gpu;
+
+pub use cdu::{ByteOrder, CduProfile, DataType, Register, RegisterKind};

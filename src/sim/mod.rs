@@ -362,3 +362,4 @@ pub trait CduState: Send {
     /// the reason the CDU refuses it; the server answers with an exception code.
     fn write(&mut self, role: crate::model::Role, value: f64) -> Result<(), String>;
 }
+pub mod cdu_server;
