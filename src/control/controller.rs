@@ -138,7 +138,8 @@ fn cap_params(cfg: &ControlConfig, st: &GpuStatic, original: f64) -> PidParams {
         out_max: hi,
         slew_up_per_s: cfg.power_cap.restore_w_per_s,
         slew_down_per_s: cfg.power_cap.lower_w_per_s,
-        action: Action::Reverse,
+        // More power, hotter GPU: a hot GPU needs a lower cap.
+        action: Action::Direct,
     }
 }
 
