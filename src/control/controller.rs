@@ -826,15 +826,11 @@ impl Controller {
         // Pump following: the acknowledged command against the feedback.
         let c = &mut self.cdus[i];
         match (feedback, c.acked) {
-            (Some(fb), Some(cmd)) if !c.dry_run && !local => {
-                if (fb - cmd).abs() > cfg.pump.follow_tolerance {
-                    let since = *c.follow_since.get_or_insert(now);
-                    c.pump_fault =
-                        now.saturating_sub(since).as_secs_f64() >= cfg.pump.follow_timeout_s;
-                } else {
-                    c.follow_since = None;
-                    c.pump_fault = false;
-                }
+            (Some(fb), Some(cmd))
+                if !c.dry_run && !local && (fb - cmd).abs() > cfg.pump.follow_tolerance =>
+            {
+                let since = *c.follow_since.get_or_insert(now);
+                c.pump_fault = now.saturating_sub(since).as_secs_f64() >= cfg.pump.follow_timeout_s;
             }
             _ => {
                 c.follow_since = None;
