@@ -286,6 +286,13 @@ fn stale_gpu_sample_ignored() {
     // Every GPU is stale: the controlled variable is unknown, so failsafe.
     assert_eq!(out.controlled, None);
     assert_eq!(out.state, ControlState::Failsafe);
+    // Graded failsafe: with the GPU temperatures unknown the caps fall to the safe share.
+    let safe = 700.0 * cfg().power_cap.failsafe_percent / 100.0;
+    assert!(
+        rig.limit.iter().all(|w| (w - safe).abs() < 1e-6),
+        "{:?}",
+        rig.limit
+    );
 }
 
 #[test]
