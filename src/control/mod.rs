@@ -1,16 +1,19 @@
 //! The control core: pure, deterministic, no IO, no clock reads.
+//!
+//! Time comes in as `now: Mono`, samples come in as values, actuations go out as values.
+//! The shell builds a [`Controller`] from `[control]`, the CDUs and the GPU inventory, calls
+//! [`Controller::tick`] once per period, applies the returned actuations and feeds their
+//! outcomes into the next tick. See `supervisor.rs` for the state machine.
 
-use crate::config::Issues;
-use serde::Deserialize;
+pub mod alarms;
+pub mod config;
+pub mod controller;
+pub mod pid;
+pub mod plausibility;
+pub mod supervisor;
 
-/// `[control]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlConfig {}
-
-impl ControlConfig {
-    pub fn validate(&self, _key: &str, _issues: &mut Issues) {}
-}
+pub use config::ControlConfig;
+pub use controller::Controller;
 
 use crate::model::{ActuationOutcome, CduSample, GpuSample, Mono, Role};
 use crate::units::Percent;

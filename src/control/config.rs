@@ -1,0 +1,661 @@
+//! `[control]`: set point, loop tuning, pump and power-cap limits, plausibility and supervisor.
+//!
+//! Defaults are tuned for an H100/H200 cold plate on a CDU secondary loop: a hottest-core
+//! set point well under the 87 °C "GPU max operating" and 89 °C slowdown thresholds of
+//! `fixtures/h200/info.json`, and a pump loop a few times slower than the plant's slow
+//! (tens of seconds) time constant.
+
+use crate::config::Issues;
+use crate::model::Role;
+use serde::Deserialize;
+
+/// Which temperature the pump loop holds at the set point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlledVariable {
+    /// The hottest GPU core temperature.
+    Core,
+    /// The HBM temperature expressed as an equivalent core temperature: the GPU's slowdown
+    /// threshold minus the HBM's margin to its own limit.
+    HbmMargin,
+    /// Whichever of the two is closest to its limit (the larger equivalent temperature).
+    #[default]
+    Max,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Control period, milliseconds.
+    pub period_ms: u64,
+    /// The hottest-GPU temperature the pump loop holds, °C.
+    pub setpoint: f64,
+    /// Lowest set point an operator may command, °C.
+    pub setpoint_min: f64,
+    /// Highest set point an operator may command, °C.
+    pub setpoint_max: f64,
+    /// A set point must stay this far below the lowest slowdown threshold of the GPUs, K.
+    pub slowdown_margin_k: f64,
+    pub controlled_variable: ControlledVariable,
+    /// Samples older than this are ignored, milliseconds. Remote readings arrive later than
+    /// local ones; this bounds how old a reading may be and still steer the loop.
+    pub max_sample_age_ms: u64,
+    pub pid: PidConfig,
+    pub pump: PumpConfig,
+    pub power_cap: PowerCapConfig,
+    pub plausibility: PlausibilityConfig,
+    pub supervisor: SupervisorConfig,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            period_ms: 1000,
+            // Well inside the 55 °C (full pump) .. 87 °C (GPU max operating) window of an H200
+            // at 700 W, leaving ~20 K to slowdown (89 °C, fixtures/h200/info.json).
+            setpoint: 68.0,
+            setpoint_min: 40.0,
+            setpoint_max: 82.0,
+            slowdown_margin_k: 5.0,
+            controlled_variable: ControlledVariable::Max,
+            max_sample_age_ms: 3000,
+            pid: PidConfig::default(),
+            pump: PumpConfig::default(),
+            power_cap: PowerCapConfig::default(),
+            plausibility: PlausibilityConfig::default(),
+            supervisor: SupervisorConfig::default(),
+        }
+    }
+}
+
+/// `[control.pid]`: the pump loop, pump % per kelvin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PidConfig {
+    /// % pump speed per K of error.
+    pub kp: f64,
+    /// % pump speed per K·s of error.
+    pub ki: f64,
+    /// % pump speed per K/s of measurement change.
+    pub kd: f64,
+    /// Derivative filter time constant, s.
+    pub derivative_filter_s: f64,
+    /// Anti-windup tracking time constant, s; unset: √(Ti·Td), or Ti without derivative.
+    pub tracking_time_s: Option<f64>,
+}
+
+impl Default for PidConfig {
+    fn default() -> Self {
+        // SIMC tuning for a first-order plant with gain ≈ 0.25 K/% (hottest core vs pump
+        // speed around mid range), τ ≈ 20 s, dead time ≈ 2 s, closed-loop τc ≈ 10 s:
+        // Kc = τ/(k(τc+θ)) ≈ 6.7, Ti = τ = 20 s; rounded down for robustness at low flow,
+        // where the plant gain is higher. No derivative: NVML reports whole °C, so a
+        // derivative mostly amplifies quantisation steps.
+        PidConfig {
+            kp: 5.0,
+            ki: 0.25,
+            kd: 0.0,
+            derivative_filter_s: 5.0,
+            tracking_time_s: None,
+        }
+    }
+}
+
+/// `[control.pump]`, all in % of full speed (and % per second).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PumpConfig {
+    pub min_speed: f64,
+    pub max_speed: f64,
+    /// Fastest rise of the command, %/s (fast: a hot GPU needs flow now).
+    pub slew_up_per_s: f64,
+    /// Fastest fall of the command, %/s (slow: saving pump energy is never urgent).
+    pub slew_down_per_s: f64,
+    /// Speed in failsafe (at least; a faster pump is not slowed down).
+    pub failsafe_speed: f64,
+    /// Speed held during boot, until every required input is valid.
+    pub start_speed: f64,
+    /// Feedback further than this from the command counts as not following, %.
+    pub follow_tolerance: f64,
+    /// How long the feedback may stay off the command before the pump is faulted, s.
+    pub follow_timeout_s: f64,
+    /// Consecutive failed writes before an alarm (each failure is retried next tick).
+    pub write_failures_alarm: u32,
+    /// A command closer than this to the last acknowledged one is not written again, %.
+    pub write_deadband: f64,
+    /// The command is rewritten at least this often even when unchanged, s.
+    pub refresh_s: f64,
+}
+
+impl Default for PumpConfig {
+    fn default() -> Self {
+        PumpConfig {
+            // 20 %: a typical CDU minimum pump speed for bearing lubrication and a stable
+            // flow reading (commercial CDUs enforce a minimum speed of this order).
+            min_speed: 20.0,
+            max_speed: 100.0,
+            slew_up_per_s: 10.0,
+            slew_down_per_s: 2.0,
+            failsafe_speed: 100.0,
+            start_speed: 60.0,
+            follow_tolerance: 5.0,
+            // A CDU pump ramps over a few seconds; 10 s covers a full 20→100 % step.
+            follow_timeout_s: 10.0,
+            write_failures_alarm: 3,
+            write_deadband: 0.2,
+            refresh_s: 10.0,
+        }
+    }
+}
+
+/// What to do with the power caps when the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShutdown {
+    /// Write back the limits found at start-up.
+    #[default]
+    Restore,
+    /// Leave the current caps in place.
+    Hold,
+}
+
+/// `[control.power_cap]`: the second actuator, used only when the pump cannot do more.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerCapConfig {
+    pub enabled: bool,
+    /// Caps start to fall when a GPU stays this far above the set point with the pump at
+    /// its maximum, K.
+    pub band_k: f64,
+    /// W per K.
+    pub kp: f64,
+    /// W per K·s.
+    pub ki: f64,
+    /// The loop never caps below this share of the GPU's highest limit, % (the GPU's own
+    /// minimum applies too). Emergency ignores it and goes to the GPU's minimum.
+    pub min_percent: f64,
+    /// Fastest fall of a cap, W/s.
+    pub lower_w_per_s: f64,
+    /// Fastest rise of a cap back towards the original limit, W/s (gradual: hysteresis).
+    pub restore_w_per_s: f64,
+    /// Cap applied in failsafe when GPU temperatures are unknown, % of the original limit.
+    pub failsafe_percent: f64,
+    /// The pump counts as saturated within this many % of its maximum.
+    pub saturation_margin: f64,
+    /// A cap closer than this to the last written one is not written again, W.
+    pub write_deadband_w: f64,
+    /// Read-back tolerance between the enforced limit and ours, W.
+    pub readback_tolerance_w: f64,
+    /// Consecutive failed writes before an alarm.
+    pub write_failures_alarm: u32,
+    pub on_shutdown: OnShutdown,
+}
+
+impl Default for PowerCapConfig {
+    fn default() -> Self {
+        PowerCapConfig {
+            enabled: true,
+            band_k: 2.0,
+            // Die-to-coolant resistance ≈ 0.035 K/W for an H200 (≈ 25 K rise at 700 W):
+            // 10 W/K gives a loop gain ≈ 0.35 on the fast die time constant.
+            kp: 10.0,
+            ki: 1.0,
+            min_percent: 0.0,
+            lower_w_per_s: 50.0,
+            restore_w_per_s: 5.0,
+            failsafe_percent: 70.0,
+            saturation_margin: 0.5,
+            write_deadband_w: 1.0,
+            readback_tolerance_w: 2.0,
+            write_failures_alarm: 3,
+            on_shutdown: OnShutdown::Restore,
+        }
+    }
+}
+
+/// `[control.plausibility]`: what an input must look like before it reaches a loop.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlausibilityConfig {
+    /// CDU roles whose loss sends the CDU to failsafe (when its profile maps them); every
+    /// other mapped role is optional and its loss only degrades.
+    pub required: Vec<Role>,
+    /// Whether losing every GPU reading of a CDU sends it to failsafe.
+    pub gpu_required: bool,
+    /// Ticks a lost input is bridged by its last good value before it counts as lost.
+    pub hold_ticks: u32,
+    pub gpu_min_c: f64,
+    pub gpu_max_c: f64,
+    pub coolant_min_c: f64,
+    pub coolant_max_c: f64,
+    /// Fastest believable change of a GPU temperature, K/s.
+    pub gpu_max_rate_k_per_s: f64,
+    /// Fastest believable change of a coolant temperature, K/s.
+    pub coolant_max_rate_k_per_s: f64,
+    /// A value that has not changed for this long while related values changed is stuck, s.
+    pub stuck_after_s: f64,
+    /// Pump command change that must move flow, pressure and pump feedback, %.
+    pub stuck_pump_change: f64,
+    /// GPU power change that must move its temperature, W.
+    pub stuck_power_change_w: f64,
+}
+
+impl Default for PlausibilityConfig {
+    fn default() -> Self {
+        PlausibilityConfig {
+            required: vec![Role::SupplyTemperature, Role::Leak],
+            gpu_required: true,
+            hold_ticks: 1,
+            gpu_min_c: 0.0,
+            // Above any GPU's shutdown threshold (H100/H200: 92–95 °C) with room to spare.
+            gpu_max_c: 130.0,
+            coolant_min_c: 0.0,
+            coolant_max_c: 80.0,
+            // The die's fast time constant is ~0.3 s: a 700 W step moves it ~25 K within a
+            // second; 50 K/s is beyond that.
+            gpu_max_rate_k_per_s: 50.0,
+            // Coolant has a thermal mass of many litres: a few K/s is already a burst pipe.
+            coolant_max_rate_k_per_s: 5.0,
+            stuck_after_s: 600.0,
+            stuck_pump_change: 10.0,
+            stuck_power_change_w: 150.0,
+        }
+    }
+}
+
+/// `[control.supervisor]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Warnings (not leaks, not thermal emergencies) are suppressed this long after start, s.
+    pub startup_suppress_s: f64,
+    /// Boot gives up waiting for the required inputs after this long and goes to failsafe, s.
+    pub boot_timeout_s: f64,
+    /// Inputs must be valid this long before failsafe returns to running, s.
+    pub recovery_hold_s: f64,
+    /// Emergency when a core is within this of its slowdown threshold, K.
+    pub emergency_margin_k: f64,
+    /// Emergency ends once every GPU is this far below the emergency threshold, K.
+    pub emergency_clear_k: f64,
+    /// Alarm when the supply temperature is within this of the room's dew point, K.
+    pub dew_point_margin_k: f64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            startup_suppress_s: 30.0,
+            boot_timeout_s: 30.0,
+            recovery_hold_s: 5.0,
+            emergency_margin_k: 0.0,
+            emergency_clear_k: 3.0,
+            dew_point_margin_k: 2.0,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Checks every key; issues name the key (`control.pump.min_speed`) and what was expected.
+    pub fn validate(&self, key: &str, issues: &mut Issues) {
+        let k = |s: &str| format!("{key}.{s}");
+        issues.check(
+            (10..=60_000).contains(&self.period_ms),
+            k("period_ms"),
+            format!(
+                "a control period between 10 and 60000 ms, got {}",
+                self.period_ms
+            ),
+        );
+        issues.range(
+            self.setpoint_min,
+            0.0,
+            120.0,
+            k("setpoint_min"),
+            "a temperature in °C",
+        );
+        issues.range(
+            self.setpoint_max,
+            0.0,
+            120.0,
+            k("setpoint_max"),
+            "a temperature in °C",
+        );
+        issues.check(
+            self.setpoint_min <= self.setpoint_max,
+            k("setpoint_max"),
+            format!(
+                "at least setpoint_min ({}), got {}",
+                self.setpoint_min, self.setpoint_max
+            ),
+        );
+        issues.range(
+            self.setpoint,
+            self.setpoint_min,
+            self.setpoint_max,
+            k("setpoint"),
+            "a set point in °C between setpoint_min and setpoint_max,",
+        );
+        issues.range(
+            self.slowdown_margin_k,
+            0.0,
+            50.0,
+            k("slowdown_margin_k"),
+            "a margin in K",
+        );
+        issues.check(
+            self.max_sample_age_ms >= self.period_ms,
+            k("max_sample_age_ms"),
+            format!(
+                "at least one control period ({} ms), got {}",
+                self.period_ms, self.max_sample_age_ms
+            ),
+        );
+
+        let p = &self.pid;
+        issues.range(p.kp, 0.0, 1000.0, k("pid.kp"), "a gain in % per K");
+        issues.range(p.ki, 0.0, 1000.0, k("pid.ki"), "a gain in % per K·s");
+        issues.range(p.kd, 0.0, 10_000.0, k("pid.kd"), "a gain in % per K/s");
+        issues.range(
+            p.derivative_filter_s,
+            0.0,
+            600.0,
+            k("pid.derivative_filter_s"),
+            "seconds",
+        );
+        if let Some(t) = p.tracking_time_s {
+            issues.range(t, 1e-3, 3600.0, k("pid.tracking_time_s"), "seconds");
+        }
+        issues.check(
+            p.kp > 0.0 || p.ki > 0.0,
+            k("pid.kp"),
+            "a positive kp or ki (with both zero the pump never moves)",
+        );
+
+        let u = &self.pump;
+        issues.range(u.min_speed, 0.0, 100.0, k("pump.min_speed"), "a speed in %");
+        issues.range(u.max_speed, 0.0, 100.0, k("pump.max_speed"), "a speed in %");
+        issues.check(
+            u.min_speed < u.max_speed,
+            k("pump.max_speed"),
+            format!(
+                "more than pump.min_speed ({}), got {}",
+                u.min_speed, u.max_speed
+            ),
+        );
+        for (name, v) in [
+            ("failsafe_speed", u.failsafe_speed),
+            ("start_speed", u.start_speed),
+        ] {
+            issues.range(
+                v,
+                u.min_speed,
+                u.max_speed,
+                k(&format!("pump.{name}")),
+                "a speed in % between pump.min_speed and pump.max_speed,",
+            );
+        }
+        issues.range(
+            u.slew_up_per_s,
+            1e-3,
+            1000.0,
+            k("pump.slew_up_per_s"),
+            "a rate in %/s",
+        );
+        issues.range(
+            u.slew_down_per_s,
+            1e-3,
+            1000.0,
+            k("pump.slew_down_per_s"),
+            "a rate in %/s",
+        );
+        issues.range(
+            u.follow_tolerance,
+            0.1,
+            50.0,
+            k("pump.follow_tolerance"),
+            "a speed difference in %",
+        );
+        issues.range(
+            u.follow_timeout_s,
+            0.1,
+            600.0,
+            k("pump.follow_timeout_s"),
+            "seconds",
+        );
+        issues.check(
+            u.write_failures_alarm >= 1,
+            k("pump.write_failures_alarm"),
+            "at least 1 failed write",
+        );
+        issues.range(
+            u.write_deadband,
+            0.0,
+            10.0,
+            k("pump.write_deadband"),
+            "a speed difference in %",
+        );
+        issues.range(u.refresh_s, 0.1, 3600.0, k("pump.refresh_s"), "seconds");
+
+        let c = &self.power_cap;
+        issues.range(c.band_k, 0.0, 30.0, k("power_cap.band_k"), "a band in K");
+        issues.range(c.kp, 0.0, 1000.0, k("power_cap.kp"), "a gain in W per K");
+        issues.range(c.ki, 0.0, 1000.0, k("power_cap.ki"), "a gain in W per K·s");
+        issues.range(
+            c.min_percent,
+            0.0,
+            100.0,
+            k("power_cap.min_percent"),
+            "a share in %",
+        );
+        issues.range(
+            c.lower_w_per_s,
+            0.1,
+            10_000.0,
+            k("power_cap.lower_w_per_s"),
+            "a rate in W/s",
+        );
+        issues.range(
+            c.restore_w_per_s,
+            0.01,
+            10_000.0,
+            k("power_cap.restore_w_per_s"),
+            "a rate in W/s",
+        );
+        issues.range(
+            c.failsafe_percent,
+            0.0,
+            100.0,
+            k("power_cap.failsafe_percent"),
+            "a share in %",
+        );
+        issues.range(
+            c.saturation_margin,
+            0.0,
+            20.0,
+            k("power_cap.saturation_margin"),
+            "a speed difference in %",
+        );
+        issues.range(
+            c.write_deadband_w,
+            0.0,
+            100.0,
+            k("power_cap.write_deadband_w"),
+            "a power in W",
+        );
+        issues.range(
+            c.readback_tolerance_w,
+            0.0,
+            100.0,
+            k("power_cap.readback_tolerance_w"),
+            "a power in W",
+        );
+        issues.check(
+            c.write_failures_alarm >= 1,
+            k("power_cap.write_failures_alarm"),
+            "at least 1 failed write",
+        );
+
+        let q = &self.plausibility;
+        issues.check(
+            q.hold_ticks <= 100,
+            k("plausibility.hold_ticks"),
+            format!("at most 100 ticks, got {}", q.hold_ticks),
+        );
+        issues.range(
+            q.gpu_min_c,
+            -50.0,
+            100.0,
+            k("plausibility.gpu_min_c"),
+            "a temperature in °C",
+        );
+        issues.range(
+            q.gpu_max_c,
+            q.gpu_min_c,
+            200.0,
+            k("plausibility.gpu_max_c"),
+            "a temperature in °C above gpu_min_c,",
+        );
+        issues.range(
+            q.coolant_min_c,
+            -50.0,
+            100.0,
+            k("plausibility.coolant_min_c"),
+            "a temperature in °C",
+        );
+        issues.range(
+            q.coolant_max_c,
+            q.coolant_min_c,
+            150.0,
+            k("plausibility.coolant_max_c"),
+            "a temperature in °C above coolant_min_c,",
+        );
+        issues.range(
+            q.gpu_max_rate_k_per_s,
+            0.01,
+            1e4,
+            k("plausibility.gpu_max_rate_k_per_s"),
+            "a rate in K/s",
+        );
+        issues.range(
+            q.coolant_max_rate_k_per_s,
+            0.01,
+            1e4,
+            k("plausibility.coolant_max_rate_k_per_s"),
+            "a rate in K/s",
+        );
+        issues.range(
+            q.stuck_after_s,
+            1.0,
+            1e6,
+            k("plausibility.stuck_after_s"),
+            "seconds",
+        );
+        issues.range(
+            q.stuck_pump_change,
+            0.1,
+            100.0,
+            k("plausibility.stuck_pump_change"),
+            "a speed change in %",
+        );
+        issues.range(
+            q.stuck_power_change_w,
+            1.0,
+            1e4,
+            k("plausibility.stuck_power_change_w"),
+            "a power change in W",
+        );
+        for (i, r) in q.required.iter().enumerate() {
+            issues.check(
+                !matches!(r, Role::PumpSpeedCommand | Role::Watchdog),
+                format!("{key}.plausibility.required[{i}]"),
+                format!("a role the controller reads, not the output `{r}`"),
+            );
+        }
+
+        let s = &self.supervisor;
+        issues.range(
+            s.startup_suppress_s,
+            0.0,
+            3600.0,
+            k("supervisor.startup_suppress_s"),
+            "seconds",
+        );
+        issues.range(
+            s.boot_timeout_s,
+            0.0,
+            3600.0,
+            k("supervisor.boot_timeout_s"),
+            "seconds",
+        );
+        issues.range(
+            s.recovery_hold_s,
+            0.0,
+            3600.0,
+            k("supervisor.recovery_hold_s"),
+            "seconds",
+        );
+        issues.range(
+            s.emergency_margin_k,
+            0.0,
+            30.0,
+            k("supervisor.emergency_margin_k"),
+            "a margin in K",
+        );
+        issues.range(
+            s.emergency_clear_k,
+            0.0,
+            30.0,
+            k("supervisor.emergency_clear_k"),
+            "a margin in K",
+        );
+        issues.range(
+            s.dew_point_margin_k,
+            0.0,
+            30.0,
+            k("supervisor.dew_point_margin_k"),
+            "a margin in K",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues_of(text: &str) -> Vec<crate::config::ConfigIssue> {
+        let cfg: ControlConfig = toml::from_str(text).expect("parses");
+        let mut issues = Issues::default();
+        cfg.validate("control", &mut issues);
+        issues.into_vec()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_empty_section_parses() {
+        assert!(issues_of("").is_empty());
+        assert_eq!(
+            toml::from_str::<ControlConfig>("").expect("parses"),
+            ControlConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let issues = issues_of("setpoint = 95.0\n[pump]\nmin_speed = 80.0\nmax_speed = 50.0\n");
+        let keys: Vec<_> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert!(keys.contains(&"control.setpoint"), "{issues:?}");
+        assert!(keys.contains(&"control.pump.max_speed"), "{issues:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<ControlConfig>("setpiont = 60.0").is_err());
+        assert!(toml::from_str::<ControlConfig>("[pid]\nkq = 1.0").is_err());
+        let c: ControlConfig = toml::from_str(
+            "controlled_variable = \"hbm_margin\"\n[plausibility]\nrequired = [\"flow\"]",
+        )
+        .expect("parses");
+        assert_eq!(c.controlled_variable, ControlledVariable::HbmMargin);
+        assert_eq!(c.plausibility.required, vec![Role::Flow]);
+    }
+}

@@ -1,0 +1,181 @@
+//! The supervisor: one state machine per CDU decides who drives the outputs.
+//!
+//! ```text
+//!                 every required input valid
+//!     ┌──────┐   (GPU temperature + required CDU roles)   ┌─────────┐  optional input lost  ┌──────────┐
+//!     │ Boot │ ─────────────────────────────────────────► │ Running │ ────────────────────► │ Degraded │
+//!     └──────┘                                            └─────────┘ ◄──────────────────── └──────────┘
+//!        │ boot_timeout_s                                   │  ▲            input back          │
+//!        │ without valid inputs                             │  │ inputs valid for              │
+//!        ▼                                                  │  │ recovery_hold_s (bumpless)    │
+//!     ┌──────────┐ ◄────────────────────────────────────────┘  │                               │
+//!     │ Failsafe │   required input lost (after hold_ticks),   │                               │
+//!     └──────────┘   CDU unreachable, pump writes failing  ────┘ ◄──────────────────────────────┘
+//!
+//!     any state ──► Emergency: leak (latched until acknowledged and dry), a GPU core at
+//!                   slowdown − emergency_margin_k, HBM at its max, or NVML reporting a
+//!                   hardware thermal slowdown. Leaves once the cause is gone (GPUs
+//!                   emergency_clear_k below the threshold) to Running/Degraded/Failsafe.
+//! ```
+//!
+//! Outputs per state (pump speed; power caps):
+//!
+//! | state     | pump                                 | caps                                              |
+//! |-----------|--------------------------------------|---------------------------------------------------|
+//! | Boot      | `pump.start_speed`                   | untouched                                         |
+//! | Running   | PID (or the manual speed)            | split range: cap loop only when the pump is spent |
+//! | Degraded  | as Running, on what remains          | as Running                                        |
+//! | Failsafe  | at least `pump.failsafe_speed`       | graded by cause, see below                        |
+//! | Emergency | pump maximum, this tick              | hot GPU (leak: every GPU of the CDU) to its minimum, this tick |
+//!
+//! Failsafe is graded by cause: with the GPU temperatures unknown the caps fall to
+//! `power_cap.failsafe_percent` of the original limit (nothing else protects the GPUs); with
+//! a CDU sensor lost, the CDU unreachable or its pump writes failing, the pump goes to its
+//! failsafe speed (where writes still land) and the cap loop keeps holding the GPUs, treating
+//! the pump as spent. Every override is tracked by the PIDs, so leaving it is bumpless.
+
+use crate::control::config::SupervisorConfig;
+use crate::model::{ControlState, Mono, Role};
+
+/// Why a CDU is in failsafe.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailsafeCause {
+    /// No valid GPU temperature for the CDU's hosts.
+    GpuTemperaturesUnknown,
+    /// A required CDU role has no valid value.
+    RequiredInput(Role),
+    /// No valid register from the CDU within the sample age.
+    Unreachable,
+    /// The pump command could not be written several times in a row.
+    PumpWrite,
+}
+
+/// What the controller saw this tick, condensed for the state machine.
+#[derive(Debug, Clone, Default)]
+pub struct Causes {
+    pub emergency: bool,
+    pub failsafe: Vec<FailsafeCause>,
+    pub degraded: bool,
+}
+
+/// One CDU's state machine.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    state: ControlState,
+    started: Option<Mono>,
+    booted: bool,
+    boot_timed_out: bool,
+    valid_since: Option<Mono>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor {
+            state: ControlState::Boot,
+            started: None,
+            booted: false,
+            boot_timed_out: false,
+            valid_since: None,
+        }
+    }
+}
+
+impl Supervisor {
+    pub fn state(&self) -> ControlState {
+        self.state
+    }
+
+    /// True once boot gave up waiting for the required inputs.
+    pub fn boot_timed_out(&self) -> bool {
+        self.boot_timed_out
+    }
+
+    /// Advances the state machine by one tick.
+    pub fn step(&mut self, now: Mono, c: &Causes, cfg: &SupervisorConfig) -> ControlState {
+        let started = *self.started.get_or_insert(now);
+        let healthy = if c.degraded {
+            ControlState::Degraded
+        } else {
+            ControlState::Running
+        };
+        let next = if c.emergency {
+            // Boot ends here too: after an emergency the outputs are known, not undefined.
+            self.booted = true;
+            self.valid_since = None;
+            ControlState::Emergency
+        } else if !self.booted {
+            if c.failsafe.is_empty() {
+                self.booted = true;
+                healthy
+            } else if now.saturating_sub(started).as_secs_f64() >= cfg.boot_timeout_s {
+                self.booted = true;
+                self.boot_timed_out = true;
+                ControlState::Failsafe
+            } else {
+                ControlState::Boot
+            }
+        } else if !c.failsafe.is_empty() {
+            self.valid_since = None;
+            ControlState::Failsafe
+        } else if self.state == ControlState::Failsafe {
+            let since = *self.valid_since.get_or_insert(now);
+            if now.saturating_sub(since).as_secs_f64() >= cfg.recovery_hold_s {
+                self.valid_since = None;
+                self.boot_timed_out = false;
+                healthy
+            } else {
+                ControlState::Failsafe
+            }
+        } else {
+            healthy
+        };
+        self.state = next;
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn s(n: u64) -> Mono {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn boot_waits_then_times_out_to_failsafe() {
+        let cfg = SupervisorConfig::default();
+        let mut sv = Supervisor::default();
+        let lost = Causes {
+            failsafe: vec![FailsafeCause::Unreachable],
+            ..Causes::default()
+        };
+        assert_eq!(sv.step(s(0), &lost, &cfg), ControlState::Boot);
+        assert_eq!(sv.step(s(29), &lost, &cfg), ControlState::Boot);
+        assert_eq!(sv.step(s(30), &lost, &cfg), ControlState::Failsafe);
+        assert!(sv.boot_timed_out());
+    }
+
+    #[test]
+    fn failsafe_recovers_only_after_hold() {
+        let cfg = SupervisorConfig::default();
+        let mut sv = Supervisor::default();
+        let ok = Causes::default();
+        let lost = Causes {
+            failsafe: vec![FailsafeCause::RequiredInput(Role::SupplyTemperature)],
+            ..Causes::default()
+        };
+        assert_eq!(sv.step(s(0), &ok, &cfg), ControlState::Running);
+        assert_eq!(sv.step(s(1), &lost, &cfg), ControlState::Failsafe);
+        assert_eq!(sv.step(s(2), &ok, &cfg), ControlState::Failsafe);
+        assert_eq!(sv.step(s(6), &ok, &cfg), ControlState::Failsafe);
+        assert_eq!(sv.step(s(7), &ok, &cfg), ControlState::Running);
+        let emergency = Causes {
+            emergency: true,
+            ..Causes::default()
+        };
+        assert_eq!(sv.step(s(8), &emergency, &cfg), ControlState::Emergency);
+        assert_eq!(sv.step(s(9), &ok, &cfg), ControlState::Running);
+    }
+}
