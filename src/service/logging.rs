@@ -15,6 +15,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The concrete output style chosen from the configuration and the environment.
@@ -75,8 +76,9 @@ pub fn init(cfg: &LoggingConfig) {
         stderr_is_journal(),
         std::io::stderr().is_terminal(),
     );
-    let _ =
-        tracing::subscriber::set_global_default(subscriber(style, filter(cfg), std::io::stderr));
+    // try_init also routes records of crates that log through the `log` facade (rumqttc,
+    // tokio-modbus) into tracing, so they reach the same output and filter.
+    let _ = subscriber(style, filter(cfg), std::io::stderr).try_init();
 }
 
 /// A subscriber of `style` writing to `writer`. Public so that tests can capture the output
