@@ -1,12 +1,712 @@
-//! Stub.
+//! The HTTP endpoint: `/healthz`, `/readyz`, `/metrics` (Prometheus text format 0.0.4) and
+//! `/status` (the latest snapshot as JSON).
+//!
+//! The server is hyper 0.14 (HTTP/1.1 only). hyper 0.14 is already compiled into the tree for
+//! reqwest (the InfluxDB client), so the server half costs a few seconds of build time, and it
+//! brings a parser that has seen the internet: malformed request lines, oversized headers and
+//! pipelining are handled there rather than in code of our own.
+//!
+//! The endpoint never blocks the control loop: it runs in its own tasks, reads the snapshot
+//! through a `watch` channel (cloning an `Arc`, never holding the channel's lock while it
+//! renders) and reads liveness from atomics in [`Health`]. Connections are capped and each one
+//! has a lifetime limit, so a slow or hostile client cannot pile up tasks.
 
 use crate::config::Issues;
+use crate::model::{FieldValue, Point, Snapshot};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Body, Method, Request, Response, StatusCode};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 
+/// The Prometheus exporter port registered for coolantd would be allocated from the
+/// community list (https://github.com/prometheus/prometheus/wiki/Default-port-allocations);
+/// 9105 is free there at the time of writing. Loopback by default: the endpoint has no
+/// authentication, so exposing it is a deliberate choice in the configuration.
+const DEFAULT_LISTEN: &str = "127.0.0.1:9105";
+
+/// At most this many connections are served at once; further ones are closed at once. A
+/// Prometheus server, a load balancer's health check and an operator's curl need a handful.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A client must send its request headers within this time (slow-loris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection (keep-alive included) is closed after this long. Prometheus scrapes every
+/// 15 s by default and simply reconnects, so this only bounds idle and hostile connections.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How many missed control periods make `/healthz` fail. Three tolerates one slow tick (a
+/// Modbus timeout) without flapping, yet reports a stuck loop within seconds.
+const DEFAULT_STALE_PERIODS: u32 = 3;
+
+/// Content type of the Prometheus text exposition format, version 0.0.4.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `[http]`: the health, metrics and status endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HttpConfig {}
+pub struct HttpConfig {
+    /// Serve the endpoint at all. Defaults to true when the section is present.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// Address and port to listen on, for example `127.0.0.1:9105` or `[::]:9105`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: default_enabled(),
+            listen: default_listen(),
+        }
+    }
+}
 
 impl HttpConfig {
-    pub fn validate(&self, _key: &str, _issues: &mut Issues) {}
+    pub fn validate(&self, key: &str, issues: &mut Issues) {
+        match self.listen.parse::<SocketAddr>() {
+            Ok(addr) => issues.check(
+                addr.port() != 0,
+                format!("{key}.listen"),
+                format!(
+                    "a fixed port (Prometheus must know where to scrape), got `{}`",
+                    self.listen
+                ),
+            ),
+            Err(_) => issues.push(
+                format!("{key}.listen"),
+                format!(
+                    "an IP address and port such as `127.0.0.1:9105` or `[::]:9105` \
+                     (host names are not resolved), got `{}`",
+                    self.listen
+                ),
+            ),
+        }
+    }
+
+    /// The listen address; an error names the key when the text is not an address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, HttpError> {
+        self.listen
+            .parse()
+            .map_err(|_| HttpError::BadAddress(self.listen.clone()))
+    }
+
+    /// Binds the listening socket. Done before `READY=1`, so that a port already in use
+    /// fails the start instead of a silently missing endpoint.
+    pub async fn bind(&self) -> Result<TcpListener, HttpError> {
+        let addr = self.listen_addr()?;
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpError::Bind { addr, source })
+    }
+}
+
+/// Errors setting up the HTTP endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("http.listen: expected an IP address and port such as 127.0.0.1:9105, got `{0}`")]
+    BadAddress(String),
+    #[error("http.listen: cannot listen on {addr} (is another process using the port?): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Liveness and self-metrics, shared between the run loop (writer) and the endpoint (reader).
+/// Every update is a few relaxed atomic stores, cheap enough to do on every tick.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    period: Duration,
+    stale_after: Duration,
+    /// Microseconds after `started` of the last healthy tick, plus one; 0 means never.
+    last_tick_us: AtomicU64,
+    ticks: AtomicU64,
+    last_tick_duration_ns: AtomicU64,
+    max_tick_duration_ns: AtomicU64,
+    ready: AtomicBool,
+}
+
+/// What `/healthz` decides, with the reason for a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    NoTickYet,
+    Stale { age: Duration, limit: Duration },
+}
+
+impl Health {
+    /// `period` is the control loop's tick period; the loop counts as stuck after three
+    /// periods without a healthy tick.
+    pub fn new(period: Duration) -> Self {
+        Self::with_start(period, Instant::now())
+    }
+
+    /// Like [`Health::new`], with an explicit start instant (for tests).
+    pub fn with_start(period: Duration, started: Instant) -> Self {
+        Health {
+            started,
+            period,
+            stale_after: period * DEFAULT_STALE_PERIODS,
+            last_tick_us: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            last_tick_duration_ns: AtomicU64::new(0),
+            max_tick_duration_ns: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The control period this was created with.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Records a healthy control tick that ended now and took `duration`.
+    pub fn tick(&self, duration: Duration) {
+        self.tick_at(Instant::now(), duration);
+    }
+
+    /// Records a healthy control tick that ended at `at`.
+    pub fn tick_at(&self, at: Instant, duration: Duration) {
+        let us = at.saturating_duration_since(self.started).as_micros();
+        let us = u64::try_from(us).unwrap_or(u64::MAX - 1) + 1;
+        self.last_tick_us.store(us, Ordering::Relaxed);
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.last_tick_duration_ns.store(ns, Ordering::Relaxed);
+        self.max_tick_duration_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Marks the daemon as started (endpoint bound, inputs opened) or as shutting down.
+    /// `/readyz` also needs `Snapshot.ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Healthy ticks recorded so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Whether the loop ticked within the last three periods, as of `now`.
+    pub fn liveness(&self, now: Instant) -> Liveness {
+        match self.last_tick_us.load(Ordering::Relaxed) {
+            0 => Liveness::NoTickYet,
+            us => {
+                let last = self.started + Duration::from_micros(us - 1);
+                let age = now.saturating_duration_since(last);
+                if age <= self.stale_after {
+                    Liveness::Alive
+                } else {
+                    Liveness::Stale {
+                        age,
+                        limit: self.stale_after,
+                    }
+                }
+            }
+        }
+    }
+
+    fn last_tick_age(&self, now: Instant) -> Option<Duration> {
+        match self.last_tick_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(now.saturating_duration_since(self.started + Duration::from_micros(us - 1))),
+        }
+    }
+}
+
+/// Serves the endpoint on `listener` until the snapshot's sender is dropped (the daemon is
+/// shutting down); then returns `Ok(())`. Accept errors (for example running out of file
+/// descriptors) are logged and retried, because the endpoint must not take the daemon down.
+pub async fn serve(
+    listener: TcpListener,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    health: Arc<Health>,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, "http endpoint listening");
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut closed = snapshot.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "http accept failed; retrying");
+                    // Back off so that a persistent error (EMFILE) does not spin a core.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            changed = closed.changed() => {
+                if changed.is_err() {
+                    tracing::debug!("snapshot sender dropped; http endpoint stops");
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many http connections; closing");
+            drop(stream);
+            continue;
+        };
+        let snapshot = snapshot.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = respond(&req, &snapshot, &health);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::Http::new()
+                .http1_only(true)
+                .http1_header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(stream, service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "http connection ended"),
+                Err(_) => tracing::debug!(%peer, "http connection reached its lifetime limit"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Body::from(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn respond(
+    req: &Request<Body>,
+    snapshot: &watch::Receiver<Arc<Snapshot>>,
+    health: &Health,
+) -> Response<Body> {
+    let path = req.uri().path();
+    let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/status");
+    if !known {
+        return text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n"));
+    }
+    // HEAD is answered like GET; hyper leaves the body out.
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed here; use GET\n", req.method()),
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let now = Instant::now();
+    // Clone the Arc and release the channel's read lock before doing any work.
+    let snap: Arc<Snapshot> = snapshot.borrow().clone();
+    match path {
+        "/healthz" => match health.liveness(now) {
+            Liveness::Alive => text(StatusCode::OK, "ok\n"),
+            Liveness::NoTickYet => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "control loop has not completed a tick yet\n",
+            ),
+            Liveness::Stale { age, limit } => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "control loop stuck: last healthy tick {:.1} s ago (limit {:.1} s)\n",
+                    age.as_secs_f64(),
+                    limit.as_secs_f64()
+                ),
+            ),
+        },
+        "/readyz" => match not_ready_reason(&snap, health, now) {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        },
+        "/metrics" => {
+            let body = render_metrics(&snap, Some(health), now);
+            let mut r = Response::new(Body::from(body));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+            );
+            r
+        }
+        _ => match serde_json::to_vec(&*snap) {
+            Ok(body) => {
+                let mut r = Response::new(Body::from(body));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+            Err(error) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the status as JSON: {error}\n"),
+            ),
+        },
+    }
+}
+
+/// Why the daemon is not ready, or `None` when it is.
+fn not_ready_reason(snap: &Snapshot, health: &Health, now: Instant) -> Option<String> {
+    if !health.is_ready() {
+        return Some("daemon is starting or stopping".into());
+    }
+    match health.liveness(now) {
+        Liveness::Alive => {}
+        Liveness::NoTickYet => return Some("control loop has not completed a tick yet".into()),
+        Liveness::Stale { age, .. } => {
+            return Some(format!(
+                "control loop stuck: last healthy tick {:.1} s ago",
+                age.as_secs_f64()
+            ))
+        }
+    }
+    if snap.ready {
+        return None;
+    }
+    let mut reason = format!(
+        "not every required input is valid (control state: {})",
+        snap.state
+    );
+    for cdu in &snap.cdus {
+        for fault in &cdu.faults {
+            let _ = write!(reason, "; cdu {}: {fault}", cdu.name);
+        }
+    }
+    for alarm in snap.alarms.iter().filter(|a| a.cause_present) {
+        let _ = write!(reason, "; alarm {}: {}", alarm.id, alarm.message);
+    }
+    Some(reason)
+}
+
+/// One metric family: its type, help text and samples keyed by their rendered label set.
+struct Family {
+    kind: &'static str,
+    help: String,
+    /// Rendered label set → (value, point time). The latest point wins a duplicate series,
+    /// because Prometheus rejects a scrape that repeats a series.
+    samples: BTreeMap<String, (f64, i64)>,
+}
+
+/// Makes `s` a valid Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) by replacing every
+/// other character with `_`. Names that are already valid, as all of coolantd's are, pass
+/// unchanged, so they stay identical to the InfluxDB export names.
+pub fn sanitize_metric_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Makes `s` a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`, which
+/// Prometheus reserves).
+fn sanitize_label_name(s: &str) -> String {
+    let mut out = sanitize_metric_name(s).replace(':', "_");
+    while out.starts_with("__") {
+        out.remove(0);
+    }
+    out
+}
+
+/// Escapes a label value: backslash, double quote and line feed, as the format requires.
+fn escape_label_value(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Escapes HELP text: backslash and line feed.
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn render_labels(labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&sanitize_label_name(k));
+        out.push_str("=\"");
+        escape_label_value(v, &mut out);
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// Formats a sample value the way Prometheus parses it (`NaN`, `+Inf`, `-Inf` spelled out).
+fn format_value(v: f64, out: &mut String) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+fn add_sample(
+    families: &mut BTreeMap<String, Family>,
+    name: String,
+    kind: &'static str,
+    help: impl FnOnce() -> String,
+    labels: String,
+    value: f64,
+    time_ns: i64,
+) {
+    let family = families.entry(name).or_insert_with(|| Family {
+        kind,
+        help: help(),
+        samples: BTreeMap::new(),
+    });
+    match family.samples.get(&labels) {
+        Some((_, t)) if *t > time_ns => {}
+        _ => {
+            family.samples.insert(labels, (value, time_ns));
+        }
+    }
+}
+
+/// Adds the samples of one point. Naming: each numeric or boolean field becomes the metric
+/// `<measurement>_<field>`, exactly the name VictoriaMetrics gives the same point written
+/// through the InfluxDB line protocol, so one dashboard query works on both paths. Tags
+/// become labels. Booleans are 0/1. A string field becomes an info-style metric
+/// `<measurement>_<field>_info{…,value="<string>"} 1`.
+fn add_point(families: &mut BTreeMap<String, Family>, p: &Point) {
+    for (field, value) in &p.fields {
+        let base = sanitize_metric_name(&format!("{}_{}", p.measurement, field));
+        let (name, v, extra) = match value {
+            FieldValue::Float(v) => (base, *v, None),
+            FieldValue::Int(v) => (base, *v as f64, None),
+            FieldValue::UInt(v) => (base, *v as f64, None),
+            FieldValue::Bool(b) => (base, if *b { 1.0 } else { 0.0 }, None),
+            FieldValue::Str(s) => (format!("{base}_info"), 1.0, Some(s.clone())),
+        };
+        let mut labels = p.tags.clone();
+        if let Some(s) = extra {
+            labels.push(("value".into(), s));
+        }
+        let help = || {
+            escape_help(&format!(
+                "coolantd measurement {} field {}{}",
+                p.measurement,
+                field,
+                if matches!(value, FieldValue::Str(_)) {
+                    " (string value in label `value`)"
+                } else {
+                    ""
+                }
+            ))
+        };
+        add_sample(
+            families,
+            name,
+            "gauge",
+            help,
+            render_labels(&labels),
+            v,
+            p.time_ns,
+        );
+    }
+}
+
+/// Renders the Prometheus text exposition format (0.0.4): the snapshot's points, then the
+/// daemon's own metrics (`coolantd_*`) when `health` is given. Families are sorted by name,
+/// each with one `# HELP` and one `# TYPE` line.
+pub fn render_metrics(snap: &Snapshot, health: Option<&Health>, now: Instant) -> String {
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    for p in &snap.points {
+        add_point(&mut families, p);
+    }
+    let mut own: Vec<(&str, &'static str, &str, f64)> = vec![
+        (
+            "coolantd_snapshot_tick",
+            "gauge",
+            "Tick number of the snapshot served",
+            snap.tick as f64,
+        ),
+        (
+            "coolantd_snapshot_ready",
+            "gauge",
+            "1 when every required input is valid",
+            bool_f64(snap.ready),
+        ),
+        (
+            "coolantd_dry_run",
+            "gauge",
+            "1 when actuations are computed but not written",
+            bool_f64(snap.dry_run),
+        ),
+    ];
+    if let Some(h) = health {
+        own.extend([
+            (
+                "coolantd_ticks_total",
+                "counter",
+                "Healthy control ticks since start",
+                h.ticks() as f64,
+            ),
+            (
+                "coolantd_tick_duration_seconds",
+                "gauge",
+                "Duration of the last control tick",
+                h.last_tick_duration_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            ),
+            (
+                "coolantd_tick_duration_max_seconds",
+                "gauge",
+                "Longest control tick since start",
+                h.max_tick_duration_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            ),
+            (
+                "coolantd_uptime_seconds",
+                "gauge",
+                "Seconds since the daemon started",
+                now.saturating_duration_since(h.started).as_secs_f64(),
+            ),
+        ]);
+        if let Some(age) = h.last_tick_age(now) {
+            own.push((
+                "coolantd_last_tick_age_seconds",
+                "gauge",
+                "Seconds since the last healthy control tick",
+                age.as_secs_f64(),
+            ));
+        }
+    }
+    for (name, kind, help, value) in own {
+        // A point family of the same name wins; the daemon's own value is then left out
+        // rather than producing a duplicate family the scraper would reject.
+        if families.contains_key(name) {
+            continue;
+        }
+        add_sample(
+            &mut families,
+            name.to_string(),
+            kind,
+            || help.to_string(),
+            String::new(),
+            value,
+            0,
+        );
+    }
+    let mut out = String::with_capacity(families.len() * 128);
+    for (name, family) in &families {
+        let _ = writeln!(out, "# HELP {name} {}", family.help);
+        let _ = writeln!(out, "# TYPE {name} {}", family.kind);
+        for (labels, (value, _)) in &family.samples {
+            out.push_str(name);
+            out.push_str(labels);
+            out.push(' ');
+            format_value(*value, &mut out);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn bool_f64(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_is_validated() {
+        let mut issues = Issues::default();
+        HttpConfig::default().validate("http", &mut issues);
+        assert!(issues.is_empty());
+        for bad in ["localhost:9105", "127.0.0.1", "127.0.0.1:0", ""] {
+            let mut issues = Issues::default();
+            HttpConfig {
+                enabled: true,
+                listen: bad.into(),
+            }
+            .validate("http", &mut issues);
+            let v = issues.into_vec();
+            assert_eq!(v.len(), 1, "{bad}");
+            assert_eq!(v[0].key, "http.listen");
+        }
+    }
+
+    #[test]
+    fn health_goes_stale_after_three_periods() {
+        let t0 = Instant::now();
+        let h = Health::with_start(Duration::from_secs(1), t0);
+        assert_eq!(h.liveness(t0), Liveness::NoTickYet);
+        h.tick_at(t0 + Duration::from_secs(2), Duration::from_millis(5));
+        assert_eq!(h.liveness(t0 + Duration::from_secs(4)), Liveness::Alive);
+        assert_eq!(h.liveness(t0 + Duration::from_secs(5)), Liveness::Alive);
+        assert!(matches!(
+            h.liveness(t0 + Duration::from_millis(5001)),
+            Liveness::Stale { .. }
+        ));
+        assert_eq!(h.ticks(), 1);
+    }
+
+    #[test]
+    fn names_and_escaping() {
+        assert_eq!(sanitize_metric_name("gpu_core"), "gpu_core");
+        assert_eq!(sanitize_metric_name("cdu-a.flow"), "cdu_a_flow");
+        assert_eq!(sanitize_metric_name("1x"), "_1x");
+        assert_eq!(sanitize_label_name("__name"), "_name");
+        assert_eq!(sanitize_label_name("a:b"), "a_b");
+        let mut s = String::new();
+        escape_label_value("a\\b\"c\nd", &mut s);
+        assert_eq!(s, "a\\\\b\\\"c\\nd");
+        let mut v = String::new();
+        format_value(f64::NEG_INFINITY, &mut v);
+        assert_eq!(v, "-Inf");
+    }
 }

@@ -1,2 +1,9 @@
+//! The service shell: the daemon's run loop, signals, systemd notification, HTTP endpoint.
+
 pub mod http;
 pub mod limits;
+pub mod logging;
+pub mod notify;
+pub mod probe;
+pub mod run;
+pub mod serve;
