@@ -446,7 +446,8 @@ impl InfluxSink {
             let result = if inner.fallback.is_empty() {
                 inner.spool.append(lines.iter().map(String::as_str))
             } else {
-                Ok(inner.fallback.extend(lines.drain(..)))
+                inner.fallback.extend(lines.drain(..));
+                Ok(())
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, points = lines.len(),
