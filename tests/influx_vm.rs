@@ -38,7 +38,10 @@ async fn wait_for(sink: &InfluxSink, what: &str, pred: impl Fn(&SinkStats) -> bo
         if pred(&s) {
             return s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for {what}: {s:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -57,7 +60,10 @@ fn seq_points(base_ms: i64, range: std::ops::Range<i64>, run: &str) -> Vec<Point
 /// Timestamp (ms) → how many samples were stored, once all `expect` samples are visible.
 fn counts(vm: &Victoria, selector: &str, expect: usize) -> BTreeMap<i64, usize> {
     let series = vm.export_until(selector, |got| {
-        let mut ts: Vec<i64> = got.iter().flat_map(|s| s.timestamps.iter().copied()).collect();
+        let mut ts: Vec<i64> = got
+            .iter()
+            .flat_map(|s| s.timestamps.iter().copied())
+            .collect();
         ts.sort_unstable();
         ts.dedup();
         ts.len() >= expect
@@ -109,10 +115,16 @@ async fn schema_points_arrive_with_names_tags_and_values() {
         got.iter().any(|s| s.name() == "gpu_core_temp_c")
     });
     let by_name: BTreeMap<&str, &victoria::Series> = got.iter().map(|s| (s.name(), s)).collect();
-    let core = by_name.get("gpu_core_temp_c").expect("gpu_core_temp_c exported");
+    let core = by_name
+        .get("gpu_core_temp_c")
+        .expect("gpu_core_temp_c exported");
     assert_eq!(core.values, [71.25]);
     assert_eq!(core.timestamps, [t]);
-    assert_eq!(core.label("site"), Some("dc 1,hall=a"), "escaped tag survives");
+    assert_eq!(
+        core.label("site"),
+        Some("dc 1,hall=a"),
+        "escaped tag survives"
+    );
     assert_eq!(core.label("gpu"), Some("3"));
     assert_eq!(core.label("model"), Some("NVIDIA H200"));
     assert_eq!(core.label("uuid"), Some("GPU-1234"));
@@ -121,7 +133,10 @@ async fn schema_points_arrive_with_names_tags_and_values() {
     assert_eq!(by_name["gpu_throttle_sw_power_cap"].values, [1.0]);
     assert_eq!(by_name["gpu_throttle_hw_slowdown"].values, [0.0]);
     assert_eq!(by_name["gpu_throttle_reasons"].values, [4.0]);
-    assert!(!by_name.contains_key("gpu_hbm_temp_c"), "unknown values are not written");
+    assert!(
+        !by_name.contains_key("gpu_hbm_temp_c"),
+        "unknown values are not written"
+    );
     sink.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -144,9 +159,18 @@ async fn outage_loses_nothing_and_duplicates_nothing() {
     for chunk in seq_points(base, BEFORE..BEFORE + DURING, "outage").chunks(20) {
         sink.submit(chunk);
     }
-    let st = wait_for(&sink, "failed retries during the outage", |s| s.retries >= 2).await;
-    assert_eq!(st.written, BEFORE as u64, "nothing is written while the server is down");
-    assert_eq!(st.backlog, DURING as u64, "the outage's points wait in the spool");
+    let st = wait_for(&sink, "failed retries during the outage", |s| {
+        s.retries >= 2
+    })
+    .await;
+    assert_eq!(
+        st.written, BEFORE as u64,
+        "nothing is written while the server is down"
+    );
+    assert_eq!(
+        st.backlog, DURING as u64,
+        "the outage's points wait in the spool"
+    );
     assert!(st.last_error.is_some());
 
     vm.restart();
@@ -155,11 +179,20 @@ async fn outage_loses_nothing_and_duplicates_nothing() {
         sink.submit(chunk);
     }
     let total = (BEFORE + DURING + AFTER) as u64;
-    let st = wait_for(&sink, "the backlog to drain", |s| s.backlog == 0 && s.written == total).await;
+    let st = wait_for(&sink, "the backlog to drain", |s| {
+        s.backlog == 0 && s.written == total
+    })
+    .await;
     assert_eq!((st.dropped, st.rejected), (0, 0));
 
-    let got = counts(&vm, r#"seq_v{run="outage"}"#, (BEFORE + DURING + AFTER) as usize);
-    let want: BTreeMap<i64, usize> = (0..BEFORE + DURING + AFTER).map(|i| (base + i, 1)).collect();
+    let got = counts(
+        &vm,
+        r#"seq_v{run="outage"}"#,
+        (BEFORE + DURING + AFTER) as usize,
+    );
+    let want: BTreeMap<i64, usize> = (0..BEFORE + DURING + AFTER)
+        .map(|i| (base + i, 1))
+        .collect();
     eprintln!(
         "outage: {} before, {} during, {} after; {} distinct samples stored, {} retries",
         BEFORE,
@@ -213,7 +246,10 @@ async fn crash_mid_stream_loses_nothing_and_duplicates_at_most_one_batch() {
         "crash: dropped after {first_written} of {FIRST} written; {} distinct stored, {extra} duplicates (batch {BATCH})",
         got.len()
     );
-    assert!(extra <= BATCH, "{extra} duplicates, more than one batch of {BATCH}");
+    assert!(
+        extra <= BATCH,
+        "{extra} duplicates, more than one batch of {BATCH}"
+    );
     sink.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -227,7 +263,10 @@ async fn shutdown_leaves_unsent_points_in_the_spool_for_the_next_start() {
     sink.submit(&seq_points(base, 0..120, "shutdown"));
     let t0 = Instant::now();
     sink.shutdown(Duration::from_millis(300)).await;
-    assert!(t0.elapsed() < Duration::from_secs(3), "shutdown honours its deadline");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "shutdown honours its deadline"
+    );
 
     vm.restart();
     let sink = InfluxSink::start(&cfg(&vm, 50), state.path()).expect("sink restarts");

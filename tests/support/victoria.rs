@@ -78,7 +78,8 @@ impl Victoria {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(self.data.path().join("vm.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.data.path().join("vm.log")).unwrap_or_default();
                 panic!("victoria-metrics exited with {status}: {log}");
             }
             if self.get("/health").is_ok_and(|b| b.trim() == "OK") {
@@ -86,7 +87,10 @@ impl Victoria {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("victoria-metrics did not become healthy on port {}", self.port);
+        panic!(
+            "victoria-metrics did not become healthy on port {}",
+            self.port
+        );
     }
 
     fn storage(&self) -> PathBuf {
