@@ -128,12 +128,13 @@ async fn rejected_batch_goes_to_dead_letter_and_later_points_flow() {
     );
     assert_eq!(&lines[1..], ["good v=4i 4", "bad v=5i 5", "good v=6i 6"]);
 
-    let s = seen.lock().expect("lock");
-    assert!(s.auth.iter().all(|a| a == "Token t0ken"), "{:?}", s.auth);
-    assert_eq!(
-        s.bodies[0], s.bodies[1],
-        "the batch that met 503 is resent unchanged"
-    );
-    drop(s);
+    {
+        let s = seen.lock().expect("lock");
+        assert!(s.auth.iter().all(|a| a == "Token t0ken"), "{:?}", s.auth);
+        assert_eq!(
+            s.bodies[0], s.bodies[1],
+            "the batch that met 503 is resent unchanged"
+        );
+    }
     sink.shutdown(Duration::from_secs(1)).await;
 }
