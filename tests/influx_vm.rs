@@ -277,3 +277,32 @@ async fn shutdown_leaves_unsent_points_in_the_spool_for_the_next_start() {
     assert!(got.values().all(|c| *c == 1));
     sink.shutdown(Duration::from_secs(2)).await;
 }
+
+/// End-to-end figure, not a pass/fail speed target: points per second from `submit` into
+/// VictoriaMetrics on loopback. Run with `cargo test --release --test influx_vm -- --ignored
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn e2e_throughput_into_victoria_metrics() {
+    let vm = Victoria::start();
+    let state = tempfile::tempdir().expect("state dir");
+    let mut c = cfg(&vm, 5000);
+    c.flush_interval_ms = 100;
+    let sink = InfluxSink::start(&c, state.path()).expect("sink starts");
+    const N: i64 = 200_000;
+    let base = now_ms() - 3_600_000;
+    let points = seq_points(base, 0..N, "e2e");
+    let t0 = Instant::now();
+    for chunk in points.chunks(1000) {
+        sink.submit(chunk);
+    }
+    let submitted = t0.elapsed();
+    wait_for(&sink, "all points written", |s| s.written == N as u64).await;
+    let total = t0.elapsed();
+    eprintln!(
+        "e2e: {N} points; submit {:.0} points/s; into VictoriaMetrics {:.0} points/s",
+        N as f64 / submitted.as_secs_f64(),
+        N as f64 / total.as_secs_f64()
+    );
+    sink.shutdown(Duration::from_secs(2)).await;
+}
