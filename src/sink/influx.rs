@@ -1,12 +1,824 @@
-//! Stub.
+//! The InfluxDB sink: points go to a disk spool first, and a shipping task sends the spool to
+//! InfluxDB's v2 write API (`/api/v2/write`) in batches, in order, acknowledging each batch only
+//! after the server answered 204.
+//!
+//! What it promises:
+//! - `submit` never waits on the network; it appends to the spool (and fsyncs per policy).
+//! - Nothing is dropped silently: a point leaves the spool only when the server accepted it,
+//!   when the server rejected it (then it is appended to the dead-letter file and counted), or
+//!   when the spool's size bound was reached (then it is counted as dropped).
+//! - After a crash the backlog is replayed from the committed cursor, so at most the batch that
+//!   was in flight is written twice (InfluxDB overwrites a point with the same series and
+//!   timestamp, so even that leaves no duplicate there).
+//!
+//! Limits of the `influxdb2` 0.5 crate that shape this code: `write_line_protocol` sends no
+//! compressed body and hides response headers, so `Retry-After` cannot be read; back-off is
+//! exponential with jitter instead. Its `Client::new` panics on an invalid URL, so the URL is
+//! validated here first.
 
 use crate::config::Issues;
+use crate::model::Point;
+use crate::sink::lineproto;
+use crate::sink::spool::{FsyncPolicy, Spool, SpoolError, SpoolOptions};
 use serde::Deserialize;
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
 
+/// A secret string: shown as `<redacted>` in `Debug`, so a configuration dump or log line can
+/// never carry the token.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// When the spool is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// After every `submit`: survives a power loss, costs one fdatasync per tick.
+    Always,
+    /// At most every `fsync_interval_ms`.
+    #[default]
+    Interval,
+    /// Left to the OS: survives a daemon crash, not a power loss.
+    Never,
+}
+
+/// `[influx]`: where metrics go and how hard the sink tries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InfluxConfig {}
+pub struct InfluxConfig {
+    /// Base URL of the InfluxDB (or compatible) server, for example `http://influx:8086`.
+    pub url: String,
+    #[serde(default)]
+    pub org: String,
+    pub bucket: String,
+    /// The API token inline. Prefer `token_file` or `token_env`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file holding the token (surrounding whitespace is ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Most points per write request.
+    #[serde(default = "d_batch_size")]
+    pub batch_size: usize,
+    /// A partial batch is sent at the latest this long after the previous write.
+    #[serde(default = "d_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "d_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Compress request bodies. Not available with influxdb2 0.5's line-protocol API; must
+    /// stay false (accepted so that configurations written for later versions parse).
+    #[serde(default)]
+    pub gzip: bool,
+    #[serde(default = "d_retry_min_ms")]
+    pub retry_min_ms: u64,
+    #[serde(default = "d_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Bound on the disk spool. When reached, the oldest points are dropped (and counted).
+    #[serde(default = "d_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    #[serde(default = "d_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    /// Where rejected batches go, relative to the state folder unless absolute.
+    #[serde(default = "d_dead_letter")]
+    pub dead_letter: PathBuf,
+}
+
+// InfluxData recommends batches of 5,000 lines ("Optimize writes" in the v2 documentation).
+fn d_batch_size() -> usize {
+    5000
+}
+fn d_flush_interval_ms() -> u64 {
+    1000
+}
+fn d_request_timeout_ms() -> u64 {
+    10_000
+}
+fn d_retry_min_ms() -> u64 {
+    500
+}
+fn d_retry_max_ms() -> u64 {
+    60_000
+}
+// 1 GiB holds about 4 million coolantd lines: days of one host's telemetry at 1 Hz.
+fn d_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn d_fsync_interval_ms() -> u64 {
+    1000
+}
+fn d_dead_letter() -> PathBuf {
+    PathBuf::from("influx-dead-letter.lp")
+}
 
 impl InfluxConfig {
-    pub fn validate(&self, _key: &str, _issues: &mut Issues) {}
+    /// A configuration with defaults for everything but the address.
+    pub fn new(url: impl Into<String>, bucket: impl Into<String>) -> Self {
+        InfluxConfig {
+            url: url.into(),
+            org: String::new(),
+            bucket: bucket.into(),
+            token: None,
+            token_file: None,
+            token_env: None,
+            batch_size: d_batch_size(),
+            flush_interval_ms: d_flush_interval_ms(),
+            request_timeout_ms: d_request_timeout_ms(),
+            gzip: false,
+            retry_min_ms: d_retry_min_ms(),
+            retry_max_ms: d_retry_max_ms(),
+            spool_max_bytes: d_spool_max_bytes(),
+            fsync: FsyncMode::default(),
+            fsync_interval_ms: d_fsync_interval_ms(),
+            dead_letter: d_dead_letter(),
+        }
+    }
+
+    pub fn validate(&self, key: &str, issues: &mut Issues) {
+        match url::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(u) => issues.push(
+                format!("{key}.url"),
+                format!(
+                    "an http:// or https:// URL with a host, got scheme `{}`",
+                    u.scheme()
+                ),
+            ),
+            Err(e) => issues.push(
+                format!("{key}.url"),
+                format!("a URL like http://influx:8086, got `{}` ({e})", self.url),
+            ),
+        }
+        issues.check(
+            !self.bucket.trim().is_empty(),
+            format!("{key}.bucket"),
+            "a bucket name",
+        );
+        let sources = [
+            self.token.is_some(),
+            self.token_file.is_some(),
+            self.token_env.is_some(),
+        ];
+        issues.check(
+            sources.iter().filter(|s| **s).count() <= 1,
+            format!("{key}.token"),
+            "at most one of token, token_file, token_env",
+        );
+        issues.check(
+            (1..=100_000).contains(&self.batch_size),
+            format!("{key}.batch_size"),
+            format!("between 1 and 100000 points, got {}", self.batch_size),
+        );
+        issues.check(
+            (10..=3_600_000).contains(&self.flush_interval_ms),
+            format!("{key}.flush_interval_ms"),
+            format!("between 10 and 3600000 ms, got {}", self.flush_interval_ms),
+        );
+        issues.check(
+            (100..=600_000).contains(&self.request_timeout_ms),
+            format!("{key}.request_timeout_ms"),
+            format!("between 100 and 600000 ms, got {}", self.request_timeout_ms),
+        );
+        issues.check(
+            !self.gzip,
+            format!("{key}.gzip"),
+            "false: the influxdb2 0.5 line-protocol writer cannot compress",
+        );
+        issues.check(
+            self.retry_min_ms >= 1 && self.retry_min_ms <= self.retry_max_ms,
+            format!("{key}.retry_min_ms"),
+            format!(
+                "at least 1 ms and not above retry_max_ms ({}), got {}",
+                self.retry_max_ms, self.retry_min_ms
+            ),
+        );
+        issues.check(
+            self.spool_max_bytes >= 1 << 20,
+            format!("{key}.spool_max_bytes"),
+            format!("at least 1048576 (1 MiB), got {}", self.spool_max_bytes),
+        );
+        issues.check(
+            self.fsync_interval_ms >= 1,
+            format!("{key}.fsync_interval_ms"),
+            "at least 1 ms",
+        );
+    }
+
+    fn fsync_policy(&self) -> FsyncPolicy {
+        match self.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms))
+            }
+            FsyncMode::Never => FsyncPolicy::Never,
+        }
+    }
+
+    /// Reads the token from wherever the configuration says. Empty when none is configured
+    /// (fine for VictoriaMetrics, refused by InfluxDB with 401).
+    pub fn resolve_token(&self) -> Result<Secret, SinkError> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| SinkError::Token {
+                what: format!("reading token_file {}: {e}", path.display()),
+            })?;
+            return Ok(Secret(text.trim().to_string()));
+        }
+        if let Some(var) = &self.token_env {
+            return std::env::var(var)
+                .map(|t| Secret(t.trim().to_string()))
+                .map_err(|_| SinkError::Token {
+                    what: format!("environment variable {var} (token_env) is not set"),
+                });
+        }
+        Ok(Secret(String::new()))
+    }
+}
+
+/// Why the sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("InfluxDB token: {what}")]
+    Token { what: String },
+    #[error("InfluxDB url `{url}`: {why}")]
+    Url { url: String, why: String },
+    #[error("InfluxDB HTTP client: {0}")]
+    Client(String),
+    #[error("the InfluxDB sink needs a tokio runtime: {0}")]
+    NoRuntime(String),
+}
+
+/// What the sink has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Points the server acknowledged.
+    pub written: u64,
+    /// Points waiting in the spool (and in memory if the disk failed).
+    pub backlog: u64,
+    /// Bytes the spool holds on disk.
+    pub spool_bytes: u64,
+    /// Points dropped because the spool's size bound was reached (raise an alarm on growth).
+    pub dropped: u64,
+    /// Points the server rejected (HTTP 4xx), now in the dead-letter file.
+    pub rejected: u64,
+    /// Records found corrupt in the spool (torn tail after a crash, bad checksum).
+    pub corrupt: u64,
+    /// Write requests that failed and were retried.
+    pub retries: u64,
+    /// The latest write error, cleared by the next successful write.
+    pub last_error: Option<String>,
+}
+
+/// Lines kept in memory while the spool cannot be written (disk full, IO error); beyond this
+/// they are dropped and counted. 100,000 lines are about 25 MB and minutes of a large host.
+const MEMORY_FALLBACK_LINES: usize = 100_000;
+
+#[derive(Debug)]
+struct Inner {
+    spool: Spool,
+    /// Lines that could not be appended to the spool yet.
+    fallback: VecDeque<String>,
+    fallback_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    written: u64,
+    rejected: u64,
+    retries: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    counters: Mutex<Counters>,
+    wake: Notify,
+}
+
+/// The InfluxDB sink. Dropping it without [`InfluxSink::shutdown`] stops shipping at once and
+/// leaves the backlog in the spool for the next start.
+#[derive(Debug)]
+pub struct InfluxSink {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind, still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl InfluxSink {
+    /// Opens the spool in `<state_dir>/spool` and spawns the shipping task on the current
+    /// tokio runtime.
+    pub fn start(cfg: &InfluxConfig, state_dir: &Path) -> Result<InfluxSink, SinkError> {
+        let mut issues = Issues::default();
+        cfg.validate("influx", &mut issues);
+        if let Some(i) = issues.into_vec().into_iter().next() {
+            return Err(SinkError::Url {
+                url: cfg.url.clone(),
+                why: format!("{}: {}", i.key, i.expected),
+            });
+        }
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| SinkError::NoRuntime(e.to_string()))?;
+        let token = cfg.resolve_token()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.request_timeout_ms))
+            .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5000)));
+        let client = influxdb2::ClientBuilder::with_builder(
+            http,
+            cfg.url.clone(),
+            cfg.org.clone(),
+            token.expose(),
+        )
+        .build()
+        .map_err(|e| SinkError::Client(e.to_string()))?;
+
+        let spool = Spool::open(
+            &state_dir.join("spool"),
+            SpoolOptions::new(cfg.spool_max_bytes, cfg.fsync_policy()),
+        )?;
+        let backlog = spool.stats().backlog;
+        if backlog > 0 {
+            tracing::info!(
+                backlog,
+                "replaying InfluxDB spool backlog from the last run"
+            );
+        }
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                spool,
+                fallback: VecDeque::new(),
+                fallback_dropped: 0,
+            }),
+            counters: Mutex::new(Counters::default()),
+            wake: Notify::new(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let dead_letter = if cfg.dead_letter.is_absolute() {
+            cfg.dead_letter.clone()
+        } else {
+            state_dir.join(&cfg.dead_letter)
+        };
+        let shipper = Shipper {
+            shared: shared.clone(),
+            client,
+            org: cfg.org.clone(),
+            bucket: cfg.bucket.clone(),
+            batch_size: cfg.batch_size,
+            flush_interval: Duration::from_millis(cfg.flush_interval_ms),
+            fsync_tick: match cfg.fsync {
+                FsyncMode::Interval => Duration::from_millis(cfg.fsync_interval_ms),
+                _ => Duration::from_secs(3600),
+            },
+            retry_min: Duration::from_millis(cfg.retry_min_ms),
+            retry_max: Duration::from_millis(cfg.retry_max_ms),
+            dead_letter,
+            stop: stop_rx,
+        };
+        let task = handle.spawn(async move {
+            let span = tracing::info_span!("influx_sink");
+            let _ = tracing::Instrument::instrument(shipper.run(), span).await;
+        });
+        Ok(InfluxSink {
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Appends the points to the spool and wakes the shipping task. Never waits on the
+    /// network; waits on the disk only as long as the fsync policy says.
+    pub fn submit(&self, points: &[Point]) {
+        let mut lines = Vec::with_capacity(points.len());
+        for p in points {
+            if let Some(l) = lineproto::encode_line(p) {
+                lines.push(l);
+            }
+        }
+        if lines.is_empty() {
+            return;
+        }
+        {
+            let mut g = lock(&self.shared.inner);
+            let inner = &mut *g;
+            // Earlier lines that missed the disk go first, to keep the order.
+            if !inner.fallback.is_empty() {
+                let earlier: Vec<String> = inner.fallback.drain(..).collect();
+                if let Err(e) = inner.spool.append(earlier.iter().map(String::as_str)) {
+                    inner.fallback.extend(earlier);
+                    tracing::error!(error = %e, "InfluxDB spool still not writable; keeping points in memory");
+                }
+            }
+            let result = if inner.fallback.is_empty() {
+                inner.spool.append(lines.iter().map(String::as_str))
+            } else {
+                inner.fallback.extend(lines.drain(..));
+                Ok(())
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, points = lines.len(),
+                    "cannot append to the InfluxDB spool; keeping points in memory");
+                inner.fallback.extend(lines);
+            }
+            while inner.fallback.len() > MEMORY_FALLBACK_LINES {
+                inner.fallback.pop_front();
+                inner.fallback_dropped += 1;
+            }
+        }
+        self.shared.wake.notify_one();
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        let (sp, mem, mem_dropped) = {
+            let g = lock(&self.shared.inner);
+            (g.spool.stats(), g.fallback.len() as u64, g.fallback_dropped)
+        };
+        let c = lock(&self.shared.counters);
+        SinkStats {
+            written: c.written,
+            backlog: sp.backlog + mem,
+            spool_bytes: sp.bytes,
+            dropped: sp.dropped + mem_dropped,
+            rejected: c.rejected,
+            corrupt: sp.corrupt,
+            retries: c.retries,
+            last_error: c.last_error.clone(),
+        }
+    }
+
+    /// Sends what it can before `deadline`, then stops; the rest stays in the spool.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        self.shared.wake.notify_one();
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(deadline, &mut task).await.is_err() {
+                tracing::warn!(
+                    backlog = self.stats().backlog,
+                    "InfluxDB sink did not finish before the shutdown deadline; the backlog stays in the spool"
+                );
+                task.abort();
+            }
+        }
+        let mut g = lock(&self.shared.inner);
+        if let Err(e) = g.spool.sync() {
+            tracing::error!(error = %e, "syncing the InfluxDB spool at shutdown");
+        }
+    }
+}
+
+impl Drop for InfluxSink {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// How a failed write is handled.
+enum Failure {
+    /// Try the same batch again after a back-off.
+    Retry(String),
+    /// The request is too large: split the batch.
+    TooLarge(String),
+    /// The server refused the data itself: dead-letter the batch.
+    Reject(String),
+}
+
+fn classify(e: influxdb2::RequestError) -> Failure {
+    match e {
+        influxdb2::RequestError::Http { status, text } => {
+            let code = status.as_u16();
+            let msg = format!("HTTP {code}: {}", text.trim());
+            match code {
+                413 => Failure::TooLarge(msg),
+                // 429 and 503 are "come back later"; 408 is a timeout. 401, 403 and 404 are
+                // about the token, org or bucket, not the points: dead-lettering everything
+                // until an operator fixes the configuration would empty the spool for nothing.
+                408 | 429 | 401 | 403 | 404 => Failure::Retry(msg),
+                400..=499 => Failure::Reject(msg),
+                _ => Failure::Retry(msg),
+            }
+        }
+        other => Failure::Retry(other.to_string()),
+    }
+}
+
+struct Shipper {
+    shared: Arc<Shared>,
+    client: influxdb2::Client,
+    org: String,
+    bucket: String,
+    batch_size: usize,
+    flush_interval: Duration,
+    fsync_tick: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    dead_letter: PathBuf,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shipper {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps up to `d`, waking early on new points or shutdown. Returns true on shutdown.
+    async fn wait(&mut self, d: Duration, on_data: bool) -> bool {
+        if self.stopping() {
+            return true;
+        }
+        let shared = self.shared.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = shared.wake.notified(), if on_data => {}
+            _ = self.stop.changed() => {}
+        }
+        self.stopping()
+    }
+
+    async fn run(mut self) {
+        let mut backoff = self.retry_min;
+        let mut limit = self.batch_size;
+        let mut last_flush = Instant::now();
+        let mut rng = seed();
+        loop {
+            let backlog = {
+                let mut g = lock(&self.shared.inner);
+                if let Err(e) = g.spool.sync_if_due() {
+                    tracing::error!(error = %e, "syncing the InfluxDB spool");
+                }
+                g.spool.stats().backlog
+            };
+            let stopping = self.stopping();
+            if backlog == 0 {
+                if stopping {
+                    return;
+                }
+                let tick = self.flush_interval.min(self.fsync_tick);
+                self.wait(tick, true).await;
+                continue;
+            }
+            let due = last_flush + self.flush_interval;
+            if !stopping && backlog < self.batch_size as u64 && Instant::now() < due {
+                let d = due
+                    .saturating_duration_since(Instant::now())
+                    .min(self.fsync_tick);
+                self.wait(d, true).await;
+                continue;
+            }
+            let batch = {
+                let mut g = lock(&self.shared.inner);
+                g.spool.read_batch(limit)
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the InfluxDB spool");
+                    if self.wait(self.retry_max, false).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(end) = batch.end else {
+                // Nothing readable although the backlog says otherwise: should not happen;
+                // do not spin.
+                if self.wait(self.flush_interval, true).await {
+                    return;
+                }
+                continue;
+            };
+            if batch.count == 0 {
+                self.commit(end);
+                continue;
+            }
+            let result = self
+                .client
+                .write_line_protocol(&self.org, &self.bucket, batch.body.clone())
+                .await;
+            last_flush = Instant::now();
+            let failure = match result {
+                Ok(()) => {
+                    self.commit(end);
+                    let mut c = lock(&self.shared.counters);
+                    c.written += batch.count;
+                    c.last_error = None;
+                    backoff = self.retry_min;
+                    limit = self.batch_size;
+                    continue;
+                }
+                Err(e) => classify(e),
+            };
+            match failure {
+                Failure::TooLarge(msg) if batch.count > 1 => {
+                    limit = (batch.count as usize / 2).max(1);
+                    tracing::warn!(error = %msg, points = batch.count, new_batch = limit,
+                        "InfluxDB refused the request size; splitting the batch");
+                }
+                Failure::TooLarge(msg) | Failure::Reject(msg) => {
+                    tracing::error!(error = %msg, points = batch.count, file = %self.dead_letter.display(),
+                        "InfluxDB rejected a batch; writing it to the dead-letter file");
+                    match append_dead_letter(&self.dead_letter, &msg, &batch.body) {
+                        Ok(()) => {
+                            self.commit(end);
+                            let mut c = lock(&self.shared.counters);
+                            c.rejected += batch.count;
+                            c.last_error = Some(msg);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, file = %self.dead_letter.display(),
+                                "cannot write the dead-letter file; keeping the batch in the spool");
+                            if self.wait(backoff, false).await {
+                                return;
+                            }
+                            backoff = (backoff * 2).min(self.retry_max);
+                        }
+                    }
+                }
+                Failure::Retry(msg) => {
+                    {
+                        let mut c = lock(&self.shared.counters);
+                        c.retries += 1;
+                        c.last_error = Some(msg.clone());
+                    }
+                    if stopping {
+                        tracing::warn!(error = %msg, backlog, "InfluxDB write failed during shutdown; backlog stays in the spool");
+                        return;
+                    }
+                    // Full jitter in [backoff/2, backoff], so many hosts recovering from one
+                    // outage do not hit the server in lockstep.
+                    let half = backoff / 2;
+                    let jitter = half.mul_f64(next_unit(&mut rng));
+                    let sleep = half + jitter;
+                    tracing::warn!(error = %msg, backlog, retry_in_ms = sleep.as_millis() as u64,
+                        "InfluxDB write failed; will retry");
+                    if self.wait(sleep, false).await {
+                        // Shutdown: one last attempt happens in the next loop pass.
+                    }
+                    backoff = (backoff * 2).min(self.retry_max);
+                }
+            }
+        }
+    }
+
+    fn commit(&self, end: crate::sink::spool::Position) {
+        let mut g = lock(&self.shared.inner);
+        if let Err(e) = g.spool.commit(end) {
+            tracing::error!(error = %e, "committing the InfluxDB spool cursor (points may be sent twice after a restart)");
+        }
+    }
+}
+
+fn append_dead_letter(path: &Path, msg: &str, body: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let msg = msg.replace(['\n', '\r'], " ");
+    writeln!(f, "# rejected at unix {now}: {msg}")?;
+    f.write_all(body.as_bytes())?;
+    f.sync_data()
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9e37_79b9_7f4a_7c15);
+    t ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// A uniform number in [0, 1) from a splitmix64 step; jitter needs no better randomness.
+fn next_unit(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> InfluxConfig {
+        toml::from_str(text).expect("valid toml")
+    }
+
+    #[test]
+    fn token_is_redacted_in_debug() {
+        let c = parse("url = \"http://x:8086\"\nbucket = \"b\"\ntoken = \"s3cr3t\"\n");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn validate_catches_bad_url_and_settings() {
+        let mut c = InfluxConfig::new("not a url", "");
+        c.token = Some(Secret::new("a"));
+        c.token_env = Some("X".into());
+        c.batch_size = 0;
+        let mut issues = Issues::default();
+        c.validate("influx", &mut issues);
+        let keys: Vec<_> = issues.into_vec().into_iter().map(|i| i.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "influx.url",
+                "influx.bucket",
+                "influx.token",
+                "influx.batch_size"
+            ]
+        );
+        let mut issues = Issues::default();
+        InfluxConfig::new("unix:/var/run/x", "b").validate("influx", &mut issues);
+        assert!(!issues.is_empty(), "scheme without host is refused");
+        let mut issues = Issues::default();
+        InfluxConfig::new("https://influx.example:8086/", "b").validate("influx", &mut issues);
+        assert!(issues.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let r: Result<InfluxConfig, _> =
+            toml::from_str("url = \"http://x\"\nbucket = \"b\"\nbatchsize = 1\n");
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn token_from_file_is_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "abc\n").expect("write");
+        let mut c = InfluxConfig::new("http://x", "b");
+        c.token_file = Some(f);
+        assert_eq!(c.resolve_token().expect("token").expose(), "abc");
+        c.token_file = Some(dir.path().join("missing"));
+        let e = c.resolve_token().expect_err("missing file");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn http_status_classification() {
+        use reqwest::StatusCode;
+        let http = |s: u16| influxdb2::RequestError::Http {
+            status: StatusCode::from_u16(s).expect("status"),
+            text: "msg".into(),
+        };
+        assert!(matches!(classify(http(400)), Failure::Reject(_)));
+        assert!(matches!(classify(http(422)), Failure::Reject(_)));
+        assert!(matches!(classify(http(413)), Failure::TooLarge(_)));
+        for s in [429, 503, 500, 401, 404] {
+            assert!(matches!(classify(http(s)), Failure::Retry(_)), "{s}");
+        }
+    }
+
+    #[test]
+    fn jitter_is_in_unit_interval() {
+        let mut s = 1;
+        for _ in 0..1000 {
+            let u = next_unit(&mut s);
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
 }

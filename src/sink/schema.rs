@@ -1,0 +1,564 @@
+//! The metric schema: how the contract types of [`crate::model`] become [`Point`]s.
+//!
+//! These names are the public interface of coolantd's telemetry. InfluxDB stores them as
+//! measurement + field, MQTT telemetry uses the same keys, and Prometheus `/metrics` shows
+//! them as `<measurement>_<field>`. `docs/metrics.md` documents every one of them; the tests
+//! check that the documentation, the Grafana dashboards and this module agree, using
+//! [`catalog`], which is produced by these same functions.
+//!
+//! Field names carry their unit (`_c` °C, `_k` kelvin, `_w` watts, `_mhz`, `_pct` percent,
+//! `_lpm` l/min, `_kpa`, `_j` joules, `_ns` nanoseconds). A value that is unknown is left out of
+//! the point rather than written as a placeholder.
+
+use crate::model::{
+    AlarmEvent, AlarmTransition, CduSample, ControlState, FieldValue, GpuSample, GpuSlowSample,
+    GpuStatic, Mode, Point, Role, Severity,
+};
+use std::collections::BTreeMap;
+
+/// Where the points come from: the site and this daemon's host.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub site: &'a str,
+    pub host: &'a str,
+}
+
+/// Measurement names.
+pub const GPU: &str = "gpu";
+pub const COOLANT: &str = "coolant";
+pub const COOLANT_REGISTER: &str = "coolant_register";
+pub const CONTROL: &str = "control";
+pub const ALARM: &str = "alarm";
+
+/// NVML clocks-event ("throttle") reason bits and the boolean field each becomes.
+/// Values from `nvml.h` (`nvmlClocksEventReason*`, formerly `nvmlClocksThrottleReason*`).
+pub const THROTTLE_REASONS: [(u64, &str); 9] = [
+    (0x0000_0001, "throttle_gpu_idle"),
+    (0x0000_0002, "throttle_applications_clocks"),
+    (0x0000_0004, "throttle_sw_power_cap"),
+    (0x0000_0008, "throttle_hw_slowdown"),
+    (0x0000_0010, "throttle_sync_boost"),
+    (0x0000_0020, "throttle_sw_thermal"),
+    (0x0000_0040, "throttle_hw_thermal"),
+    (0x0000_0080, "throttle_hw_power_brake"),
+    (0x0000_0100, "throttle_display_clocks"),
+];
+
+fn f(p: Point, key: &str, v: Option<f64>) -> Point {
+    p.field_f64(key, v)
+}
+
+fn int(p: Point, key: &str, v: Option<i64>) -> Point {
+    match v {
+        Some(v) => p.field(key, FieldValue::Int(v)),
+        None => p,
+    }
+}
+
+/// Counters are written as signed integers (saturating at `i64::MAX`, centuries away for
+/// nanosecond counters) because InfluxQL and Flux handle `int` in every function, `uint` not.
+fn counter(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn gpu_tags(ctx: &Ctx, st: &GpuStatic, time_ns: i64) -> Point {
+    // The GPU's own host, which differs from this daemon's for samples received over MQTT.
+    let host = if st.key.host.is_empty() {
+        ctx.host
+    } else {
+        st.key.host.as_str()
+    };
+    Point::new(GPU, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", host)
+        .tag("gpu", st.key.index.to_string())
+        .tag("uuid", st.uuid.as_str())
+        .tag("model", st.name.as_str())
+}
+
+/// The fast GPU reading (measurement `gpu`).
+pub fn gpu_point(ctx: &Ctx, st: &GpuStatic, s: &GpuSample, time_ns: i64) -> Point {
+    let mut p = gpu_tags(ctx, st, time_ns);
+    let core = s.core.map(|c| c.get());
+    let hbm = s.hbm.map(|c| c.get());
+    p = f(p, "core_temp_c", core);
+    p = f(p, "hbm_temp_c", hbm);
+    p = f(
+        p,
+        "margin_to_slowdown_k",
+        s.core.map(|c| c.margin_to(st.slowdown).get()),
+    );
+    p = f(
+        p,
+        "margin_to_gpu_max_k",
+        s.core.map(|c| c.margin_to(st.gpu_max).get()),
+    );
+    p = f(
+        p,
+        "hbm_margin_k",
+        s.hbm.map(|c| c.margin_to(st.hbm_max).get()),
+    );
+    p = f(p, "slowdown_temp_c", Some(st.slowdown.get()));
+    p = f(p, "hbm_max_temp_c", Some(st.hbm_max.get()));
+    p = f(p, "power_w", s.power_instant.map(|w| w.get()));
+    p = f(p, "power_avg_w", s.power_average.map(|w| w.get()));
+    p = f(p, "power_limit_w", s.enforced_limit.map(|w| w.get()));
+    p = f(p, "power_limit_max_w", Some(st.power_max.get()));
+    p = f(p, "sm_clock_mhz", s.sm_clock.map(|m| m.get()));
+    p = f(p, "mem_clock_mhz", s.mem_clock.map(|m| m.get()));
+    p = f(p, "utilization_pct", s.utilization.map(|u| u.get()));
+    if let Some(bits) = s.throttle_reasons {
+        p = p.field(
+            "throttle_reasons",
+            FieldValue::Int(counter(Some(bits)).unwrap_or(i64::MAX)),
+        );
+        for (bit, name) in THROTTLE_REASONS {
+            p = p.field(name, FieldValue::Bool(bits & bit != 0));
+        }
+    }
+    int(p, "pstate", s.pstate.map(i64::from))
+}
+
+/// The slow GPU counters (measurement `gpu`, written at the slow cadence).
+pub fn gpu_slow_point(ctx: &Ctx, st: &GpuStatic, s: &GpuSlowSample, time_ns: i64) -> Point {
+    let mut p = gpu_tags(ctx, st, time_ns);
+    p = f(p, "energy_j", s.energy.map(|j| j.get()));
+    p = int(p, "violation_power_ns", counter(s.violation_power_ns));
+    p = int(p, "violation_thermal_ns", counter(s.violation_thermal_ns));
+    int(p, "ecc_corrected", counter(s.ecc_corrected))
+}
+
+/// Role → field name in measurement `coolant`.
+pub fn coolant_field(role: Role) -> Option<&'static str> {
+    Some(match role {
+        Role::SupplyTemperature => "supply_temp_c",
+        Role::ReturnTemperature => "return_temp_c",
+        Role::Flow => "flow_lpm",
+        Role::DifferentialPressure => "dp_kpa",
+        Role::PumpSpeedCommand => "pump_command_pct",
+        Role::PumpSpeedFeedback => "pump_feedback_pct",
+        Role::FacilityWaterTemperature => "facility_water_temp_c",
+        Role::ValvePosition => "valve_pct",
+        Role::RoomTemperature => "room_temp_c",
+        Role::RoomHumidity => "room_humidity_pct",
+        Role::Leak => "leak",
+        Role::RemoteEnable => "remote_enable",
+        // The heartbeat is a counter the controller writes; plotting it tells nobody anything.
+        Role::Watchdog => return None,
+    })
+}
+
+/// One CDU poll (measurement `coolant`). Redundant sensors of a role are combined worst-case
+/// ([`CduSample::worst`]), the value the controller acts on.
+pub fn cdu_point(ctx: &Ctx, s: &CduSample, time_ns: i64) -> Point {
+    let mut p = Point::new(COOLANT, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", ctx.host)
+        .tag("cdu", s.cdu.as_str());
+    for role in Role::ALL {
+        let Some(name) = coolant_field(role) else {
+            continue;
+        };
+        let v = s.worst(role);
+        p = match role {
+            // Digital inputs arrive as 0/1 registers; anything above one half is "on".
+            Role::Leak | Role::RemoteEnable => match v {
+                Some(v) => p.field(name, FieldValue::Bool(v > 0.5)),
+                None => p,
+            },
+            _ => f(p, name, v),
+        };
+    }
+    let dt = s
+        .worst(Role::ReturnTemperature)
+        .zip(s.worst(Role::SupplyTemperature))
+        .map(|(r, su)| r - su);
+    p = f(p, "delta_t_k", dt);
+    let faults = s.registers.iter().filter(|r| r.value.is_err()).count();
+    p = p.field("fault_count", FieldValue::Int(faults as i64));
+    p.field("register_count", FieldValue::Int(s.registers.len() as i64))
+}
+
+/// One point per register of a CDU poll (measurement `coolant_register`): its value when good,
+/// and whether it faulted, so a dashboard can count faults per register over time.
+pub fn register_points(ctx: &Ctx, s: &CduSample, time_ns: i64) -> Vec<Point> {
+    s.registers
+        .iter()
+        .map(|r| {
+            let mut p = Point::new(COOLANT_REGISTER, time_ns)
+                .tag("site", ctx.site)
+                .tag("host", ctx.host)
+                .tag("cdu", s.cdu.as_str())
+                .tag("register", r.name.as_str())
+                .tag("role", r.role.map(Role::as_str).unwrap_or("none"));
+            p = f(p, "value", r.value.as_ref().ok().copied());
+            p.field("fault", FieldValue::Int(i64::from(r.value.is_err())))
+        })
+        .collect()
+}
+
+/// Numeric code of a control state, for alert rules and `/metrics` (strings do not graph).
+pub fn state_code(s: ControlState) -> i64 {
+    match s {
+        ControlState::Boot => 0,
+        ControlState::Running => 1,
+        ControlState::Degraded => 2,
+        ControlState::Failsafe => 3,
+        ControlState::Emergency => 4,
+    }
+}
+
+/// The supervisor's summary plus one point per control loop (measurement `control`; loop
+/// points carry a `loop` tag, the summary does not).
+pub fn control_points(ctx: &Ctx, out: &crate::model::TickOutput, time_ns: i64) -> Vec<Point> {
+    let mut v = Vec::with_capacity(out.loops.len() + 1);
+    let mut p = Point::new(CONTROL, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", ctx.host)
+        .field("setpoint_c", FieldValue::Float(out.setpoint.get()));
+    p = f(p, "controlled_c", out.controlled.map(|c| c.get()));
+    p = p
+        .field("state", FieldValue::Str(out.state.as_str().into()))
+        .field("state_code", FieldValue::Int(state_code(out.state)))
+        .field("mode", FieldValue::Str(out.mode.to_string()))
+        .field("manual", FieldValue::Bool(out.mode == Mode::Manual))
+        .field("ready", FieldValue::Bool(out.ready))
+        .field(
+            "active_alarms",
+            FieldValue::Int(out.active_alarms.len() as i64),
+        )
+        .field("actuations", FieldValue::Int(out.actuations.len() as i64));
+    v.push(p);
+    for l in &out.loops {
+        let mut p = Point::new(CONTROL, time_ns)
+            .tag("site", ctx.site)
+            .tag("host", ctx.host)
+            .tag("loop", l.name.as_str());
+        p = f(p, "loop_setpoint", Some(l.setpoint));
+        p = f(p, "loop_measured", l.measured);
+        p = f(p, "p_term", Some(l.p));
+        p = f(p, "i_term", Some(l.i));
+        p = f(p, "d_term", Some(l.d));
+        p = f(p, "ff_term", Some(l.ff));
+        p = f(p, "loop_output", Some(l.output));
+        v.push(p);
+    }
+    v
+}
+
+/// One alarm transition (measurement `alarm`).
+pub fn alarm_point(ctx: &Ctx, e: &AlarmEvent, time_ns: i64) -> Point {
+    let a = &e.alarm;
+    let (transition, code) = match e.transition {
+        AlarmTransition::Cleared => ("cleared", 0),
+        AlarmTransition::Raised => ("raised", 1),
+        AlarmTransition::Acknowledged => ("acknowledged", 2),
+    };
+    let severity = match a.severity {
+        Severity::Warning => "warning",
+        Severity::Critical => "critical",
+    };
+    Point::new(ALARM, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", ctx.host)
+        .tag("alarm", a.id.as_str())
+        .tag("severity", severity)
+        .field("transition", FieldValue::Str(transition.into()))
+        .field("transition_code", FieldValue::Int(code))
+        .field(
+            "active",
+            FieldValue::Bool(e.transition != AlarmTransition::Cleared),
+        )
+        .field("latched", FieldValue::Bool(a.latched))
+        .field("acknowledged", FieldValue::Bool(a.acknowledged))
+        .field("cause_present", FieldValue::Bool(a.cause_present))
+        .field(
+            "severity_code",
+            FieldValue::Int(match a.severity {
+                Severity::Warning => 1,
+                Severity::Critical => 2,
+            }),
+        )
+        .field("message", FieldValue::Str(a.message.clone()))
+}
+
+/// The type of a field, as line protocol writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Float,
+    Int,
+    Bool,
+    Str,
+}
+
+/// One measurement as written: its tag keys and fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasurementSchema {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub fields: BTreeMap<String, FieldKind>,
+}
+
+/// Every measurement, tag and field coolantd writes, derived by running the functions above on
+/// fully populated samples (so it cannot drift from what is written).
+pub fn catalog() -> Vec<MeasurementSchema> {
+    use crate::model::*;
+    use crate::units::*;
+    use std::time::Duration;
+
+    let ctx = Ctx {
+        site: "s",
+        host: "h",
+    };
+    let key = GpuKey {
+        host: "h".into(),
+        index: 0,
+    };
+    let st = GpuStatic {
+        key: key.clone(),
+        uuid: "GPU-0".into(),
+        name: "H200".into(),
+        profile: "h200-sxm".into(),
+        slowdown: Celsius(89.0),
+        gpu_max: Celsius(87.0),
+        hbm_max: Celsius(95.0),
+        shutdown: Celsius(92.0),
+        power_min: Watts(200.0),
+        power_max: Watts(700.0),
+        power_default: Watts(700.0),
+    };
+    let s = GpuSample {
+        key: key.clone(),
+        source: Source::Simulated,
+        at: Duration::ZERO,
+        core: Some(Celsius(60.0)),
+        hbm: Some(Celsius(65.0)),
+        power_instant: Some(Watts(500.0)),
+        power_average: Some(Watts(490.0)),
+        enforced_limit: Some(Watts(700.0)),
+        sm_clock: Some(Megahertz(1980.0)),
+        mem_clock: Some(Megahertz(2619.0)),
+        utilization: Some(Percent(100.0)),
+        throttle_reasons: Some(0x1ff),
+        pstate: Some(0),
+    };
+    let slow = GpuSlowSample {
+        key,
+        at: Duration::ZERO,
+        energy: Some(Joules(1.0)),
+        violation_power_ns: Some(1),
+        violation_thermal_ns: Some(1),
+        ecc_corrected: Some(0),
+    };
+    let cdu = CduSample {
+        cdu: "a".into(),
+        at: Duration::ZERO,
+        registers: Role::ALL
+            .iter()
+            .map(|r| RegisterReading {
+                name: r.as_str().into(),
+                role: Some(*r),
+                value: Ok(1.0),
+            })
+            .chain(std::iter::once(RegisterReading {
+                name: "x".into(),
+                role: None,
+                value: Err(SensorFault::Timeout),
+            }))
+            .collect(),
+    };
+    let alarm = Alarm {
+        id: "leak:a".into(),
+        severity: Severity::Critical,
+        message: "m".into(),
+        raised_at: Duration::ZERO,
+        latched: true,
+        acknowledged: false,
+        cause_present: true,
+    };
+    let tick = TickOutput {
+        actuations: vec![],
+        state: ControlState::Running,
+        mode: Mode::Auto,
+        controlled: Some(Celsius(70.0)),
+        setpoint: Celsius(70.0),
+        loops: vec![LoopReport {
+            name: "pump:a".into(),
+            setpoint: 70.0,
+            measured: Some(70.0),
+            p: 0.0,
+            i: 0.0,
+            d: 0.0,
+            ff: 0.0,
+            output: 50.0,
+        }],
+        events: vec![],
+        active_alarms: vec![alarm.clone()],
+        ready: true,
+    };
+    let ev = AlarmEvent {
+        alarm,
+        transition: AlarmTransition::Raised,
+        at: Duration::ZERO,
+    };
+
+    let mut points = vec![
+        gpu_point(&ctx, &st, &s, 0),
+        gpu_slow_point(&ctx, &st, &slow, 0),
+        cdu_point(&ctx, &cdu, 0),
+        alarm_point(&ctx, &ev, 0),
+    ];
+    points.extend(register_points(&ctx, &cdu, 0));
+    points.extend(control_points(&ctx, &tick, 0));
+
+    let mut out: Vec<MeasurementSchema> = Vec::new();
+    for p in points {
+        let idx = match out.iter().position(|m| m.name == p.measurement) {
+            Some(i) => i,
+            None => {
+                out.push(MeasurementSchema {
+                    name: p.measurement.clone(),
+                    tags: Vec::new(),
+                    fields: BTreeMap::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let m = &mut out[idx];
+        for (k, _) in &p.tags {
+            if !m.tags.contains(k) {
+                m.tags.push(k.clone());
+            }
+        }
+        for (k, v) in &p.fields {
+            let kind = match v {
+                FieldValue::Float(_) => FieldKind::Float,
+                FieldValue::Int(_) | FieldValue::UInt(_) => FieldKind::Int,
+                FieldValue::Bool(_) => FieldKind::Bool,
+                FieldValue::Str(_) => FieldKind::Str,
+            };
+            m.fields.insert(k.clone(), kind);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use crate::units::*;
+    use std::time::Duration;
+
+    fn st() -> GpuStatic {
+        GpuStatic {
+            key: GpuKey {
+                host: "node01".into(),
+                index: 3,
+            },
+            uuid: "GPU-abc".into(),
+            name: "NVIDIA H200".into(),
+            profile: "h200-sxm".into(),
+            slowdown: Celsius(89.0),
+            gpu_max: Celsius(87.0),
+            hbm_max: Celsius(95.0),
+            shutdown: Celsius(92.0),
+            power_min: Watts(200.0),
+            power_max: Watts(700.0),
+            power_default: Watts(700.0),
+        }
+    }
+
+    const CTX: Ctx = Ctx {
+        site: "dc1",
+        host: "mgmt",
+    };
+
+    #[test]
+    fn gpu_point_tags_margin_and_throttle_bits() {
+        let mut s = GpuSample::empty(st().key.clone(), Source::Nvml, Duration::ZERO);
+        s.core = Some(Celsius(80.5));
+        s.hbm = Some(Celsius(f64::NAN));
+        s.throttle_reasons = Some(0x4 | 0x40);
+        let p = gpu_point(&CTX, &st(), &s, 7);
+        let tags: Vec<_> = p.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            tags,
+            [
+                "gpu=3",
+                "host=node01",
+                "model=NVIDIA H200",
+                "site=dc1",
+                "uuid=GPU-abc"
+            ]
+        );
+        let get = |k: &str| {
+            p.fields
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("margin_to_slowdown_k"), Some(FieldValue::Float(8.5)));
+        assert_eq!(get("hbm_temp_c"), None, "NaN is left out");
+        assert_eq!(get("hbm_margin_k"), None);
+        assert_eq!(get("throttle_sw_power_cap"), Some(FieldValue::Bool(true)));
+        assert_eq!(get("throttle_hw_thermal"), Some(FieldValue::Bool(true)));
+        assert_eq!(get("throttle_hw_slowdown"), Some(FieldValue::Bool(false)));
+        assert_eq!(get("throttle_reasons"), Some(FieldValue::Int(0x44)));
+        assert_eq!(get("power_w"), None);
+    }
+
+    #[test]
+    fn cdu_point_worst_case_delta_t_and_faults() {
+        let r = |name: &str, role, v| RegisterReading {
+            name: name.into(),
+            role: Some(role),
+            value: v,
+        };
+        let s = CduSample {
+            cdu: "cdu-a".into(),
+            at: Duration::ZERO,
+            registers: vec![
+                r("t_sup1", Role::SupplyTemperature, Ok(30.0)),
+                r("t_sup2", Role::SupplyTemperature, Ok(31.0)),
+                r("t_ret", Role::ReturnTemperature, Ok(40.0)),
+                r("leak", Role::Leak, Ok(1.0)),
+                r("flow", Role::Flow, Err(SensorFault::Timeout)),
+            ],
+        };
+        let p = cdu_point(&CTX, &s, 1);
+        let get = |k: &str| {
+            p.fields
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("supply_temp_c"), Some(FieldValue::Float(31.0)));
+        assert_eq!(get("delta_t_k"), Some(FieldValue::Float(9.0)));
+        assert_eq!(get("leak"), Some(FieldValue::Bool(true)));
+        assert_eq!(get("flow_lpm"), None);
+        assert_eq!(get("fault_count"), Some(FieldValue::Int(1)));
+        let regs = register_points(&CTX, &s, 1);
+        assert_eq!(regs.len(), 5);
+        assert_eq!(regs[4].fields, vec![("fault".into(), FieldValue::Int(1))]);
+    }
+
+    #[test]
+    fn catalog_lists_every_measurement_with_units_in_names() {
+        let c = catalog();
+        let names: Vec<_> = c.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, [GPU, COOLANT, ALARM, COOLANT_REGISTER, CONTROL]);
+        let gpu = &c[0];
+        for f in [
+            "core_temp_c",
+            "energy_j",
+            "throttle_hw_power_brake",
+            "pstate",
+        ] {
+            assert!(gpu.fields.contains_key(f), "{f}");
+        }
+        let control = &c[4];
+        assert!(control.tags.contains(&"loop".to_string()));
+        assert_eq!(control.fields.get("state"), Some(&FieldKind::Str));
+    }
+}
