@@ -222,6 +222,11 @@ impl Config {
         self.path.parent().unwrap_or_else(|| Path::new("."))
     }
 
+    /// The state directory (spool, recorded power limits), resolved like every other path.
+    pub fn state_dir(&self) -> PathBuf {
+        self.resolve(&self.site.state_dir)
+    }
+
     /// Resolves a path from the configuration against the configuration file's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {

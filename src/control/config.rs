@@ -296,6 +296,28 @@ impl Default for SupervisorConfig {
 }
 
 impl ControlConfig {
+    /// The control period.
+    pub fn period(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.period_ms)
+    }
+
+    /// The CDU roles the loop needs: the required inputs plus the pump actuator and its
+    /// feedback. A CDU profile lacking one is refused at start-up.
+    pub fn required_roles(&self) -> Vec<Role> {
+        let mut roles = self.plausibility.required.clone();
+        for r in [Role::PumpSpeedCommand, Role::PumpSpeedFeedback] {
+            if !roles.contains(&r) {
+                roles.push(r);
+            }
+        }
+        roles
+    }
+
+    /// Whether a clean exit puts the GPUs' original power limits back.
+    pub fn restore_limits_on_exit(&self) -> bool {
+        self.power_cap.on_shutdown == OnShutdown::Restore
+    }
+
     /// Checks every key; issues name the key (`control.pump.min_speed`) and what was expected.
     pub fn validate(&self, key: &str, issues: &mut Issues) {
         let k = |s: &str| format!("{key}.{s}");

@@ -268,3 +268,19 @@ impl GpuProfiles {
         self.profiles.is_empty()
     }
 }
+
+impl GpuProfile {
+    /// The facts the NVML backend falls back on where NVML does not report them.
+    pub fn board_facts(&self) -> crate::collect::BoardFacts {
+        crate::collect::BoardFacts {
+            profile: self.name.clone(),
+            slowdown: self.thresholds.slowdown_c,
+            gpu_max: self.thresholds.gpu_max_c,
+            hbm_max: self.thresholds.hbm_max_c,
+            shutdown: self.thresholds.shutdown_c,
+            power_min: self.power.min_w,
+            power_max: self.power.max_w,
+            power_default: self.power.default_w,
+        }
+    }
+}

@@ -12,11 +12,13 @@
 pub mod fit;
 pub mod gpus;
 pub mod plant;
+pub mod runtime;
 pub mod thermal;
 pub mod workload;
 
 pub use gpus::SimGpus;
 pub use plant::{GpuFault, Plant, PlantParams};
+pub use runtime::SimRuntime;
 pub use workload::{Segment, Workload};
 
 use crate::config::Issues;

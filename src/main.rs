@@ -1,0 +1,134 @@
+//! The `coolantd` command line.
+
+use clap::{Parser, Subcommand};
+use coolantd::config::Config;
+use coolantd::service;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "coolantd",
+    version,
+    about = "Closed-loop liquid-cooling controller for GPU clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: collectors → control → pumps and power caps, metrics to the sinks.
+    Run {
+        #[arg(long, short, default_value = "/etc/coolantd/config.toml")]
+        config: PathBuf,
+        /// Decide and publish everything, write nothing to any GPU or CDU.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Validate a configuration file and every firmware profile it names.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Read every GPU and every configured CDU sensor once and print them. Never writes.
+    Probe {
+        #[arg(long, short, default_value = "/etc/coolantd/config.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the plant simulator alone: simulated GPUs and a simulated CDU on Modbus TCP.
+    Sim {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Restore the GPU power limits an earlier run recorded (used by ExecStopPost=).
+    Restore {
+        #[arg(long, short, default_value = "/etc/coolantd/config.toml")]
+        config: PathBuf,
+    },
+}
+
+/// sysexits(3) EX_CONFIG: the unit's `RestartPreventExitStatus=78` stops systemd from
+/// restarting a daemon whose configuration is broken.
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Configuration errors are printed before logging is set up: check-config must be
+    // readable on a terminal and in ExecStartPre's journal output alike.
+    let config_path = match &cli.cmd {
+        Cmd::Run { config, .. }
+        | Cmd::Probe { config, .. }
+        | Cmd::Sim { config }
+        | Cmd::Restore { config } => config,
+        Cmd::CheckConfig { file } => file,
+    };
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coolantd: configuration refused:\n{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if let Cmd::CheckConfig { .. } = cli.cmd {
+        return match service::run::load_profiles(&cfg) {
+            Ok(p) => {
+                println!(
+                    "{}: OK ({} CDU(s), {} GPU profile(s), control period {} ms)",
+                    config_path.display(),
+                    cfg.cdus.len(),
+                    p.gpu.len(),
+                    cfg.control.period().as_millis()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("coolantd: configuration refused:\n{e}");
+                ExitCode::from(EX_CONFIG)
+            }
+        };
+    }
+    service::logging::init(&cfg.logging);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coolantd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run { config, dry_run } => {
+                service::serve::run(
+                    &config,
+                    service::run::RunOptions {
+                        dry_run,
+                        sim_autostep: true,
+                        sinks: true,
+                    },
+                )
+                .await
+            }
+            Cmd::Probe { json, .. } => service::probe::probe(cfg, json).await,
+            Cmd::Sim { .. } => service::probe::sim_only(cfg).await,
+            Cmd::Restore { .. } => service::probe::restore(cfg),
+            Cmd::CheckConfig { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("coolantd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

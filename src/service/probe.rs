@@ -1,0 +1,204 @@
+//! The one-shot commands: `probe` (read everything once, write nothing), `sim` (the plant
+//! simulator alone) and `restore` (put recorded power limits back).
+
+use super::limits::LimitStore;
+use super::run::{load_profiles, open_gpus, restore_recorded};
+use crate::collect::modbus::ModbusCdu;
+use crate::config::Config;
+use crate::model::{CduSample, GpuSample, GpuSlowSample, GpuStatic};
+use crate::sim::SimRuntime;
+use anyhow::Context as _;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+#[derive(Serialize)]
+struct ProbeGpu {
+    #[serde(rename = "static")]
+    facts: GpuStatic,
+    sample: GpuSample,
+    slow: Option<GpuSlowSample>,
+}
+
+#[derive(Serialize)]
+struct ProbeReport {
+    host: String,
+    gpus: Vec<ProbeGpu>,
+    cdus: Vec<CduSample>,
+}
+
+/// Reads every GPU and every configured CDU register once and prints them. It holds no
+/// write path: no Modbus write and no NVML setter is reachable from here.
+pub async fn probe(cfg: Config, json: bool) -> anyhow::Result<()> {
+    let host = cfg.site.host_name();
+    let profiles = load_profiles(&cfg)?;
+    let sim = match &cfg.simulator {
+        Some(sc) => Some(SimRuntime::start(sc, &cfg, &host, &profiles.gpu, false).await?),
+        None => None,
+    };
+    let gpus = open_gpus(&cfg, &host, &profiles.gpu, sim.as_ref())?;
+    let mut report = ProbeReport {
+        host: host.clone(),
+        gpus: Vec::new(),
+        cdus: Vec::new(),
+    };
+    if let Some(g) = &gpus {
+        let now = Duration::ZERO;
+        let fast = g.read_fast(now);
+        let slow = g.read_slow(now);
+        for st in g.inventory() {
+            let sample = fast.iter().find(|s| s.key == st.key).cloned();
+            let slow = slow.iter().find(|s| s.key == st.key).cloned();
+            if let Some(sample) = sample {
+                report.gpus.push(ProbeGpu {
+                    facts: st,
+                    sample,
+                    slow,
+                });
+            }
+        }
+    }
+    for c in &cfg.cdus {
+        let mut client = ModbusCdu::new(c, profiles.cdu[&c.name].clone());
+        report.cdus.push(client.poll(Duration::ZERO).await);
+    }
+    if let Some(s) = sim {
+        s.stop();
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding the probe report")?
+        );
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn table(r: &ProbeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "GPUs on {} ({}):", r.host, r.gpus.len());
+    let _ = writeln!(
+        out,
+        "  {:<14} {:<24} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>10} {:>3}  uuid",
+        "gpu",
+        "name",
+        "core°C",
+        "hbm°C",
+        "power W",
+        "avg W",
+        "limit W",
+        "SM MHz",
+        "util",
+        "slowdown",
+        "throttle",
+        "P"
+    );
+    for g in &r.gpus {
+        let s = &g.sample;
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<24} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>10} {:>3}  {}",
+            s.key.to_string(),
+            g.facts.name,
+            opt(s.core.map(|v| format!("{:.0}", v.0))),
+            opt(s.hbm.map(|v| format!("{:.0}", v.0))),
+            opt(s.power_instant.map(|v| format!("{:.1}", v.0))),
+            opt(s.power_average.map(|v| format!("{:.1}", v.0))),
+            opt(s.enforced_limit.map(|v| format!("{:.0}", v.0))),
+            opt(s.sm_clock.map(|v| format!("{:.0}", v.0))),
+            opt(s.utilization.map(|v| format!("{:.0}%", v.0))),
+            format!("{:.0}", g.facts.slowdown.0),
+            opt(s.throttle_reasons.map(|b| format!("{b:#x}"))),
+            opt(s.pstate),
+            g.facts.uuid
+        );
+        if let Some(slow) = &g.slow {
+            let _ = writeln!(
+                out,
+                "  {:<14} energy {} J, power-violation {} ns, thermal-violation {} ns, corrected ECC {}",
+                "",
+                opt(slow.energy.map(|e| format!("{:.0}", e.0))),
+                opt(slow.violation_power_ns),
+                opt(slow.violation_thermal_ns),
+                opt(slow.ecc_corrected)
+            );
+        }
+    }
+    for c in &r.cdus {
+        let _ = writeln!(out, "CDU {} ({} registers):", c.cdu, c.registers.len());
+        for reg in &c.registers {
+            let role = reg.role.map_or_else(|| "-".to_string(), |r| r.to_string());
+            let value = match &reg.value {
+                Ok(v) => format!("{v}"),
+                Err(e) => format!("FAULT: {e}"),
+            };
+            let _ = writeln!(out, "  {:<28} {:<28} {}", reg.name, role, value);
+        }
+    }
+    out
+}
+
+/// Runs the simulator alone until SIGINT/SIGTERM, for pointing other tools (mbpoll, a
+/// second coolantd, a SCADA) at the simulated CDU.
+pub async fn sim_only(cfg: Config) -> anyhow::Result<()> {
+    let host = cfg.site.host_name();
+    let profiles = load_profiles(&cfg)?;
+    let sc = cfg
+        .simulator
+        .as_ref()
+        .context("`coolantd sim` needs a [simulator] section")?;
+    let sim = SimRuntime::start(sc, &cfg, &host, &profiles.gpu, true).await?;
+    tracing::info!(modbus = %sim.modbus_addr(), "simulated CDU serving Modbus TCP; Ctrl-C to stop");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    sim.stop();
+    Ok(())
+}
+
+/// Restores the power limits an earlier run recorded. Exits with an error when some could
+/// not be restored, so that `ExecStopPost=` failures are visible.
+pub fn restore(cfg: Config) -> anyhow::Result<()> {
+    let mut store = LimitStore::open(&cfg.state_dir())?;
+    if store.is_empty() {
+        println!(
+            "no recorded power limits in {}: nothing to restore",
+            cfg.state_dir().display()
+        );
+        return Ok(());
+    }
+    let host = cfg.site.host_name();
+    let profiles = load_profiles(&cfg)?;
+    let nvml = crate::collect::nvml::init()?;
+    let default = cfg
+        .gpus
+        .default_profile
+        .as_deref()
+        .and_then(|n| profiles.gpu.by_name(n));
+    let facts_for = |board: &str| {
+        profiles
+            .gpu
+            .for_board(board)
+            .or(default)
+            .map(|p| p.board_facts())
+    };
+    let gpus = crate::collect::nvml::NvmlBackend::open(nvml, &host, &[], &facts_for)?;
+    let inventory = crate::collect::GpuBackend::inventory(&gpus);
+    let total = store.recorded().count();
+    let restored = restore_recorded(&mut store, &gpus, &inventory);
+    println!("restored {restored} of {total} recorded power limit(s)");
+    anyhow::ensure!(
+        restored == total,
+        "{} power limit(s) could not be restored; they stay recorded",
+        total - restored
+    );
+    Ok(())
+}

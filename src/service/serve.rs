@@ -1,0 +1,126 @@
+//! `coolantd run`: the service loop around [`Daemon::tick`] — the period timer, signals,
+//! systemd notification, the HTTP endpoint and the live status line.
+
+use super::http::{self, Health};
+use super::notify::Notifier;
+use super::run::{status_line, Daemon, RunOptions};
+use crate::config::Config;
+use anyhow::Context as _;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How long shutdown may take before the daemon gives up on flushing sinks.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A lost notification is not worth stopping for: systemd notices a silent daemon through
+/// its watchdog, which is the point of the watchdog.
+fn tell(r: std::io::Result<()>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "sd_notify message not delivered");
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Returns after the outputs are in their safe state.
+pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
+    let cfg = Config::load(config_path)?;
+    let period = cfg.control.period();
+    let time_scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
+    let restore_on_exit = cfg.control.restore_limits_on_exit();
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; systemd will not hear from this daemon");
+        Notifier::disabled()
+    });
+    let mut daemon = Daemon::build(cfg, &opts).await?;
+    let health = Arc::new(Health::new(period));
+
+    let http_task = match daemon.config().http.clone().filter(|h| h.enabled) {
+        Some(h) => {
+            // Bound before READY=1, so a port already in use fails the start visibly.
+            let listener = h.bind().await?;
+            tracing::info!(address = %h.listen, "HTTP endpoint listening (/healthz /readyz /metrics /status)");
+            let snaps = daemon.snapshots();
+            let health = health.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = http::serve(listener, snaps, health).await {
+                    tracing::error!(error = %e, "HTTP endpoint stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    // With a sped-up simulator the control period in wall time shrinks by the same factor,
+    // and the core sees simulated time, so its dynamics stay those of the real plant.
+    let wall_period = period.div_f64(time_scale);
+    let mut timer = tokio::time::interval(wall_period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut ready_sent = false;
+    let mut last_logged_state = None;
+    let mut last_log = Instant::now();
+
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {
+                let now = start.elapsed().mul_f64(time_scale);
+                let t0 = Instant::now();
+                let snap = daemon.tick(now).await;
+                let took = t0.elapsed();
+                health.tick(took);
+                health.set_ready(snap.ready);
+                // A tick that completes is a healthy loop; the watchdog is only fed after one,
+                // so a hung loop gets the daemon restarted by systemd.
+                tell(notifier.watchdog());
+                let line = status_line(&snap);
+                if !ready_sent {
+                    tell(notifier.ready());
+                    ready_sent = true;
+                    tracing::info!(period_ms = period.as_millis() as u64, "first control tick done; ready");
+                }
+                if snap.tick % 10 == 1 {
+                    tell(notifier.status(&line));
+                }
+                if tty {
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(err, "\r\x1b[2K{line}");
+                    let _ = err.flush();
+                } else if last_logged_state != Some(snap.state) || last_log.elapsed() >= Duration::from_secs(60) {
+                    tracing::info!(state = %snap.state, mode = %snap.mode, "{line}");
+                    last_logged_state = Some(snap.state);
+                    last_log = Instant::now();
+                }
+                if took > wall_period {
+                    tracing::warn!(took_ms = took.as_millis() as u64, period_ms = wall_period.as_millis() as u64, "control tick overran its period");
+                }
+            }
+            _ = sighup.recv() => {
+                tell(notifier.reloading());
+                match Config::load(config_path).map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
+                    Ok(()) => tracing::info!(file = %config_path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(file = %config_path.display(), error = %e, "reload refused; the running configuration stays"),
+                }
+                tell(notifier.ready());
+            }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving safely"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: leaving safely"); break; }
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    tell(notifier.stopping());
+    daemon.leave_safely(restore_on_exit).await;
+    if let Some(t) = http_task {
+        t.abort();
+    }
+    daemon.shutdown(SHUTDOWN_DEADLINE).await;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The simulator as the daemon runs it: the plant, its stepping task, the simulated GPUs and
+//! the simulated CDU's Modbus TCP server, started and stopped together.
+
+use super::{build_plant, cdu_server, CduState, Plant, SimConfig, SimGpus};
+use crate::collect::GpuBackend;
+use crate::config::Config;
+use crate::profile::cdu::CduProfile;
+use crate::profile::gpu::GpuProfiles;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A running simulator.
+pub struct SimRuntime {
+    plant: Arc<Mutex<Plant>>,
+    gpus: Arc<SimGpus>,
+    server: JoinHandle<()>,
+    stepper: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+    time_scale: f64,
+}
+
+impl SimRuntime {
+    /// Builds the plant, serves its CDU on `simulator.listen` and, with `autostep`, advances
+    /// it in real time (× `time_scale`) from a background task. Without `autostep` the
+    /// caller steps it with [`SimRuntime::step`], as the closed-loop tests do.
+    pub async fn start(
+        sc: &SimConfig,
+        cfg: &Config,
+        host: &str,
+        gpu_profiles: &GpuProfiles,
+        autostep: bool,
+    ) -> anyhow::Result<SimRuntime> {
+        let gp = gpu_profiles.by_name(&sc.gpu_profile).with_context(|| {
+            format!(
+                "simulator.gpu_profile: no GPU profile `{}` in the profiles folder",
+                sc.gpu_profile
+            )
+        })?;
+        let cdu_path = cfg
+            .resolve(&cfg.site.profiles_dir)
+            .join("cdu")
+            .join(format!("{}.toml", sc.cdu_profile));
+        let cdu_profile = Arc::new(CduProfile::load(&cdu_path)?);
+        let plant = Arc::new(Mutex::new(build_plant(sc, gp, host)));
+        let state: Arc<Mutex<dyn CduState>> = plant.clone();
+        let (addr, server) = cdu_server::spawn(&sc.listen, cdu_profile, state)
+            .await
+            .with_context(|| {
+                format!(
+                    "simulator.listen: cannot serve the simulated CDU on {}",
+                    sc.listen
+                )
+            })?;
+        tracing::info!(modbus = %addr, gpus = gp.name, time_scale = sc.time_scale, "plant simulator started");
+        let stepper = autostep.then(|| spawn_stepper(plant.clone(), sc.step(), sc.plant_step()));
+        let gpus = Arc::new(SimGpus::new(plant.clone(), None));
+        Ok(SimRuntime {
+            plant,
+            gpus,
+            server,
+            stepper,
+            addr,
+            time_scale: sc.time_scale,
+        })
+    }
+
+    /// The simulated GPUs as a GPU backend.
+    pub fn gpus(&self) -> Arc<dyn GpuBackend> {
+        self.gpus.clone()
+    }
+
+    /// The simulated GPUs, for fault injection.
+    pub fn sim_gpus(&self) -> &SimGpus {
+        &self.gpus
+    }
+
+    /// The plant, for tests and fault injection.
+    pub fn plant(&self) -> &Arc<Mutex<Plant>> {
+        &self.plant
+    }
+
+    /// Advances the plant by `dt` of plant time.
+    pub fn step(&self, dt: Duration) {
+        match self.plant.lock() {
+            Ok(mut p) => p.step(dt),
+            Err(e) => e.into_inner().step(dt),
+        }
+    }
+
+    /// Where the simulated CDU serves Modbus TCP.
+    pub fn modbus_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn time_scale(&self) -> f64 {
+        self.time_scale
+    }
+
+    /// Stops the server and the stepping task.
+    pub fn stop(self) {
+        self.server.abort();
+        if let Some(s) = self.stepper {
+            s.abort();
+        }
+    }
+}
+
+fn spawn_stepper(plant: Arc<Mutex<Plant>>, wall: Duration, plant_dt: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(wall);
+        // A late step is caught up by the next one's longer dt rather than by a burst.
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            match plant.lock() {
+                Ok(mut p) => p.step(plant_dt),
+                Err(e) => e.into_inner().step(plant_dt),
+            }
+        }
+    })
+}
