@@ -448,7 +448,7 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
     );
 
     let mut huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
-    huge.extend(std::iter::repeat(b'a').take(1 << 20));
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
     huge.extend_from_slice(b"\r\n\r\n");
     let big = raw(s.addr, &huge).await;
     assert!(!big.starts_with("HTTP/1.1 200"), "{big:?}");

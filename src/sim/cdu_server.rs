@@ -180,9 +180,9 @@ impl CduService {
     fn apply(&self, writes: Vec<(&Register, f64)>) -> Result<(), ExceptionCode> {
         // Check every value first, so a refused multi-register write changes nothing.
         for (reg, value) in &writes {
-            let ok = reg.write_limits().map_or(true, |(lo, hi)| {
-                value.is_finite() && *value >= lo && *value <= hi
-            });
+            let ok = reg
+                .write_limits()
+                .is_none_or(|(lo, hi)| value.is_finite() && *value >= lo && *value <= hi);
             if !ok || reg.role.is_none() {
                 return Err(ExceptionCode::IllegalDataValue);
             }

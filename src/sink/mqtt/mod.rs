@@ -304,7 +304,7 @@ impl MqttSink {
         let telemetry_due = ob.telemetry.is_some()
             || ob
                 .last_telemetry
-                .map_or(true, |t| now.duration_since(t) >= s.telemetry_period);
+                .is_none_or(|t| now.duration_since(t) >= s.telemetry_period);
         if telemetry_due {
             ob.telemetry = Some(payload::telemetry_json(snap));
             ob.last_telemetry = Some(now);
