@@ -1,0 +1,98 @@
+//! Builds a daemon on the plant simulator for integration tests: `config/sim.toml` with a
+//! free loopback port for the simulated CDU, a private state directory, and extra TOML
+//! appended (sinks, overrides). Include with `#[path = "support/sim_daemon.rs"] mod sim_daemon;`.
+
+#![allow(dead_code)]
+
+use coolantd::config::Config;
+use coolantd::service::run::{Daemon, RunOptions};
+use std::path::{Path, PathBuf};
+
+/// A free TCP port on loopback (bound, read and released; the race with another process
+/// taking it in between is acceptable for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("loopback must have a free port")
+}
+
+/// A configuration text for the simulator: `config/sim.toml` with the CDU on `port`, state
+/// in `state_dir`, sections named in `replace` swapped (`(old, new)` text pairs) and `extra`
+/// appended.
+pub fn sim_config_text(
+    port: u16,
+    state_dir: &Path,
+    replace: &[(&str, &str)],
+    extra: &str,
+) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut text =
+        std::fs::read_to_string(root.join("config/sim.toml")).expect("config/sim.toml is readable");
+    text = text
+        .replace("127.0.0.1:5020", &format!("127.0.0.1:{port}"))
+        .replace(
+            "state_dir = \"../target/sim-state\"",
+            &format!("state_dir = {:?}", state_dir.display().to_string()),
+        )
+        .replace(
+            "profiles_dir = \"../firmware-profiles\"",
+            &format!(
+                "profiles_dir = {:?}",
+                root.join("firmware-profiles").display().to_string()
+            ),
+        )
+        // Tests that want the HTTP endpoint add their own section.
+        .replace("[http]\nlisten = \"127.0.0.1:9105\"", "");
+    for (old, new) in replace {
+        assert!(
+            text.contains(old),
+            "config/sim.toml no longer contains {old:?}"
+        );
+        text = text.replace(old, new);
+    }
+    text.push('\n');
+    text.push_str(extra);
+    text
+}
+
+/// A unique temporary folder, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "coolantd-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Parses `text` as `dir/site.toml` and builds a daemon that the test steps itself.
+pub async fn build(text: &str, dir: &Path, sinks: bool) -> Daemon {
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).expect("write config");
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test configuration invalid: {e}"));
+    Daemon::build(
+        cfg,
+        &RunOptions {
+            dry_run: false,
+            sim_autostep: false,
+            sinks,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("daemon did not start: {e:#}"))
+}
