@@ -16,6 +16,7 @@ use crate::model::{
 use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
 use crate::service::limits::LimitStore;
+use crate::service::sink_alarms::SinkAlarms;
 use crate::sim::SimRuntime;
 use crate::sink::influx::InfluxSink;
 use crate::sink::mqtt::{CommandRequest, MqttSink};
@@ -144,6 +145,7 @@ pub struct Daemon {
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     tick: u64,
     last: Option<Arc<Snapshot>>,
+    sink_alarms: SinkAlarms,
 }
 
 fn unix_ns() -> i64 {
@@ -236,6 +238,7 @@ impl Daemon {
             snapshot_tx,
             tick: 0,
             last: None,
+            sink_alarms: SinkAlarms::default(),
         })
     }
 
@@ -270,12 +273,17 @@ impl Daemon {
         self.handle_commands(now);
 
         let outcomes = std::mem::take(&mut self.outcomes);
-        let out = self.controller.tick(&TickInput {
+        let mut out = self.controller.tick(&TickInput {
             now,
             gpus: &gpu_samples,
             cdus: &cdu_samples,
             outcomes: &outcomes,
         });
+        if let Some(influx) = &self.influx {
+            // The telemetry path's own alarms travel with the core's.
+            out.events.extend(self.sink_alarms.update(now, &influx.stats()));
+            out.active_alarms.extend(self.sink_alarms.active().cloned());
+        }
 
         for a in &out.actuations {
             let result = self.apply(a, &gpu_samples).await;
