@@ -281,7 +281,8 @@ impl Daemon {
         });
         if let Some(influx) = &self.influx {
             // The telemetry path's own alarms travel with the core's.
-            out.events.extend(self.sink_alarms.update(now, &influx.stats()));
+            out.events
+                .extend(self.sink_alarms.update(now, &influx.stats()));
             out.active_alarms.extend(self.sink_alarms.active().cloned());
         }
 
@@ -350,6 +351,7 @@ impl Daemon {
                 .filter_map(|s| gpu_status(&self.inventory, s))
                 .collect(),
             alarms: out.active_alarms.clone(),
+            decisions: out.actuations.clone(),
             points,
         });
         if let Some(m) = &self.mqtt {
@@ -679,6 +681,7 @@ fn empty_snapshot(cfg: &Config, host: &str, dry_run: bool) -> Snapshot {
         cdus: Vec::new(),
         gpus: Vec::new(),
         alarms: Vec::new(),
+        decisions: Vec::new(),
         points: Vec::new(),
     }
 }
