@@ -116,7 +116,12 @@ impl SimRuntime {
     /// Fault injection: serves the simulated CDU again on the same address after
     /// [`SimRuntime::stop_server`]. Does nothing while the server runs.
     pub async fn restart_server(&self) -> std::io::Result<()> {
-        if self.server.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             return Ok(());
         }
         let state: Arc<Mutex<dyn CduState>> = self.plant.clone();
