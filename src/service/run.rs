@@ -242,6 +242,13 @@ impl Daemon {
         })
     }
 
+    fn default_source(&self) -> crate::model::Source {
+        match self.cfg.gpus.backend {
+            GpuBackendKind::Nvml if self.sim.is_none() => crate::model::Source::Nvml,
+            _ => crate::model::Source::Simulated,
+        }
+    }
+
     /// The simulator, when one runs in-process (tests use it to step the plant and inject faults).
     pub fn sim(&self) -> Option<&SimRuntime> {
         self.sim.as_ref()
@@ -263,10 +270,23 @@ impl Daemon {
     /// One whole cycle at monotonic time `now`.
     pub async fn tick(&mut self, now: Mono) -> Arc<Snapshot> {
         let wall_ns = unix_ns();
-        let gpu_samples: Vec<GpuSample> = match &self.gpus {
+        let mut gpu_samples: Vec<GpuSample> = match &self.gpus {
             Some(g) => g.read_fast(now),
             None => Vec::new(),
         };
+        // A GPU of the inventory that the backend did not return at all (fallen off the bus)
+        // is a lost reading now, as an empty sample makes it; without this the core would keep
+        // steering on its last reading until that went stale (max_sample_age_ms), well past
+        // the 2 ticks in which a lost input must reach its safe state.
+        for st in &self.inventory {
+            if !gpu_samples.iter().any(|s| s.key == st.key) {
+                // The source only labels the sample; with no sample at all, guess from the backend.
+                let source = gpu_samples
+                    .first()
+                    .map_or(self.default_source(), |s| s.source);
+                gpu_samples.push(GpuSample::empty(st.key.clone(), source, now));
+            }
+        }
         let cdu_samples: Vec<CduSample> =
             futures_join_all(self.cdus.iter_mut().map(|c| c.poll(now))).await;
 
