@@ -166,7 +166,7 @@ pub fn read_file(file: &Path) -> Result<String, ConfigError> {
 
 impl Config {
     /// Reads, parses and validates a configuration file (not yet the profiles it names;
-    /// see [`crate::profile::Profiles::load_for`]).
+    /// see [`crate::service::run::load_profiles`]).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = read_file(file)?;
         Config::parse(&text, file)

@@ -1,13 +1,11 @@
 //! The plant simulator: simulated GPUs and a simulated CDU served over real Modbus TCP.
 //!
-//! How the daemon runs it (the lead's wiring):
-//! 1. Load the GPU profile named by `simulator.gpu_profile` from `firmware-profiles/gpu/`.
-//! 2. `let plant = Arc::new(Mutex::new(build_plant(&cfg, &profile, &site_host)))`.
-//! 3. Step it in its own task: every `cfg.step()` of wall time call
-//!    `plant.lock().step(cfg.step().mul_f64(cfg.time_scale))`; the physics substeps itself,
-//!    so any step is stable and the result does not depend on the task's jitter beyond timing.
-//! 4. Hand `SimGpus::new(plant.clone(), Some(&site_host))` to the collectors as the GPU backend
-//!    and `plant.clone()` (which implements [`CduState`]) to the CDU server on `cfg.listen`.
+//! [`SimRuntime`] runs it for the daemon: it builds the plant from `[simulator]`
+//! ([`build_plant`]), serves the plant's CDU over Modbus TCP on `simulator.listen`
+//! ([`cdu_server`], the plant implements [`CduState`]), steps the plant every
+//! `simulator.step_ms` of wall time by `step_ms × time_scale` of plant time (the physics
+//! substeps itself, so any step is stable), and hands [`SimGpus`] to the daemon as its GPU
+//! backend. Tests step the plant themselves, in lockstep with the daemon's ticks.
 
 pub mod fit;
 pub mod gpus;
