@@ -306,3 +306,39 @@ async fn e2e_throughput_into_victoria_metrics() {
     );
     sink.shutdown(Duration::from_secs(2)).await;
 }
+
+/// `gzip = true` takes the direct HTTP path with `Content-Encoding: gzip`; VictoriaMetrics
+/// decompresses it like InfluxDB does. Every point arrives once, with its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_writes_arrive_exactly_once_with_their_values() {
+    let vm = Victoria::start();
+    let state = tempfile::tempdir().expect("state dir");
+    let mut c = cfg(&vm, 100);
+    c.gzip = true;
+    let sink = InfluxSink::start(&c, state.path()).expect("sink starts");
+    const N: i64 = 450;
+    let base = now_ms() - 40_000;
+    for chunk in seq_points(base, 0..N, "gzip").chunks(30) {
+        sink.submit(chunk);
+    }
+    let st = wait_for(&sink, "all points written", |s| {
+        s.written == N as u64 && s.backlog == 0
+    })
+    .await;
+    assert_eq!((st.rejected, st.dropped), (0, 0), "{st:?}");
+
+    let series = vm.export_until(r#"seq_v{run="gzip"}"#, |got| {
+        got.iter().map(|s| s.timestamps.len()).sum::<usize>() >= N as usize
+    });
+    assert_eq!(series.len(), 1, "one series, named <measurement>_<field>");
+    assert_eq!(series[0].name(), "seq_v");
+    let got: Vec<(i64, f64)> = series[0]
+        .timestamps
+        .iter()
+        .copied()
+        .zip(series[0].values.iter().copied())
+        .collect();
+    let want: Vec<(i64, f64)> = (0..N).map(|i| (base + i, i as f64)).collect();
+    assert_eq!(got, want, "each point once, with its value, in time order");
+    sink.shutdown(Duration::from_secs(2)).await;
+}

@@ -11,10 +11,14 @@
 //!   was in flight is written twice (InfluxDB overwrites a point with the same series and
 //!   timestamp, so even that leaves no duplicate there).
 //!
-//! Limits of the `influxdb2` 0.5 crate that shape this code: `write_line_protocol` sends no
-//! compressed body and hides response headers, so `Retry-After` cannot be read; back-off is
-//! exponential with jitter instead. Its `Client::new` panics on an invalid URL, so the URL is
-//! validated here first.
+//! Two write paths ([`Transport`]). By default the `influxdb2` 0.5 crate writes. That crate's
+//! `write_line_protocol` cannot compress the body and hides the response headers, so it cannot
+//! honour `Retry-After`; there the retry delay is exponential back-off with jitter. When the
+//! configuration asks for `gzip` or `honor_retry_after`, a direct `reqwest` POST to the same
+//! `/api/v2/write` endpoint is used instead: it gzips the body on request and, on 429 and 503,
+//! waits for the server's `Retry-After` (clamped to `retry_min_ms..=retry_max_ms`) in place of
+//! the back-off. Both paths accept HTTP 204 only and classify errors the same way. The crate's
+//! `Client::new` panics on an invalid URL, so the URL is validated here first.
 
 use crate::config::Issues;
 use crate::model::Point;
@@ -90,10 +94,14 @@ pub struct InfluxConfig {
     pub flush_interval_ms: u64,
     #[serde(default = "d_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Compress request bodies. Not available with influxdb2 0.5's line-protocol API; must
-    /// stay false (accepted so that configurations written for later versions parse).
+    /// Gzip request bodies (`Content-Encoding: gzip`). Selects the direct HTTP write path,
+    /// because influxdb2 0.5's line-protocol writer cannot compress.
     #[serde(default)]
     pub gzip: bool,
+    /// On 429 and 503, wait for the server's `Retry-After` instead of the back-off. Selects
+    /// the direct HTTP write path, because influxdb2 0.5 does not expose response headers.
+    #[serde(default)]
+    pub honor_retry_after: bool,
     #[serde(default = "d_retry_min_ms")]
     pub retry_min_ms: u64,
     #[serde(default = "d_retry_max_ms")]
@@ -151,6 +159,7 @@ impl InfluxConfig {
             flush_interval_ms: d_flush_interval_ms(),
             request_timeout_ms: d_request_timeout_ms(),
             gzip: false,
+            honor_retry_after: false,
             retry_min_ms: d_retry_min_ms(),
             retry_max_ms: d_retry_max_ms(),
             spool_max_bytes: d_spool_max_bytes(),
@@ -206,11 +215,6 @@ impl InfluxConfig {
             format!("between 100 and 600000 ms, got {}", self.request_timeout_ms),
         );
         issues.check(
-            !self.gzip,
-            format!("{key}.gzip"),
-            "false: the influxdb2 0.5 line-protocol writer cannot compress",
-        );
-        issues.check(
             self.retry_min_ms >= 1 && self.retry_min_ms <= self.retry_max_ms,
             format!("{key}.retry_min_ms"),
             format!(
@@ -228,6 +232,18 @@ impl InfluxConfig {
             format!("{key}.fsync_interval_ms"),
             "at least 1 ms",
         );
+    }
+
+    /// Which path writes. The influxdb2 crate is the default; the direct HTTP path is taken
+    /// only for what the crate cannot do (gzip, reading `Retry-After`). The direct path always
+    /// honours `Retry-After`, whichever of the two keys selected it: it is the only path that
+    /// can see the header, and ignoring a server's explicit pacing there would gain nothing.
+    pub fn transport(&self) -> Transport {
+        if self.gzip || self.honor_retry_after {
+            Transport::Http
+        } else {
+            Transport::Influxdb2
+        }
     }
 
     fn fsync_policy(&self) -> FsyncPolicy {
@@ -261,6 +277,15 @@ impl InfluxConfig {
         }
         Ok(Secret(String::new()))
     }
+}
+
+/// The code path that sends write requests; see [`InfluxConfig::transport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `influxdb2::Client::write_line_protocol`: uncompressed, `Retry-After` not visible.
+    Influxdb2,
+    /// A direct `reqwest` POST: optional gzip, `Retry-After` honoured on 429 and 503.
+    Http,
 }
 
 /// Why the sink could not start.
@@ -358,14 +383,31 @@ impl InfluxSink {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5000)));
-        let client = influxdb2::ClientBuilder::with_builder(
-            http,
-            cfg.url.clone(),
-            cfg.org.clone(),
-            token.expose(),
-        )
-        .build()
-        .map_err(|e| SinkError::Client(e.to_string()))?;
+        let transport = cfg.transport();
+        let writer = match transport {
+            Transport::Influxdb2 => Writer::Crate {
+                client: influxdb2::ClientBuilder::with_builder(
+                    http,
+                    cfg.url.clone(),
+                    cfg.org.clone(),
+                    token.expose(),
+                )
+                .build()
+                .map_err(|e| SinkError::Client(e.to_string()))?,
+                org: cfg.org.clone(),
+                bucket: cfg.bucket.clone(),
+            },
+            Transport::Http => Writer::Http(HttpWriter {
+                client: http.build().map_err(|e| SinkError::Client(e.to_string()))?,
+                // The same URL the influxdb2 crate builds: base URL + fixed path.
+                url: format!("{}/api/v2/write", cfg.url.trim_end_matches('/')),
+                org: cfg.org.clone(),
+                bucket: cfg.bucket.clone(),
+                token,
+                gzip: cfg.gzip,
+            }),
+        };
+        tracing::info!(transport = ?transport, gzip = cfg.gzip, "InfluxDB write path");
 
         let spool = Spool::open(
             &state_dir.join("spool"),
@@ -395,9 +437,7 @@ impl InfluxSink {
         };
         let shipper = Shipper {
             shared: shared.clone(),
-            client,
-            org: cfg.org.clone(),
-            bucket: cfg.bucket.clone(),
+            writer,
             batch_size: cfg.batch_size,
             flush_interval: Duration::from_millis(cfg.flush_interval_ms),
             fsync_tick: match cfg.fsync {
@@ -509,39 +549,176 @@ impl Drop for InfluxSink {
 }
 
 /// How a failed write is handled.
+#[derive(Debug)]
 enum Failure {
-    /// Try the same batch again after a back-off.
-    Retry(String),
+    /// Try the same batch again after the server's `Retry-After` if it gave one (direct path,
+    /// 429 and 503 only), else after a back-off.
+    Retry {
+        msg: String,
+        retry_after: Option<Duration>,
+    },
     /// The request is too large: split the batch.
     TooLarge(String),
     /// The server refused the data itself: dead-letter the batch.
     Reject(String),
 }
 
+fn retry(msg: String) -> Failure {
+    Failure::Retry {
+        msg,
+        retry_after: None,
+    }
+}
+
 fn classify(e: influxdb2::RequestError) -> Failure {
     match e {
         influxdb2::RequestError::Http { status, text } => {
-            let code = status.as_u16();
-            let msg = format!("HTTP {code}: {}", text.trim());
-            match code {
-                413 => Failure::TooLarge(msg),
-                // 429 and 503 are "come back later"; 408 is a timeout. 401, 403 and 404 are
-                // about the token, org or bucket, not the points: dead-lettering everything
-                // until an operator fixes the configuration would empty the spool for nothing.
-                408 | 429 | 401 | 403 | 404 => Failure::Retry(msg),
-                400..=499 => Failure::Reject(msg),
-                _ => Failure::Retry(msg),
-            }
+            classify_status(status.as_u16(), &text, None)
         }
-        other => Failure::Retry(other.to_string()),
+        other => retry(other.to_string()),
     }
+}
+
+/// Classifies a non-204 answer. `retry_after` is kept only where the server asks the client to
+/// come back later (429 Too Many Requests, 503 Service Unavailable; RFC 9110 §10.2.3).
+fn classify_status(code: u16, text: &str, retry_after: Option<Duration>) -> Failure {
+    let msg = format!("HTTP {code}: {}", text.trim());
+    match code {
+        413 => Failure::TooLarge(msg),
+        429 | 503 => Failure::Retry { msg, retry_after },
+        // 408 is a timeout. 401, 403 and 404 are about the token, org or bucket, not the
+        // points: dead-lettering everything until an operator fixes the configuration would
+        // empty the spool for nothing.
+        408 | 401 | 403 | 404 => retry(msg),
+        400..=499 => Failure::Reject(msg),
+        _ => retry(msg),
+    }
+}
+
+/// The delay a `Retry-After` value asks for (RFC 9110 §10.2.3): delta-seconds or an
+/// HTTP-date, which counts from `now` and is zero once past. None when it is neither.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for u64 is still "a very long time"; the caller caps it.
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Gzips a write body. Level 1: line protocol is so repetitive that the fastest level already
+/// removes most of it (see `benches/sink.rs`), and the shipper should not spend its time here.
+pub fn gzip_body(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use flate2::write::GzEncoder;
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(body)?;
+    enc.finish()
+}
+
+/// Sends one batch.
+enum Writer {
+    Crate {
+        client: influxdb2::Client,
+        org: String,
+        bucket: String,
+    },
+    Http(HttpWriter),
+}
+
+impl Writer {
+    async fn write(&self, body: &str) -> Result<(), Failure> {
+        match self {
+            Writer::Crate {
+                client,
+                org,
+                bucket,
+            } => client
+                .write_line_protocol(org, bucket, body.to_owned())
+                .await
+                .map_err(classify),
+            Writer::Http(w) => w.write(body).await,
+        }
+    }
+}
+
+/// The direct write path: what `influxdb2` 0.5 sends, plus gzip and access to response headers.
+struct HttpWriter {
+    client: reqwest::Client,
+    /// `<url>/api/v2/write`.
+    url: String,
+    org: String,
+    bucket: String,
+    token: Secret,
+    gzip: bool,
+}
+
+impl HttpWriter {
+    async fn write(&self, body: &str) -> Result<(), Failure> {
+        use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+        let payload = if self.gzip {
+            // A full batch is megabytes; compress off the async workers.
+            let raw = body.as_bytes().to_vec();
+            tokio::task::spawn_blocking(move || gzip_body(&raw))
+                .await
+                .map_err(|e| retry(format!("gzip task failed: {e}")))?
+                .map_err(|e| retry(format!("gzip of the write body failed: {e}")))?
+        } else {
+            body.as_bytes().to_vec()
+        };
+        let mut req = self
+            .client
+            .post(&self.url)
+            .query(&[
+                ("org", self.org.as_str()),
+                ("bucket", self.bucket.as_str()),
+                ("precision", "ns"),
+            ])
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8");
+        if !self.token.expose().is_empty() {
+            req = req.header(AUTHORIZATION, format!("Token {}", self.token.expose()));
+        }
+        if self.gzip {
+            req = req.header(CONTENT_ENCODING, "gzip");
+        }
+        let resp = req
+            .body(payload)
+            .send()
+            .await
+            .map_err(|e| retry(describe(&e)))?;
+        let status = resp.status().as_u16();
+        if status == 204 {
+            return Ok(());
+        }
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let text = resp.text().await.unwrap_or_default();
+        Err(classify_status(status, &text, retry_after))
+    }
+}
+
+/// A reqwest error with its causes ("error sending request" alone does not say connection
+/// refused or timed out).
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
 }
 
 struct Shipper {
     shared: Arc<Shared>,
-    client: influxdb2::Client,
-    org: String,
-    bucket: String,
+    writer: Writer,
     batch_size: usize,
     flush_interval: Duration,
     fsync_tick: Duration,
@@ -626,10 +803,7 @@ impl Shipper {
                 self.commit(end);
                 continue;
             }
-            let result = self
-                .client
-                .write_line_protocol(&self.org, &self.bucket, batch.body.clone())
-                .await;
+            let result = self.writer.write(&batch.body).await;
             last_flush = Instant::now();
             let failure = match result {
                 Ok(()) => {
@@ -641,7 +815,7 @@ impl Shipper {
                     limit = self.batch_size;
                     continue;
                 }
-                Err(e) => classify(e),
+                Err(f) => f,
             };
             match failure {
                 Failure::TooLarge(msg) if batch.count > 1 => {
@@ -669,7 +843,7 @@ impl Shipper {
                         }
                     }
                 }
-                Failure::Retry(msg) => {
+                Failure::Retry { msg, retry_after } => {
                     {
                         let mut c = lock(&self.shared.counters);
                         c.retries += 1;
@@ -679,17 +853,26 @@ impl Shipper {
                         tracing::warn!(error = %msg, backlog, "InfluxDB write failed during shutdown; backlog stays in the spool");
                         return;
                     }
-                    // Full jitter in [backoff/2, backoff], so many hosts recovering from one
-                    // outage do not hit the server in lockstep.
-                    let half = backoff / 2;
-                    let jitter = half.mul_f64(next_unit(&mut rng));
-                    let sleep = half + jitter;
+                    let sleep = match retry_after {
+                        // The server said when to come back: no jitter (it spreads clients
+                        // itself) and no growth of the back-off. The floor keeps a
+                        // `Retry-After: 0` or a past date from becoming a busy loop.
+                        Some(d) => d.clamp(self.retry_min, self.retry_max),
+                        None => {
+                            // Full jitter in [backoff/2, backoff], so many hosts recovering
+                            // from one outage do not hit the server in lockstep.
+                            let half = backoff / 2;
+                            let jitter = half.mul_f64(next_unit(&mut rng));
+                            backoff = (backoff * 2).min(self.retry_max);
+                            half + jitter
+                        }
+                    };
                     tracing::warn!(error = %msg, backlog, retry_in_ms = sleep.as_millis() as u64,
+                        retry_after_s = retry_after.map(|d| d.as_secs()),
                         "InfluxDB write failed; will retry");
                     if self.wait(sleep, false).await {
                         // Shutdown: one last attempt happens in the next loop pass.
                     }
-                    backoff = (backoff * 2).min(self.retry_max);
                 }
             }
         }
@@ -809,8 +992,78 @@ mod tests {
         assert!(matches!(classify(http(422)), Failure::Reject(_)));
         assert!(matches!(classify(http(413)), Failure::TooLarge(_)));
         for s in [429, 503, 500, 401, 404] {
-            assert!(matches!(classify(http(s)), Failure::Retry(_)), "{s}");
+            assert!(matches!(classify(http(s)), Failure::Retry { .. }), "{s}");
         }
+        let later = Some(Duration::from_secs(3));
+        for (s, kept) in [(429, later), (503, later), (500, None), (401, None)] {
+            match classify_status(s, "x", later) {
+                Failure::Retry { retry_after, .. } => assert_eq!(retry_after, kept, "{s}"),
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        use std::time::SystemTime;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        // RFC 9110's example date is 784111777; each of its three forms, 10 s after `now`.
+        for date in [
+            "Sun, 06 Nov 1994 08:49:47 GMT",
+            "Sunday, 06-Nov-94 08:49:47 GMT",
+            "Sun Nov  6 08:49:47 1994",
+        ] {
+            assert_eq!(
+                parse_retry_after(date, now),
+                Some(Duration::from_secs(10)),
+                "{date}"
+            );
+        }
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:27 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for bad in ["", "-1", "1.5", "soon"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transport_follows_gzip_and_retry_after() {
+        let mut c = InfluxConfig::new("http://x:8086", "b");
+        assert_eq!(c.transport(), Transport::Influxdb2);
+        c.gzip = true;
+        assert_eq!(c.transport(), Transport::Http);
+        c.gzip = false;
+        c.honor_retry_after = true;
+        assert_eq!(c.transport(), Transport::Http);
+        let c = parse("url = \"http://x:8086\"\nbucket = \"b\"\ngzip = true\n");
+        let mut issues = Issues::default();
+        c.validate("influx", &mut issues);
+        assert!(issues.is_empty(), "gzip = true is accepted");
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read;
+        let body = "gpu,host=a v=1i 1\n".repeat(100);
+        let gz = gzip_body(body.as_bytes()).expect("gzip");
+        assert!(gz.len() < body.len() / 5, "{} bytes", gz.len());
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut out)
+            .expect("gunzip");
+        assert_eq!(out, body);
     }
 
     #[test]
