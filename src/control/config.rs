@@ -87,14 +87,17 @@ pub struct PidConfig {
 
 impl Default for PidConfig {
     fn default() -> Self {
-        // SIMC tuning for a first-order plant with gain ≈ 0.25 K/% (hottest core vs pump
-        // speed around mid range), τ ≈ 20 s, dead time ≈ 2 s, closed-loop τc ≈ 10 s:
-        // Kc = τ/(k(τc+θ)) ≈ 6.7, Ti = τ = 20 s; rounded down for robustness at low flow,
-        // where the plant gain is higher. No derivative: NVML reports whole °C, so a
-        // derivative mostly amplifies quantisation steps.
+        // Disturbance rejection (a load step, bursts) matters more than set-point tracking
+        // here. The earlier SIMC tuning for a 0.25 K/% plant (kp 5, ki 0.25) was too sluggish
+        // on both fitted plants in `cargo bench --bench control_quality` (benchmark trace,
+        // 30 °C supply): H200 at 55 °C overshoot 1.70 → 0.92 K, 67 → 0 s above SP+1 K;
+        // H100 at 72 °C overshoot 4.33 → 2.02 K, 106 → 31 s above SP+1 K, for +3 kJ and +1 kJ
+        // of pump energy over the 13-minute trace. The same gains hold up with temperatures
+        // rounded to whole °C as NVML reports them (the slew limits absorb the steps).
+        // No derivative: NVML reports whole °C, so a derivative mostly amplifies quantisation.
         PidConfig {
-            kp: 5.0,
-            ki: 0.25,
+            kp: 20.0,
+            ki: 1.0,
             kd: 0.0,
             derivative_filter_s: 5.0,
             tracking_time_s: None,

@@ -1,0 +1,535 @@
+//! Control quality on the plant simulator: coolantd's controller against the strategies
+//! common fan controllers use, on the benchmark workload, for 8 H200s and for 8 H100s on one
+//! simulated CDU.
+//!
+//! Every strategy drives the same deterministic plant (`coolantd::sim`) in closed loop, in
+//! process, at a 1 s control period with the plant stepped 1 s per tick:
+//!
+//! - `coolantd`: the pure control core (`Controller`) with the `[control]` section of
+//!   `config/sim.toml` (PID with back-calculation anti-windup, derivative on measurement,
+//!   derivative filter, slew limits; power caps as the last resort). It sees the CDU as the
+//!   Modbus collector would (every role of the `sim-cdu` profile, integer registers rounded to
+//!   their scale) and the GPUs through `SimGpus::read_fast`; its actuations go back to the plant.
+//! - `coolantd, [control] default gains`: the same with `ControlConfig::default()`'s PID gains,
+//!   to show whether the built-in defaults suit this plant.
+//! - `pump fixed 100 %`: no control at all, power limits untouched.
+//! - `naive PID (integrator clamped)`: `NaivePid` with the same gains, the integral term clamped
+//!   to the output range (phosphor-pid-control's `integralLimit` set to the output range, the
+//!   usual configuration), derivative on the error, no filter, no slew limit; caps untouched.
+//! - `naive PID (integrator unbounded)`: the same without any integral clamp (only the output
+//!   is clamped), as many hand-written fan loops do.
+//!
+//! Run: `cargo bench --bench control_quality`. Prints Markdown tables and writes them to
+//! `target/control_quality.md`. Under `cargo test --benches` (no `--bench` argument) it runs
+//! the same comparison on a shortened trace as a smoke test and writes nothing.
+
+use coolantd::collect::GpuBackend;
+use coolantd::config::Config;
+use coolantd::control::pid::{Action, NaivePid};
+use coolantd::control::{CduSetup, ControlConfig, Controller, TickInput};
+use coolantd::model::{
+    Actuation, ActuationOutcome, CduSample, ControlState, GpuSample, RegisterReading, Role,
+};
+use coolantd::profile::cdu::CduProfile;
+use coolantd::profile::gpu::{GpuProfile, GpuProfiles};
+use coolantd::sim::thermal::THERMAL_STEP;
+use coolantd::sim::{build_plant, CduState, Plant, SimConfig, SimGpus, Workload};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The control period and plant step of every run, s.
+const PERIOD_S: f64 = 1.0;
+/// The benchmark workload (`Workload::Benchmark`): idle 60 s, full 300 s, bursts 300 s,
+/// idle 120 s.
+const TRACE_S: u64 = 780;
+/// Under `cargo test`: idle 60 s, the full-load step and the first bursts. Enough to exercise
+/// every path in a debug build within the CI's few seconds.
+const SMOKE_TRACE_S: u64 = 420;
+
+/// H100 set point, °C. With 30 °C supply the simulated H100 (its fitted plate-to-coolant
+/// resistance is ~8× the H200's) settles its hottest core at full load (700 W) at 66.1 °C with
+/// the pump at 100 %, 73.5 °C at 60 % and 88.8 °C, a hair under its 89 °C slowdown, at the
+/// 20 % minimum (the "steady" lines the bench prints). 72 °C is a value the pump holds at full
+/// load at about 70 % speed, with ~6 K of authority left for transients, so the pump loop
+/// rather than the power caps does the work; and it is well inside the 84 °C ceiling (slowdown
+/// minus the 5 K `slowdown_margin_k`).
+const H100_SETPOINT_C: f64 = 72.0;
+
+/// Stress case: supply water at 50 °C, beyond ASHRAE's W45 class (facility supply up to
+/// 45 °C) as in a facility-water excursion, where even the pump at 100 % leaves the H100's
+/// hottest core above any allowed set point and only the power caps keep it off slowdown.
+const WARM_SUPPLY_C: f64 = 50.0;
+/// The highest set point allowed below the H100's 89 °C slowdown (5 K `slowdown_margin_k`)
+/// minus 2 K, so that the caps' band (`band_k` = 2 K) ends at that ceiling.
+const WARM_SETPOINT_C: f64 = 82.0;
+
+fn lock(p: &Arc<Mutex<Plant>>) -> MutexGuard<'_, Plant> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Clone)]
+enum Strategy {
+    Coolantd(Box<ControlConfig>),
+    Fixed(f64),
+    Naive {
+        kp: f64,
+        ki: f64,
+        kd: f64,
+        clamp: bool,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+struct Metrics {
+    above_s: f64,
+    above_1k_s: f64,
+    above_ks: f64,
+    overshoot_k: f64,
+    iae_loaded: f64,
+    pump_kj: f64,
+    pump_travel: f64,
+    perf_lost_pct: f64,
+    slowdown_s: f64,
+    not_running_s: f64,
+}
+
+/// The controlled variable as `controlled_variable = "max"` defines it, from the plant's truth:
+/// the hottest of each GPU's core and its HBM expressed as an equivalent core temperature
+/// (slowdown threshold minus the HBM's margin to its own limit).
+fn controlled_truth(plant: &Plant) -> f64 {
+    let th = &plant.profile().thresholds;
+    plant
+        .gpus()
+        .iter()
+        .map(|g| {
+            let hbm_equiv = th.slowdown_c.0 - (th.hbm_max_c.0 - g.thermal.hbm.0);
+            g.thermal.die.0.max(hbm_equiv)
+        })
+        .fold(f64::MIN, f64::max)
+}
+
+/// The same from GPU samples, as a controller that only sees NVML readings computes it.
+fn controlled_from_samples(samples: &[GpuSample], prof: &GpuProfile) -> Option<f64> {
+    let th = &prof.thresholds;
+    samples
+        .iter()
+        .filter_map(|s| {
+            let core = s.core.map(|c| c.0);
+            let hbm = s.hbm.map(|h| th.slowdown_c.0 - (th.hbm_max_c.0 - h.0));
+            match (core, hbm) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        })
+        .reduce(f64::max)
+}
+
+/// One poll of the simulated CDU as the Modbus collector would decode it.
+fn cdu_sample(plant: &Plant, profile: &CduProfile, name: &str, now: Duration) -> CduSample {
+    let registers = profile
+        .registers
+        .iter()
+        .filter_map(|r| {
+            let role = r.role?;
+            let value = plant.read(role).map(|v| {
+                if r.data_type.is_integer() {
+                    // An integer register carries the value in steps of its scale.
+                    let s = r.scale();
+                    (v / s).round() * s
+                } else {
+                    v
+                }
+            });
+            Some(RegisterReading {
+                name: r.name.clone(),
+                role: Some(role),
+                value: value.ok_or(coolantd::model::SensorFault::Timeout),
+            })
+        })
+        .collect();
+    CduSample {
+        cdu: name.to_string(),
+        at: now,
+        registers,
+    }
+}
+
+struct Setup<'a> {
+    gpu: &'a GpuProfile,
+    cdu: &'a CduProfile,
+    sim: SimConfig,
+    setpoint: f64,
+    trace_s: u64,
+}
+
+/// Runs one strategy over the trace and measures it.
+fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
+    const HOST: &str = "bench-node";
+    const CDU: &str = "cdu-sim";
+    let plant = Arc::new(Mutex::new(build_plant(&s.sim, s.gpu, HOST)));
+    let gpus = SimGpus::new(plant.clone(), None);
+    let (pump_lo, pump_hi) = s
+        .cdu
+        .pump_limits()
+        .map_or((20.0, 100.0), |(a, b)| (a.0, b.0));
+
+    let mut ctl = match strategy {
+        Strategy::Coolantd(cfg) => {
+            let mut cfg = (**cfg).clone();
+            cfg.setpoint = s.setpoint;
+            let setup = CduSetup {
+                name: CDU.into(),
+                hosts: vec![HOST.into()],
+                pump_min: coolantd::units::Percent(pump_lo),
+                pump_max: coolantd::units::Percent(pump_hi),
+                roles: s.cdu.roles(),
+            };
+            Some(Controller::new(&cfg, vec![setup], gpus.inventory()))
+        }
+        _ => None,
+    };
+    let mut naive = match strategy {
+        Strategy::Naive { kp, ki, kd, clamp } => {
+            let mut n = NaivePid::new(*kp, *ki, *kd, pump_lo, pump_hi, Action::Reverse);
+            if *clamp {
+                n.integral_limit = Some((pump_lo, pump_hi));
+            }
+            Some(n)
+        }
+        _ => None,
+    };
+    if let Strategy::Fixed(v) = strategy {
+        // A write to the simulated CDU fails only for out-of-range values: a broken harness.
+        lock(&plant)
+            .write(Role::PumpSpeedCommand, *v)
+            .expect("fixed pump speed within 0..=100 %");
+    }
+
+    let prof = s.gpu;
+    let (idle_w, full_w, ref_limit) = (
+        prof.power.idle_w.0,
+        prof.power.full_load_w.0,
+        prof.power.default_w.0,
+    );
+    let slowdown = prof.thresholds.slowdown_c.0;
+    let sp = s.setpoint;
+    let mut m = Metrics::default();
+    let mut outcomes: Vec<ActuationOutcome> = Vec::new();
+    let mut energy_before: Vec<f64> = lock(&plant).gpus().iter().map(|g| g.energy.0).collect();
+    let (mut ref_j, mut lost_j) = (0.0, 0.0);
+    let mut last_cmd = lock(&plant).pump_command().0;
+    let dt = Duration::from_secs_f64(PERIOD_S);
+    let substeps = (PERIOD_S / THERMAL_STEP.as_secs_f64()).ceil().max(1.0) as u32;
+    let sub = dt / substeps;
+
+    for k in 1..=s.trace_s {
+        let now = dt * k as u32;
+        let t = now.as_secs_f64();
+        lock(&plant).step(dt);
+
+        // Measure the plant's truth over the step just made.
+        {
+            let p = lock(&plant);
+            let cv = controlled_truth(&p);
+            let e = cv - sp;
+            if e > 0.0 {
+                m.above_s += PERIOD_S;
+            }
+            if e > 1.0 {
+                m.above_1k_s += PERIOD_S;
+            }
+            m.above_ks += e.max(0.0) * PERIOD_S;
+            m.overshoot_k = m.overshoot_k.max(e);
+            if p.workload().load(0, t - PERIOD_S / 2.0) > 0.0 {
+                m.iae_loaded += e.abs() * PERIOD_S;
+            }
+            if p.gpus().iter().any(|g| g.thermal.die.0 >= slowdown) {
+                m.slowdown_s += PERIOD_S;
+            }
+            for (i, g) in p.gpus().iter().enumerate() {
+                // The plant evaluates the load at the end of each substep of THERMAL_STEP;
+                // so does the reference, so that a load switch costs nothing by itself.
+                let mut reference = 0.0;
+                for j in 1..=substeps {
+                    let ts = (now - dt + sub * j).as_secs_f64();
+                    let load = p.workload().load(i, ts);
+                    let demand = idle_w + load * (full_w - idle_w);
+                    reference += demand.min(ref_limit) * sub.as_secs_f64();
+                }
+                let delivered = g.energy.0 - energy_before[i];
+                energy_before[i] = g.energy.0;
+                ref_j += reference;
+                lost_j += (reference - delivered).max(0.0);
+            }
+        }
+
+        let cmd = if let Some(c) = ctl.as_mut() {
+            let gpu_samples = gpus.read_fast(now);
+            let cdu = cdu_sample(&lock(&plant), s.cdu, CDU, now);
+            let out = c.tick(&TickInput {
+                now,
+                gpus: &gpu_samples,
+                cdus: std::slice::from_ref(&cdu),
+                outcomes: &outcomes,
+            });
+            if out.state != ControlState::Running {
+                m.not_running_s += PERIOD_S;
+            }
+            outcomes = out
+                .actuations
+                .into_iter()
+                .map(|a| {
+                    let result = match &a {
+                        Actuation::SetPumpSpeed { speed, .. } => {
+                            lock(&plant).write(Role::PumpSpeedCommand, speed.0)
+                        }
+                        Actuation::SetPowerCap { gpu, limit } => {
+                            gpus.set_power_limit(gpu, *limit).map_err(|e| e.to_string())
+                        }
+                        Actuation::FeedWatchdog { value, .. } => {
+                            lock(&plant).write(Role::Watchdog, f64::from(*value))
+                        }
+                    };
+                    ActuationOutcome {
+                        actuation: a,
+                        at: now,
+                        result,
+                        dry_run: false,
+                    }
+                })
+                .collect();
+            lock(&plant).pump_command().0
+        } else if let Some(n) = naive.as_mut() {
+            let samples = gpus.read_fast(now);
+            let u = match controlled_from_samples(&samples, prof) {
+                Some(pv) => n.update(sp, pv, PERIOD_S),
+                None => n.output(),
+            };
+            // NaivePid clamps to the profile's write range: the write cannot be refused.
+            lock(&plant)
+                .write(Role::PumpSpeedCommand, u)
+                .expect("naive PID output within the pump's write range");
+            u
+        } else {
+            lock(&plant).pump_command().0
+        };
+        m.pump_travel += (cmd - last_cmd).abs();
+        last_cmd = cmd;
+    }
+    m.pump_kj = lock(&plant).pump_energy().0 / 1000.0;
+    m.perf_lost_pct = if ref_j > 0.0 {
+        100.0 * lost_j / ref_j
+    } else {
+        0.0
+    };
+    m
+}
+
+/// Steady state of the hottest core at full load with the pump held at `pump` %.
+fn steady_core(s: &Setup<'_>, pump: f64) -> f64 {
+    let mut sim = s.sim.clone();
+    sim.workload = Workload::Full;
+    sim.initial_pump_pct = pump;
+    let mut p = build_plant(&sim, s.gpu, "steady");
+    p.step(Duration::from_secs(1200));
+    p.hottest_core().0
+}
+
+fn table(title: &str, s: &Setup<'_>, rows: &[(&str, Metrics)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### {title}: set point {:.1} °C, supply {:.0} °C, {} GPUs, {} s of the benchmark trace\n",
+        s.setpoint, s.sim.supply_setpoint_c, s.sim.gpus_per_host, s.trace_s
+    );
+    let _ = writeln!(
+        out,
+        "| strategy | t > SP (s) | t > SP+1 K (s) | ∫(CV−SP)⁺ (K·s) | max overshoot (K) | IAE loaded (K·s) | pump energy (kJ) | pump travel (%) | GPU perf lost (%) | t at slowdown (s) | t not Running (s) |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (name, m) in rows {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            m.above_s,
+            m.above_1k_s,
+            m.above_ks,
+            m.overshoot_k,
+            m.iae_loaded,
+            m.pump_kj,
+            m.pump_travel,
+            m.perf_lost_pct,
+            m.slowdown_s,
+            m.not_running_s
+        );
+    }
+    out
+}
+
+const DEFINITIONS: &str = "\
+Definitions. The controlled variable (CV) is the plant's true hottest GPU temperature as \
+`controlled_variable = \"max\"` defines it: max over GPUs of max(core, slowdown − (HBM max − HBM)). \
+Sampled once per 1 s tick. *t > SP*: seconds with CV above the set point (and above it by more \
+than 1 K). *∫(CV−SP)⁺*: Σ max(CV − SP, 0)·dt, how much heat above the set point the GPUs saw. \
+*Max overshoot*: largest CV − SP over the run (negative: never reached). *IAE loaded*: \
+Σ|CV − SP|·dt over the ticks with the GPUs under load (the full-load segment and the on-halves \
+of the bursts; overcooling counts too, the idle-time undershoot does not). \
+*Pump energy*: `Plant::pump_energy()` (affinity-law pump power integrated). *Pump travel*: Σ|Δ \
+pump command| per tick, a proxy for actuator wear and Modbus writes. *GPU perf lost*: energy \
+withheld from the GPUs as a share of what they would have drawn at their default power limit: \
+Σ_GPU Σ_t (min(demand, default limit) − delivered)·dt / Σ min(demand, default limit)·dt, where \
+demand = idle + load·(full-load − idle) from the GPU profile; it counts both our power caps and \
+the GPU's own thermal slowdown (which pulls power to the board minimum). In the simulator the SM \
+clock falls as (power/demand)^0.82, so lost work is of the same order. *t at slowdown*: seconds \
+with any GPU core at or above its slowdown threshold (89 °C). *t not Running*: seconds the \
+coolantd controller spent outside Running (boot, emergency, failsafe); — for the others.\n";
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let trace_s = if bench { TRACE_S } else { SMOKE_TRACE_S };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let started = Instant::now();
+
+    // Both are files of this repository: a failure here is a broken checkout.
+    let gpu_profiles = GpuProfiles::load_dir(&root.join("firmware-profiles/gpu"))
+        .expect("GPU profiles in firmware-profiles/gpu load");
+    let cdu_profile = CduProfile::load(&root.join("firmware-profiles/cdu/sim-cdu.toml"))
+        .expect("firmware-profiles/cdu/sim-cdu.toml loads");
+    let sim_toml = Config::load(&root.join("config/sim.toml")).expect("config/sim.toml loads");
+    let control = sim_toml.control.clone();
+
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "## coolantd control quality on the plant simulator\n\nCommand: `cargo bench --bench control_quality`. Control gains from `config/sim.toml` [control] (kp {}, ki {}, kd {}), pump slew +{}/−{} %/s, power caps band {} K (kp {} W/K, ki {} W/(K·s)). Naive PIDs use the same kp/ki/kd.\n",
+        control.pid.kp,
+        control.pid.ki,
+        control.pid.kd,
+        control.pump.slew_up_per_s,
+        control.pump.slew_down_per_s,
+        control.power_cap.band_k,
+        control.power_cap.kp,
+        control.power_cap.ki
+    );
+
+    let defaults = ControlConfig::default();
+    let mut default_gains = control.clone();
+    default_gains.pid = defaults.pid.clone();
+
+    let cases = [
+        ("H200 (h200-sxm)", "h200-sxm", control.setpoint, 30.0),
+        ("H100 (h100-sxm)", "h100-sxm", H100_SETPOINT_C, 30.0),
+        (
+            "Stress: H100 (h100-sxm) on warm water",
+            "h100-sxm",
+            WARM_SETPOINT_C,
+            WARM_SUPPLY_C,
+        ),
+    ];
+    let mut all = Vec::new();
+    for (title, name, setpoint, supply) in cases {
+        let gpu = gpu_profiles
+            .by_name(name)
+            .unwrap_or_else(|| panic!("GPU profile {name} in firmware-profiles/gpu"));
+        let sim = SimConfig {
+            workload: Workload::Benchmark,
+            supply_setpoint_c: supply,
+            ..SimConfig::default()
+        };
+        let setup = Setup {
+            gpu,
+            cdu: &cdu_profile,
+            sim,
+            setpoint,
+            trace_s,
+        };
+        let strategies: Vec<(&str, Strategy)> = vec![
+            ("coolantd", Strategy::Coolantd(Box::new(control.clone()))),
+            (
+                "coolantd, [control] default gains",
+                Strategy::Coolantd(Box::new(default_gains.clone())),
+            ),
+            ("(a) pump fixed 100 %", Strategy::Fixed(100.0)),
+            (
+                "(b) naive PID, integrator clamped",
+                Strategy::Naive {
+                    kp: control.pid.kp,
+                    ki: control.pid.ki,
+                    kd: control.pid.kd,
+                    clamp: true,
+                },
+            ),
+            (
+                "(b) naive PID, integrator unbounded",
+                Strategy::Naive {
+                    kp: control.pid.kp,
+                    ki: control.pid.ki,
+                    kd: control.pid.kd,
+                    clamp: false,
+                },
+            ),
+        ];
+        let rows: Vec<(&str, Metrics)> = strategies
+            .iter()
+            .map(|(n, st)| (*n, run(&setup, st)))
+            .collect();
+        let mut t = table(title, &setup, &rows);
+        if bench {
+            let _ = writeln!(
+                t,
+                "\nSteady hottest core at full load (700 W cap): {:.1} °C with the pump at 100 %, {:.1} °C at 60 %, {:.1} °C at 20 %.\n",
+                steady_core(&setup, 100.0),
+                steady_core(&setup, 60.0),
+                steady_core(&setup, 20.0)
+            );
+        }
+        report.push_str(&t);
+        report.push('\n');
+        all.push((name, rows));
+    }
+    report.push_str(DEFINITIONS);
+    print!("{report}");
+
+    // Invariants of the harness itself, checked in both modes: a run that breaks them
+    // measured nothing meaningful.
+    for (name, rows) in &all {
+        for (s, m) in rows {
+            assert!(
+                m.pump_kj.is_finite() && m.iae_loaded.is_finite() && m.perf_lost_pct.is_finite(),
+                "{name} / {s}: non-finite metrics {m:?}"
+            );
+        }
+        let fixed = &rows[2].1;
+        for (s, m) in rows {
+            // Pump power grows with speed³ and no strategy runs above 100 %.
+            assert!(
+                m.pump_kj <= fixed.pump_kj + 1e-6,
+                "{name} / {s}: more pump energy than the pump at 100 % ({m:?})"
+            );
+        }
+    }
+    // The controller must keep the well-cooled H200 out of slowdown at its working set point.
+    let h200 = &all[0].1[0].1;
+    assert_eq!(h200.slowdown_s, 0.0, "coolantd let an H200 reach slowdown");
+
+    if bench {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let file = target.join("control_quality.md");
+        match std::fs::create_dir_all(&target).and_then(|_| std::fs::write(&file, &report)) {
+            Ok(()) => eprintln!("wrote {}", file.display()),
+            Err(e) => eprintln!("could not write {}: {e}", file.display()),
+        }
+    }
+    eprintln!(
+        "control_quality: {} runs in {:.2} s",
+        all.iter().map(|(_, r)| r.len()).sum::<usize>(),
+        started.elapsed().as_secs_f64()
+    );
+}
