@@ -40,7 +40,6 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
         Some(h) => {
             // Bound before READY=1, so a port already in use fails the start visibly.
             let listener = h.bind().await?;
-            tracing::info!(address = %h.listen, "HTTP endpoint listening (/healthz /readyz /metrics /status)");
             let snaps = daemon.snapshots();
             let health = health.clone();
             Some(tokio::spawn(async move {
