@@ -50,7 +50,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(tag: &str) -> Daemon {
+        Daemon::start_with(tag, |_| {})
+    }
+
+    /// Starts the daemon after `prepare` has seen its (empty) folder.
+    fn start_with(tag: &str, prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = TempDir::new(tag);
+        prepare(&dir.0);
         let (cdu, http) = (free_port(), free_port());
         let config = dir.0.join("coolantd.toml");
         std::fs::write(&config, self::config(&dir.0, cdu, http, 55.0, "")).expect("write config");
@@ -279,7 +285,7 @@ fn ready_and_watchdog_over_notify_socket() {
 #[test]
 fn http_endpoints_on_the_running_daemon() {
     let d = Daemon::start("http");
-    assert_eq!(d.wait_ok("/healthz").is_empty(), false);
+    assert!(!d.wait_ok("/healthz").is_empty());
     // Ready once the control core has every required CDU input valid.
     d.wait_ok("/readyz");
     let metrics = d.wait_ok("/metrics");
@@ -372,14 +378,14 @@ fn sigterm_leaves_safely_in_bounded_time() {
         .expect("GPU 3 has a UUID")
         .to_string();
 
-    let mut d = Daemon::start("term");
+    let mut d = Daemon::start_with("term", |dir| {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).expect("mkdir state");
+        let record = serde_json::json!({ uuid.clone(): {
+            "host": "sim-node01", "index": 3, "uuid": uuid, "original": 650.0 } });
+        std::fs::write(state.join("power-limits.json"), record.to_string()).expect("write record");
+    });
     let state = d.dir.0.join("state");
-    std::fs::create_dir_all(&state).expect("mkdir state");
-    let record = serde_json::json!({ uuid.clone(): {
-        "host": "sim-node01", "index": 3, "uuid": uuid, "original": 650.0 } });
-    // Written before the daemon opens its store (it opens it after the simulator starts,
-    // which takes far longer than this write); checked below through the log.
-    std::fs::write(state.join("power-limits.json"), record.to_string()).expect("write record");
     d.wait_note(0, |m| m == "READY=1", "READY=1");
     d.wait_ok("/readyz");
 
