@@ -629,6 +629,9 @@ pub struct Snapshot {
     pub cdus: Vec<CduStatus>,
     pub gpus: Vec<GpuStatus>,
     pub alarms: Vec<Alarm>,
+    /// This tick's decisions: applied, or in dry-run mode only published as "would set".
+    #[serde(default)]
+    pub decisions: Vec<Actuation>,
     /// The latest metric points of this tick, named as in docs/metrics.md: the source of
     /// `/metrics`, so that Prometheus and InfluxDB see the same names.
     pub points: Vec<Point>,

@@ -19,7 +19,9 @@ struct Server {
     rt: tokio::runtime::Runtime,
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
-    state: Arc<Mutex<MapState>>,
+    state: Arc<Mutex<dyn CduState>>,
+    /// The test state, when the server serves one (the plant test serves the real plant).
+    map: Option<Arc<Mutex<MapState>>>,
 }
 
 impl Drop for Server {
@@ -30,19 +32,25 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    let map = Arc::new(Mutex::new(MapState::full()));
+    let state: Arc<Mutex<dyn CduState>> = map.clone();
+    let mut s = start_with(state);
+    s.map = Some(map);
+    s
+}
+
+fn start_with(state: Arc<Mutex<dyn CduState>>) -> Server {
     let profile = Arc::new(CduProfile::load(&sim_profile_path()).expect("sim-cdu.toml loads"));
-    let state = Arc::new(Mutex::new(MapState::full()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let dyn_state: Arc<Mutex<dyn CduState>> = state.clone();
     let (addr, task) = rt
         .block_on(coolantd::sim::cdu_server::spawn(
             "127.0.0.1:0",
             profile,
-            dyn_state,
+            state.clone(),
         ))
         .expect("server binds a loopback port");
     Server {
@@ -50,6 +58,7 @@ fn start() -> Server {
         addr,
         task,
         state,
+        map: None,
     }
 }
 
@@ -214,7 +223,12 @@ fn mbpoll_writes_the_pump_speed() {
     assert!(ok, "write failed:\n{out}");
     assert_eq!(state_value(&s, Role::PumpSpeedCommand), 55.5);
     assert_eq!(
-        s.state.lock().expect("state lock").writes,
+        s.map
+            .as_ref()
+            .expect("test state")
+            .lock()
+            .expect("state lock")
+            .writes,
         [(Role::PumpSpeedCommand, 55.5)]
     );
 
@@ -227,4 +241,46 @@ fn mbpoll_writes_the_pump_speed() {
     // Input registers are read-only.
     let (ok, out) = mbpoll(&s, &["-t", "3", "-r", "0", "--", "1"]);
     assert!(!ok, "a write to an input register was accepted:\n{out}");
+}
+
+/// mbpoll against the real plant model (not a test map): after two minutes of full load the
+/// simulator's CDU serves what the plant computes, and an independent client reads the same.
+#[test]
+fn mbpoll_reads_the_running_plant() {
+    if !have_peer(MBPOLL, "mbpoll") {
+        return;
+    }
+    let profiles = coolantd::profile::gpu::GpuProfiles::load_dir(
+        &common::root().join("firmware-profiles/gpu"),
+    )
+    .expect("GPU profiles load");
+    let cfg = coolantd::sim::SimConfig {
+        workload: coolantd::sim::Workload::Full,
+        ..coolantd::sim::SimConfig::default()
+    };
+    let mut plant = coolantd::sim::build_plant(
+        &cfg,
+        profiles.by_name("h200-sxm").expect("h200 profile"),
+        "node",
+    );
+    plant.step(std::time::Duration::from_secs(120));
+    let plant: Arc<Mutex<dyn CduState>> = Arc::new(Mutex::new(plant));
+    let s = start_with(plant);
+    let f = floats(&s, &["-t", "3:float", "-B", "-r", "0", "-c", "2"]);
+    let (supply, ret) = (
+        state_value(&s, Role::SupplyTemperature),
+        state_value(&s, Role::ReturnTemperature),
+    );
+    // FLOAT32 on the wire: equal to the plant's f64 within single precision.
+    assert!((f[0].1 - supply).abs() < 1e-3, "supply {f:?} vs {supply}");
+    assert!((f[1].1 - ret).abs() < 1e-3, "return {f:?} vs {ret}");
+    assert!(
+        ret > supply + 1.0,
+        "8 GPUs at full load heat the coolant: supply {supply}, return {ret}"
+    );
+    let flow = floats(&s, &["-t", "3:float", "-r", "4", "-c", "1"]);
+    assert!(
+        (flow[0].1 - state_value(&s, Role::Flow)).abs() < 1e-3,
+        "{flow:?}"
+    );
 }

@@ -70,6 +70,7 @@ fn snapshot(tick: u64, state: ControlState, controlled: f64) -> Snapshot {
             margin_to_slowdown: Some(89.0 - controlled),
         }],
         alarms: vec![],
+        decisions: Vec::new(),
         points: vec![Point::new("gpu", 1)
             .tag("host", HOST)
             .tag("index", "0")

@@ -70,6 +70,7 @@ fn snapshot(ready: bool) -> Snapshot {
             acknowledged: false,
             cause_present: !ready,
         }],
+        decisions: Vec::new(),
         points: vec![
             Point::new("gpu", t)
                 .tag("host", "node01")

@@ -7,3 +7,4 @@ pub mod notify;
 pub mod probe;
 pub mod run;
 pub mod serve;
+pub mod sink_alarms;

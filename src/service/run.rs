@@ -16,6 +16,7 @@ use crate::model::{
 use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
 use crate::service::limits::LimitStore;
+use crate::service::sink_alarms::SinkAlarms;
 use crate::sim::SimRuntime;
 use crate::sink::influx::InfluxSink;
 use crate::sink::mqtt::{CommandRequest, MqttSink};
@@ -144,6 +145,7 @@ pub struct Daemon {
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     tick: u64,
     last: Option<Arc<Snapshot>>,
+    sink_alarms: SinkAlarms,
 }
 
 fn unix_ns() -> i64 {
@@ -236,7 +238,15 @@ impl Daemon {
             snapshot_tx,
             tick: 0,
             last: None,
+            sink_alarms: SinkAlarms::default(),
         })
+    }
+
+    fn default_source(&self) -> crate::model::Source {
+        match self.cfg.gpus.backend {
+            GpuBackendKind::Nvml if self.sim.is_none() => crate::model::Source::Nvml,
+            _ => crate::model::Source::Simulated,
+        }
     }
 
     /// The simulator, when one runs in-process (tests use it to step the plant and inject faults).
@@ -260,22 +270,41 @@ impl Daemon {
     /// One whole cycle at monotonic time `now`.
     pub async fn tick(&mut self, now: Mono) -> Arc<Snapshot> {
         let wall_ns = unix_ns();
-        let gpu_samples: Vec<GpuSample> = match &self.gpus {
+        let mut gpu_samples: Vec<GpuSample> = match &self.gpus {
             Some(g) => g.read_fast(now),
             None => Vec::new(),
         };
+        // A GPU of the inventory that the backend did not return at all (fallen off the bus)
+        // is a lost reading now, as an empty sample makes it; without this the core would keep
+        // steering on its last reading until that went stale (max_sample_age_ms), well past
+        // the 2 ticks in which a lost input must reach its safe state.
+        for st in &self.inventory {
+            if !gpu_samples.iter().any(|s| s.key == st.key) {
+                // The source only labels the sample; with no sample at all, guess from the backend.
+                let source = gpu_samples
+                    .first()
+                    .map_or(self.default_source(), |s| s.source);
+                gpu_samples.push(GpuSample::empty(st.key.clone(), source, now));
+            }
+        }
         let cdu_samples: Vec<CduSample> =
             futures_join_all(self.cdus.iter_mut().map(|c| c.poll(now))).await;
 
         self.handle_commands(now);
 
         let outcomes = std::mem::take(&mut self.outcomes);
-        let out = self.controller.tick(&TickInput {
+        let mut out = self.controller.tick(&TickInput {
             now,
             gpus: &gpu_samples,
             cdus: &cdu_samples,
             outcomes: &outcomes,
         });
+        if let Some(influx) = &self.influx {
+            // The telemetry path's own alarms travel with the core's.
+            out.events
+                .extend(self.sink_alarms.update(now, &influx.stats()));
+            out.active_alarms.extend(self.sink_alarms.active().cloned());
+        }
 
         for a in &out.actuations {
             let result = self.apply(a, &gpu_samples).await;
@@ -342,6 +371,7 @@ impl Daemon {
                 .filter_map(|s| gpu_status(&self.inventory, s))
                 .collect(),
             alarms: out.active_alarms.clone(),
+            decisions: out.actuations.clone(),
             points,
         });
         if let Some(m) = &self.mqtt {
@@ -671,6 +701,7 @@ fn empty_snapshot(cfg: &Config, host: &str, dry_run: bool) -> Snapshot {
         cdus: Vec::new(),
         gpus: Vec::new(),
         alarms: Vec::new(),
+        decisions: Vec::new(),
         points: Vec::new(),
     }
 }

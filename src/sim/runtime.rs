@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 pub struct SimRuntime {
     plant: Arc<Mutex<Plant>>,
     gpus: Arc<SimGpus>,
-    server: JoinHandle<()>,
+    /// The CDU server task; `None` while stopped for fault injection.
+    server: Mutex<Option<JoinHandle<()>>>,
+    cdu_profile: Arc<CduProfile>,
     stepper: Option<JoinHandle<()>>,
     addr: SocketAddr,
     time_scale: f64,
@@ -46,7 +48,7 @@ impl SimRuntime {
         let cdu_profile = Arc::new(CduProfile::load(&cdu_path)?);
         let plant = Arc::new(Mutex::new(build_plant(sc, gp, host)));
         let state: Arc<Mutex<dyn CduState>> = plant.clone();
-        let (addr, server) = cdu_server::spawn(&sc.listen, cdu_profile, state)
+        let (addr, server) = cdu_server::spawn(&sc.listen, cdu_profile.clone(), state)
             .await
             .with_context(|| {
                 format!(
@@ -60,7 +62,8 @@ impl SimRuntime {
         Ok(SimRuntime {
             plant,
             gpus,
-            server,
+            server: Mutex::new(Some(server)),
+            cdu_profile,
             stepper,
             addr,
             time_scale: sc.time_scale,
@@ -99,9 +102,40 @@ impl SimRuntime {
         self.time_scale
     }
 
+    /// Fault injection: kills the simulated CDU's Modbus server as a crashed or powered-off
+    /// CDU controller would. Aborting the serve task drops the listener and, through
+    /// tokio-modbus's cancellation guard, every open connection; this waits until it has.
+    pub async fn stop_server(&self) {
+        let task = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Fault injection: serves the simulated CDU again on the same address after
+    /// [`SimRuntime::stop_server`]. Does nothing while the server runs.
+    pub async fn restart_server(&self) -> std::io::Result<()> {
+        if self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let state: Arc<Mutex<dyn CduState>> = self.plant.clone();
+        let (_, task) =
+            cdu_server::spawn(&self.addr.to_string(), self.cdu_profile.clone(), state).await?;
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(())
+    }
+
     /// Stops the server and the stepping task.
     pub fn stop(self) {
-        self.server.abort();
+        if let Some(t) = self.server.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
         if let Some(s) = self.stepper {
             s.abort();
         }

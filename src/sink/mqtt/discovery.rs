@@ -169,6 +169,7 @@ mod tests {
             }],
             gpus: vec![],
             alarms: vec![],
+            decisions: Vec::new(),
             points: vec![],
         };
         let t = Topics::new("coolantd", "s.1", "n01");

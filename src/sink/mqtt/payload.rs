@@ -80,6 +80,8 @@ struct Telemetry<'a> {
     ready: bool,
     dry_run: bool,
     hottest_gpu_core: Option<f64>,
+    /// The tick's decisions; in dry-run mode nothing was written ("would set").
+    decisions: Vec<String>,
     /// Keyed by CDU name, so that a template can say `value_json.cdus['cdu-a'].supply`.
     cdus: BTreeMap<&'a str, &'a CduStatus>,
     /// Keyed by `host/gpuN`.
@@ -101,6 +103,17 @@ pub fn telemetry_json(snap: &Snapshot) -> Vec<u8> {
         ready: snap.ready,
         dry_run: snap.dry_run,
         hottest_gpu_core: hottest_gpu(snap),
+        decisions: snap
+            .decisions
+            .iter()
+            .map(|a| {
+                if snap.dry_run {
+                    format!("would {a}")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect(),
         cdus: snap.cdus.iter().map(|c| (c.name.as_str(), c)).collect(),
         gpus: snap.gpus.iter().map(|g| (g.key.to_string(), g)).collect(),
         metrics: snap.points.iter().map(metric).collect(),
@@ -331,6 +344,7 @@ mod tests {
                 },
             ],
             alarms: vec![],
+            decisions: Vec::new(),
             points: vec![Point::new("gpu", 5)
                 .tag("index", "0")
                 .tag("host", "h")

@@ -1,0 +1,72 @@
+//! The configuration files we ship must stay valid as the code changes, together with the
+//! firmware profiles they name.
+
+use coolantd::config::Config;
+use coolantd::service::run::load_profiles;
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn sim_config_and_its_profiles_are_valid() {
+    let cfg = Config::load(&root().join("config/sim.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let p = load_profiles(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.cdu.len(), 1);
+    assert!(p.gpu.by_name("h200-sxm").is_some());
+    assert!(cfg.simulator.is_some());
+}
+
+#[test]
+fn example_config_is_valid_against_the_repository_profiles() {
+    let path = root().join("config/example.toml");
+    let text = std::fs::read_to_string(&path).expect("config/example.toml is readable");
+    // Installed, profiles live under /usr/share/coolantd; here, in the repository.
+    let text = text.replace(
+        "profiles_dir = \"/usr/share/coolantd/firmware-profiles\"",
+        &format!(
+            "profiles_dir = {:?}",
+            root().join("firmware-profiles").display().to_string()
+        ),
+    );
+    let cfg = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cfg.site.dry_run,
+        "the shipped example must start in dry-run mode"
+    );
+    assert!(cfg.influx.is_some() && cfg.mqtt.is_some() && cfg.http.is_some());
+    load_profiles(&cfg).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_profile_missing_a_required_role_is_refused_naming_it() {
+    let dir = std::env::temp_dir().join(format!("coolantd-shipped-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("cdu")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("gpu")).expect("mkdir");
+    for f in ["gpu/h200-sxm.toml", "gpu/h100-sxm.toml"] {
+        std::fs::copy(root().join("firmware-profiles").join(f), dir.join(f)).expect("copy");
+    }
+    // The sim CDU without its leak sensor: the control loop requires `leak`.
+    let cdu =
+        std::fs::read_to_string(root().join("firmware-profiles/cdu/sim-cdu.toml")).expect("read");
+    let without_leak = cdu.replace("role = \"leak\"", "");
+    assert_ne!(cdu, without_leak);
+    std::fs::write(dir.join("cdu/sim-cdu.toml"), without_leak).expect("write");
+    let text = std::fs::read_to_string(root().join("config/sim.toml"))
+        .expect("read")
+        .replace(
+            "profiles_dir = \"../firmware-profiles\"",
+            &format!("profiles_dir = {:?}", dir.display().to_string()),
+        );
+    let cfg =
+        Config::parse(&text, &root().join("config/sim.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let e = load_profiles(&cfg)
+        .err()
+        .expect("a profile without a required role is refused");
+    let msg = e.to_string();
+    assert!(msg.contains("sim-cdu.toml"), "{msg}");
+    assert!(msg.contains("leak"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
