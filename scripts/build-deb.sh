@@ -17,5 +17,7 @@ for f in config/example.toml README.md; do
     fi
 done
 
-cargo deb "$@"
+# zlib: the debug-section compression Rust's own backtrace reader (std, via gimli)
+# decompresses; cargo-deb's other choice, zstd, is smaller but may not be read back.
+cargo deb --compress-debug-symbols=zlib "$@"
 ls -l target/debian/*.deb

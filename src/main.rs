@@ -58,6 +58,9 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Restore { config } = &cli.cmd {
+        return restore(config);
+    }
     // Configuration errors are printed before logging is set up: check-config must be
     // readable on a terminal and in ExecStartPre's journal output alike.
     let config_path = match &cli.cmd {
@@ -119,16 +122,44 @@ fn main() -> ExitCode {
             }
             Cmd::Probe { json, .. } => service::probe::probe(cfg, json).await,
             Cmd::Sim { .. } => service::probe::sim_only(cfg).await,
-            Cmd::Restore { .. } => service::probe::restore(cfg),
-            Cmd::CheckConfig { .. } => Ok(()),
+            Cmd::Restore { .. } | Cmd::CheckConfig { .. } => Ok(()),
         }
     });
+    exit_code(result)
+}
+
+/// Maps a command's result to the exit status. A configuration error found after the file
+/// itself was accepted (a broken firmware profile, found when `run` loads the profiles) is
+/// EX_CONFIG too: a restart cannot fix it, and `RestartPreventExitStatus=78` relies on it.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("coolantd: {e:#}");
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.is::<coolantd::config::ConfigError>()) {
+                eprintln!("coolantd: configuration refused:\n{e:#}");
+                ExitCode::from(EX_CONFIG)
+            } else {
+                eprintln!("coolantd: {e:#}");
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// `coolantd restore`, which must work even when the configuration does not validate (see
+/// [`service::probe::RestoreTarget::load`]).
+fn restore(config: &std::path::Path) -> ExitCode {
+    let (target, refused) = service::probe::RestoreTarget::load(config);
+    match &target.config {
+        Some(cfg) => service::logging::init(&cfg.logging),
+        None => service::logging::init(&Default::default()),
+    }
+    if let Some(why) = refused {
+        eprintln!(
+            "coolantd: the configuration is invalid ({why}); restoring from {} anyway",
+            target.state_dir.display()
+        );
+    }
+    exit_code(service::probe::restore(target))
 }

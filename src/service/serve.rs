@@ -25,6 +25,12 @@ fn tell(r: std::io::Result<()>) {
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns after the outputs are in their safe state.
 pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
+    // Handlers first: SIGHUP's default action is to terminate, so a `systemctl reload` (or a
+    // log rotation script) that arrives while the daemon is still starting (simulator, sinks,
+    // NVML init) would otherwise kill it. Signals that arrive early wait for the loop.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let cfg = Config::load(config_path)?;
     let period = cfg.control.period();
     let time_scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
@@ -51,10 +57,6 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-
     // With a sped-up simulator the control period in wall time shrinks by the same factor,
     // and the core sees simulated time, so its dynamics stay those of the real plant.
     let wall_period = period.div_f64(time_scale);
@@ -68,6 +70,25 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
+            // Signals before the timer: at a short period (or a sped-up simulator) the timer
+            // is nearly always ready, and a random pick would delay shutdown by extra ticks.
+            biased;
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving safely"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: leaving safely"); break; }
+            _ = sighup.recv() => {
+                // RELOADING=1 … READY=1 only once start-up is over: a READY=1 before the first
+                // tick would tell systemd the daemon is up before it has controlled anything.
+                if ready_sent {
+                    tell(notifier.reloading());
+                }
+                match Config::load(config_path).map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
+                    Ok(()) => tracing::info!(file = %config_path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(file = %config_path.display(), error = %e, "reload refused; the running configuration stays"),
+                }
+                if ready_sent {
+                    tell(notifier.ready());
+                }
+            }
             _ = timer.tick() => {
                 let now = start.elapsed().mul_f64(time_scale);
                 let t0 = Instant::now();
@@ -100,16 +121,6 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                     tracing::warn!(took_ms = took.as_millis() as u64, period_ms = wall_period.as_millis() as u64, "control tick overran its period");
                 }
             }
-            _ = sighup.recv() => {
-                tell(notifier.reloading());
-                match Config::load(config_path).map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
-                    Ok(()) => tracing::info!(file = %config_path.display(), "configuration reloaded"),
-                    Err(e) => tracing::error!(file = %config_path.display(), error = %e, "reload refused; the running configuration stays"),
-                }
-                tell(notifier.ready());
-            }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving safely"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: leaving safely"); break; }
         }
     }
     if tty {
