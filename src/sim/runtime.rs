@@ -133,10 +133,18 @@ impl SimRuntime {
 
     /// Stops the server and the stepping task.
     pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for SimRuntime {
+    /// A simulator that goes out of scope (a failed start-up, a finished probe) must not leave
+    /// its Modbus server holding the port or its stepper running.
+    fn drop(&mut self) {
         if let Some(t) = self.server.lock().unwrap_or_else(|e| e.into_inner()).take() {
             t.abort();
         }
-        if let Some(s) = self.stepper {
+        if let Some(s) = self.stepper.take() {
             s.abort();
         }
     }
