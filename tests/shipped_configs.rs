@@ -19,6 +19,31 @@ fn sim_config_and_its_profiles_are_valid() {
 }
 
 #[test]
+fn sim_config_with_its_sinks_uncommented_is_valid() {
+    // The README tells newcomers to uncomment [influx] and [mqtt] in config/sim.toml.
+    let path = root().join("config/sim.toml");
+    let text = std::fs::read_to_string(&path).expect("config/sim.toml is readable");
+    let mut uncommented = String::new();
+    let mut in_sink = false;
+    for line in text.lines() {
+        if line == "# [influx]" || line == "# [mqtt]" {
+            in_sink = true;
+        } else if !line.starts_with('#') {
+            in_sink = false;
+        }
+        uncommented.push_str(if in_sink {
+            line.trim_start_matches("# ")
+        } else {
+            line
+        });
+        uncommented.push('\n');
+    }
+    let cfg = Config::parse(&uncommented, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.influx.is_some(), "[influx] uncommented");
+    assert!(cfg.mqtt.is_some(), "[mqtt] uncommented");
+}
+
+#[test]
 fn example_config_is_valid_against_the_repository_profiles() {
     let path = root().join("config/example.toml");
     let text = std::fs::read_to_string(&path).expect("config/example.toml is readable");
