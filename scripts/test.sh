@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The one command that passes the tests on a fresh Debian machine:
-#   installs the real peers the tests talk to (Mosquitto, VictoriaMetrics, pymodbus, mbpoll,
+#   installs the real peers the tests talk to (Mosquitto, VictoriaMetrics, pymodbus with
+#   serial support, socat for a virtual RS-485 line, mbpoll,
 #   the Prometheus text parser, systemd-analyze) when they are missing, then runs format,
 #   lint and the whole test suite. The tests start their servers themselves on free
 #   loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients victoria-metrics mbpoll python3-pymodbus python3-prometheus-client systemd)
+packages=(mosquitto mosquitto-clients victoria-metrics mbpoll python3-pymodbus python3-serial python3-serial-asyncio socat python3-prometheus-client systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,12 @@
-"""An independent Modbus TCP CDU for coolantd's tests, served by pymodbus 3.0.
+"""An independent Modbus TCP or RTU CDU for coolantd's tests, served by pymodbus 3.0.
 
 Usage: /usr/bin/python3 pymodbus_cdu.py PORT MAP.json
+       /usr/bin/python3 pymodbus_cdu.py --rtu DEVICE [--baud 19200] [--parity E]
+                                        [--stopbits 1] [--unit 1] MAP.json
+
+The RTU mode (pyserial and pyserial-asyncio: Debian `python3-serial`,
+`python3-serial-asyncio`) serves the same map on a serial device as the slave `--unit`
+only: like a real RS-485 slave it stays silent for requests to any other unit id.
 
 MAP.json is a list of entries:
   {"kind": "input"|"holding", "address": N, "type": "INT16"|..., "order": "ABCD"|..., "raw": X}
@@ -12,6 +18,7 @@ independently of coolantd's Rust encoder. Only listed addresses exist (sparse bl
 read of any other address answers exception 0x02 (illegal data address).
 """
 
+import argparse
 import json
 import logging
 import struct
@@ -22,7 +29,8 @@ from pymodbus.datastore import (
     ModbusSlaveContext,
     ModbusSparseDataBlock,
 )
-from pymodbus.server import StartTcpServer
+from pymodbus.transaction import ModbusRtuFramer
+from pymodbus.server import StartSerialServer, StartTcpServer
 
 FORMATS = {
     "INT16": ">h",
@@ -57,9 +65,23 @@ def words(entry) -> list:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
+def parse_args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rtu", metavar="DEVICE")
+    p.add_argument("--baud", type=int, default=19200)
+    p.add_argument("--parity", choices="NEO", default="E")
+    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    p.add_argument("--unit", type=int, default=1)
+    p.add_argument("args", nargs="+", help="[PORT] MAP.json")
+    a = p.parse_args()
+    if a.rtu is None and len(a.args) != 2 or a.rtu is not None and len(a.args) != 1:
+        p.error("expected PORT MAP.json, or --rtu DEVICE MAP.json")
+    return a
+
+
 def main() -> None:
-    port = int(sys.argv[1])
-    with open(sys.argv[2], encoding="utf-8") as f:
+    a = parse_args()
+    with open(a.args[-1], encoding="utf-8") as f:
         entries = json.load(f)
     tables = {"coil": {}, "discrete": {}, "input": {}, "holding": {}}
     for e in entries:
@@ -71,6 +93,7 @@ def main() -> None:
                 table[e["address"] + i] = w
     # Sparse blocks need at least one entry; address 60000 is far from any test register.
     block = lambda t: ModbusSparseDataBlock(t or {60000: 0})
+    # zero_mode: register N of the map is PDU address N, as coolantd's profiles count.
     slave = ModbusSlaveContext(
         co=block(tables["coil"]),
         di=block(tables["discrete"]),
@@ -80,11 +103,24 @@ def main() -> None:
     )
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    StartTcpServer(
-        context=ModbusServerContext(slaves=slave, single=True),
-        address=("127.0.0.1", port),
-        allow_reuse_address=True,
-    )
+    if a.rtu is None:
+        StartTcpServer(
+            context=ModbusServerContext(slaves=slave, single=True),
+            address=("127.0.0.1", int(a.args[0])),
+            allow_reuse_address=True,
+        )
+    else:
+        # single=False: the RTU framer then drops frames for other unit ids unanswered.
+        StartSerialServer(
+            context=ModbusServerContext(slaves={a.unit: slave}, single=False),
+            framer=ModbusRtuFramer,
+            port=a.rtu,
+            baudrate=a.baud,
+            bytesize=8,
+            parity=a.parity,
+            stopbits=a.stopbits,
+            ignore_missing_slaves=True,
+        )
 
 
 if __name__ == "__main__":

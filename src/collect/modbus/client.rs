@@ -396,7 +396,7 @@ impl ModbusCdu {
                 data_bits,
                 stop_bits,
             } => {
-                use tokio_serial::SerialPortBuilderExt;
+                use tokio_serial::{SerialPort as _, SerialPortBuilderExt};
                 let data_bits = match data_bits {
                     5 => tokio_serial::DataBits::Five,
                     6 => tokio_serial::DataBits::Six,
@@ -419,6 +419,18 @@ impl ModbusCdu {
                     .parity(parity)
                     .open_native_async()
                     .map_err(|e| format!("cannot open serial device {}: {e}", device.display()))?;
+                // RTU frames carry no transaction id, so a reply that arrived after its
+                // request timed out (while the port was closed for the backoff) would be
+                // taken as the answer to the next request. Such bytes can outlive a close
+                // and open (a pty keeps them, USB adapters hold them in their FIFO);
+                // discard them. Found by
+                // tests/modbus_rtu.rs against pymodbus over a socat line.
+                port.clear(tokio_serial::ClearBuffer::Input).map_err(|e| {
+                    format!(
+                        "cannot clear the input buffer of serial device {}: {e}",
+                        device.display()
+                    )
+                })?;
                 Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
             }
         }
