@@ -195,6 +195,24 @@ impl Config {
                 );
             }
         }
+        // Each CDU client opens its serial port exclusively, so two CDUs on one RS-485 line
+        // (different unit ids) would lock each other out; refuse that clearly until a shared
+        // bus client exists.
+        let mut devices = std::collections::BTreeMap::new();
+        for (i, cdu) in self.cdus.iter().enumerate() {
+            if let CduTransport::Rtu { device, .. } = &cdu.transport {
+                if let Some(first) = devices.insert(device.clone(), i) {
+                    issues.push(
+                        format!("cdu[{i}].device"),
+                        format!(
+                            "a serial device not used by another CDU, but {} is already cdu[{first}]'s \
+                             (several unit ids on one RS-485 line are not supported yet)",
+                            device.display()
+                        ),
+                    );
+                }
+            }
+        }
         self.control.validate("control", issues);
         if let Some(sim) = &self.simulator {
             sim.validate("simulator", issues);

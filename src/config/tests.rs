@@ -145,3 +145,18 @@ fn tcp_without_address_says_what_is_missing() {
     assert_eq!(i.key, "cdu[0]");
     assert!(i.expected.contains("needs `address"), "{i:?}");
 }
+
+#[test]
+fn two_cdus_on_one_serial_device_are_refused() {
+    let rtu = |name: &str, unit: u8| {
+        format!("\n[[cdu]]\nname = \"{name}\"\nprofile = \"generic-cdu\"\ntransport = \"rtu\"\ndevice = \"/dev/ttyUSB0\"\nunit_id = {unit}\n")
+    };
+    let text = format!("{MINIMAL}{}{}", rtu("b", 2), rtu("c", 3));
+    let e = parse(&text).expect_err("two CDUs on one device are refused");
+    assert!(
+        e.issues
+            .iter()
+            .any(|i| i.key == "cdu[2].device" && i.expected.contains("cdu[1]")),
+        "{e}"
+    );
+}
