@@ -16,8 +16,6 @@ mod victoria;
 use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,31 +37,6 @@ fn unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// A minimal HTTP/1.0 GET (never chunked): status code and body; 0 when nothing answers.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    if s.read_to_string(&mut raw).is_err() {
-        return (0, String::new());
-    }
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// One run of the binary; killed on drop if the test fails before stopping it.
@@ -106,7 +79,7 @@ impl Run {
     fn status(&mut self) -> Value {
         let t0 = Instant::now();
         loop {
-            let (code, body) = http_get(self.http, "/status");
+            let (code, body) = sim_daemon::http_get(self.http, "/status");
             if code == 200 {
                 let v: Value = serde_json::from_str(&body)
                     .unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"));

@@ -8,8 +8,7 @@ mod sim_daemon;
 
 use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -157,7 +156,7 @@ impl Daemon {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.http, path)
+        sim_daemon::http_get(self.http, path)
     }
 
     /// Waits until `path` answers 200 and returns the body.
@@ -207,32 +206,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A minimal HTTP/1.0 GET (HTTP/1.0, so the body is never chunked): status code and body.
-/// Connection failures read as status 0, so callers can poll.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    if s.read_to_string(&mut raw).is_err() {
-        return (0, String::new());
-    }
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 fn tick_of(status: &Value) -> u64 {

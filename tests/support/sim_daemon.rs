@@ -96,3 +96,30 @@ pub async fn build(text: &str, dir: &Path, sinks: bool) -> Daemon {
     .await
     .unwrap_or_else(|e| panic!("daemon did not start: {e:#}"))
 }
+
+/// A minimal HTTP/1.0 GET (HTTP/1.0, so the body is never chunked) to a daemon's endpoint on
+/// loopback: status code and body. Connection failures read as status 0, so callers can poll.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut raw = String::new();
+    if s.read_to_string(&mut raw).is_err() {
+        return (0, String::new());
+    }
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
