@@ -156,4 +156,15 @@ async fn simulator_streams_to_victoriametrics_and_mosquitto_and_takes_commands()
             .any(|s| s.values.contains(&55.0) && s.values.contains(&54.0)),
         "{setpoints:?}"
     );
+    // The sink reports on itself in the same stream: acknowledged points keep growing.
+    let written = vm.export_until("telemetry_written", |s| {
+        s.iter().any(|s| s.values.len() >= TICKS as usize)
+    });
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].label("sink"), Some("influx"));
+    let w = &written[0].values;
+    assert!(
+        w.windows(2).all(|p| p[1] >= p[0]) && w.last() > w.first(),
+        "written only grows: {w:?}"
+    );
 }

@@ -350,6 +350,7 @@ impl Daemon {
             points.push(schema::alarm_point(&ctx, e, wall_ns));
         }
         if let Some(influx) = &self.influx {
+            points.push(schema::telemetry_point(&ctx, &influx.stats(), wall_ns));
             influx.submit(&points);
         }
 

@@ -29,6 +29,7 @@ pub const COOLANT: &str = "coolant";
 pub const COOLANT_REGISTER: &str = "coolant_register";
 pub const CONTROL: &str = "control";
 pub const ALARM: &str = "alarm";
+pub const TELEMETRY: &str = "telemetry";
 
 /// NVML clocks-event ("throttle") reason bits and the boolean field each becomes.
 /// Values from `nvml.h` (`nvmlClocksEventReason*`, formerly `nvmlClocksThrottleReason*`).
@@ -291,6 +292,24 @@ pub enum FieldKind {
     Str,
 }
 
+/// The InfluxDB sink's own health, measurement `telemetry`: written every tick beside the
+/// data it describes, so that `/metrics` and dashboards show a growing spool backlog (the
+/// database is unreachable) or drops before anyone asks.
+pub fn telemetry_point(ctx: &Ctx, stats: &crate::sink::influx::SinkStats, time_ns: i64) -> Point {
+    let int = |v: u64| FieldValue::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    Point::new(TELEMETRY, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", ctx.host)
+        .tag("sink", "influx")
+        .field("written", int(stats.written))
+        .field("backlog", int(stats.backlog))
+        .field("spool_bytes", int(stats.spool_bytes))
+        .field("dropped", int(stats.dropped))
+        .field("rejected", int(stats.rejected))
+        .field("corrupt", int(stats.corrupt))
+        .field("retries", int(stats.retries))
+}
+
 /// One measurement as written: its tag keys and fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeasurementSchema {
@@ -410,6 +429,11 @@ pub fn catalog() -> Vec<MeasurementSchema> {
     ];
     points.extend(register_points(&ctx, &cdu, 0));
     points.extend(control_points(&ctx, &tick, 0));
+    points.push(telemetry_point(
+        &ctx,
+        &crate::sink::influx::SinkStats::default(),
+        0,
+    ));
 
     let mut out: Vec<MeasurementSchema> = Vec::new();
     for p in points {
@@ -547,7 +571,10 @@ mod tests {
     fn catalog_lists_every_measurement_with_units_in_names() {
         let c = catalog();
         let names: Vec<_> = c.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, [GPU, COOLANT, ALARM, COOLANT_REGISTER, CONTROL]);
+        assert_eq!(
+            names,
+            [GPU, COOLANT, ALARM, COOLANT_REGISTER, CONTROL, TELEMETRY]
+        );
         let gpu = &c[0];
         for f in [
             "core_temp_c",
