@@ -125,6 +125,9 @@ fn main() -> ExitCode {
             Cmd::Restore { .. } | Cmd::CheckConfig { .. } => Ok(()),
         }
     });
+    // A blocking NVML call or DNS lookup still running must not hold the exit past what
+    // systemd's TimeoutStopSec allows.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     exit_code(result)
 }
 

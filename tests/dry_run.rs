@@ -75,3 +75,38 @@ async fn dry_run_decides_everything_and_writes_nothing() {
         "dry-run records nothing to restore"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_switch_dry_run_off_or_change_the_cdus() {
+    let dir = sim_daemon::TempDir::new("dry-run-reload");
+    let port = sim_daemon::free_port();
+    let dry = [(
+        "host = \"sim-node01\"",
+        "host = \"sim-node01\"\ndry_run = true",
+    )];
+    let text = sim_daemon::sim_config_text(port, &dir.0, &dry, "");
+    let mut d = sim_daemon::build(&text, &dir.0, false).await;
+    let load = |t: &str| {
+        let p = dir.0.join("new.toml");
+        std::fs::write(&p, t).expect("write");
+        coolantd::config::Config::load(&p).expect("the new file itself is valid")
+    };
+
+    let live = sim_daemon::sim_config_text(port, &dir.0, &[], "");
+    let e = d
+        .reload(load(&live))
+        .expect_err("switching dry-run off by reload is refused");
+    assert!(format!("{e:#}").contains("site.dry_run"), "{e:#}");
+    assert!(d.config().site.dry_run, "the running configuration stays");
+
+    let renamed = text.replace("name = \"cdu-sim\"", "name = \"cdu-other\"");
+    let e = d
+        .reload(load(&renamed))
+        .expect_err("a different CDU set needs a restart");
+    assert!(format!("{e:#}").contains("restart"), "{e:#}");
+
+    let setpoint = text.replace("setpoint = 55.0", "setpoint = 56.0");
+    d.reload(load(&setpoint))
+        .expect("a set-point change reloads live");
+    assert_eq!(d.config().control.setpoint, 56.0);
+}

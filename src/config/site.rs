@@ -77,7 +77,8 @@ pub enum GpuBackendKind {
     Nvml,
     /// The plant simulator's GPUs.
     Simulated,
-    /// No GPUs on this host (a CDU-only controller fed by remote readings).
+    /// No GPUs on this host. Readings of other hosts are not received yet, so the pump loop
+    /// then has no GPU input and the supervisor holds the CDU at its failsafe speed.
     None,
 }
 

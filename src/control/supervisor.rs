@@ -13,7 +13,7 @@
 //!     └──────────┘   CDU unreachable, pump writes failing  ────┘ ◄──────────────────────────────┘
 //!
 //!     any state ──► Emergency: leak (latched until acknowledged and dry), a GPU core at
-//!                   slowdown − emergency_margin_k, HBM at its max, or NVML reporting a
+//!                   slowdown − emergency_margin_k, HBM at its max − emergency_margin_k, or NVML reporting a
 //!                   hardware thermal slowdown. Leaves once the cause is gone (GPUs
 //!                   emergency_clear_k below the threshold) to Running/Degraded/Failsafe.
 //! ```

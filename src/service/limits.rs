@@ -96,6 +96,34 @@ impl LimitStore {
         self.save()
     }
 
+    /// Records several GPUs' original limits with a single durable write; GPUs already
+    /// recorded keep their first record.
+    pub fn record_all(
+        &mut self,
+        items: impl IntoIterator<Item = (GpuKey, String, Watts)>,
+    ) -> Result<(), LimitStoreError> {
+        let mut changed = false;
+        for (key, uuid, original) in items {
+            if !self.limits.contains_key(&uuid) {
+                self.limits.insert(
+                    uuid.clone(),
+                    RecordedLimit {
+                        host: key.host.clone(),
+                        index: key.index,
+                        uuid,
+                        original,
+                    },
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            self.save()
+        } else {
+            Ok(())
+        }
+    }
+
     /// Forgets one GPU's record after its limit was restored.
     pub fn forget(&mut self, uuid: &str) -> Result<(), LimitStoreError> {
         if self.limits.remove(uuid).is_some() {

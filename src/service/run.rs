@@ -182,7 +182,7 @@ impl Daemon {
             cdu_setups(&cfg, &host, &profiles),
             inventory.clone(),
         );
-        let limits = if dry_run {
+        let mut limits = if dry_run {
             None
         } else {
             Some(
@@ -190,6 +190,18 @@ impl Daemon {
                     .with_context(|| "opening the recorded power limits")?,
             )
         };
+        // Limits an earlier run recorded but never restored (it crashed, and no ExecStopPost
+        // ran) are caps of that run: put the originals back before control starts, or the cap
+        // loop would take a crash-time cap for the GPU's own limit.
+        if let (Some(store), Some(g)) = (limits.as_mut(), gpus.as_ref()) {
+            if !store.is_empty() {
+                tracing::warn!(
+                    recorded = store.recorded().count(),
+                    "power limits left by an earlier run; restoring them before control starts"
+                );
+                restore_recorded(store, g.as_ref(), &inventory);
+            }
+        }
         let (influx, mqtt, commands) = if opts.sinks {
             let influx = match &cfg.influx {
                 Some(ic) => Some(
@@ -306,8 +318,15 @@ impl Daemon {
             out.active_alarms.extend(self.sink_alarms.active().cloned());
         }
 
-        for a in &out.actuations {
-            let result = self.apply(a, &gpu_samples).await;
+        if !self.dry_run {
+            self.record_original_limits(&out.actuations, &gpu_samples);
+        }
+        // Power caps first: they are sub-millisecond NVML calls and, in an emergency, the
+        // urgent ones; CDU writes can each wait for a Modbus timeout.
+        let mut ordered: Vec<&Actuation> = out.actuations.iter().collect();
+        ordered.sort_by_key(|a| !matches!(a, Actuation::SetPowerCap { .. }));
+        for a in ordered {
+            let result = self.apply(a).await;
             if let Err(e) = &result {
                 tracing::warn!(action = %a, error = %e, "actuation failed");
             }
@@ -400,7 +419,7 @@ impl Daemon {
     }
 
     /// Applies one actuation, or only logs it in dry-run mode.
-    async fn apply(&mut self, a: &Actuation, samples: &[GpuSample]) -> Result<(), String> {
+    async fn apply(&mut self, a: &Actuation) -> Result<(), String> {
         if self.dry_run {
             tracing::info!(action = %a, "would {a}");
             return Ok(());
@@ -428,26 +447,41 @@ impl Daemon {
             }
             Actuation::SetPowerCap { gpu, limit } => {
                 let backend = self.gpus.as_ref().ok_or("no GPU backend")?;
-                let st = self
-                    .inventory
-                    .iter()
-                    .find(|s| &s.key == gpu)
-                    .ok_or_else(|| format!("no GPU {gpu}"))?;
-                if let Some(store) = self.limits.as_mut() {
-                    // Record the limit as it was before our first change, so it can be restored.
-                    let original = samples
-                        .iter()
-                        .find(|s| &s.key == gpu)
-                        .and_then(|s| s.enforced_limit)
-                        .unwrap_or(st.power_default);
-                    store
-                        .record(gpu, &st.uuid, original)
-                        .map_err(|e| e.to_string())?;
+                // Another host's GPU (a remote reading) is capped by that host's daemon.
+                if !self.inventory.iter().any(|s| &s.key == gpu) {
+                    return Err(format!("no GPU {gpu} on this host"));
                 }
                 backend
                     .set_power_limit(gpu, *limit)
                     .map_err(|e| e.to_string())
             }
+        }
+    }
+
+    /// Records, in one durable write, the original limit of every GPU this tick caps for the
+    /// first time, so it can be restored. A failure to record is logged loudly but never
+    /// holds back a cap: in an emergency the GPU matters more than the bookkeeping.
+    fn record_original_limits(&mut self, actuations: &[Actuation], samples: &[GpuSample]) {
+        let Some(store) = self.limits.as_mut() else {
+            return;
+        };
+        let mut fresh = Vec::new();
+        for a in actuations {
+            let Actuation::SetPowerCap { gpu, .. } = a else {
+                continue;
+            };
+            let Some(st) = self.inventory.iter().find(|s| &s.key == gpu) else {
+                continue;
+            };
+            let original = samples
+                .iter()
+                .find(|s| &s.key == gpu)
+                .and_then(|s| s.enforced_limit)
+                .unwrap_or(st.power_default);
+            fresh.push((gpu.clone(), st.uuid.clone(), original));
+        }
+        if let Err(e) = store.record_all(fresh) {
+            tracing::error!(error = %e, "cannot record the GPUs' original power limits; caps are applied anyway, restore them by hand if the daemon stops");
         }
     }
 
@@ -458,7 +492,7 @@ impl Daemon {
             if matches!(a, Actuation::SetPowerCap { .. }) && restore_limits {
                 continue;
             }
-            if let Err(e) = self.apply(&a, &[]).await {
+            if let Err(e) = self.apply(&a).await {
                 tracing::error!(action = %a, error = %e, "could not apply the safe output");
             }
         }
@@ -490,6 +524,27 @@ impl Daemon {
     /// log says so.
     pub fn reload(&mut self, new: Config) -> anyhow::Result<()> {
         let profiles = load_profiles(&new)?;
+        // Whether anything may be written at all, and what the control core was built for,
+        // are not changed under a running loop: half-applying them would be worse than a
+        // restart, so such a reload is refused as a whole.
+        anyhow::ensure!(
+            new.site.dry_run == self.cfg.site.dry_run,
+            "site.dry_run changed; dry-run is switched by a restart (systemctl restart coolantd), \
+             never by a reload"
+        );
+        anyhow::ensure!(
+            cdu_setups(&new, &self.host, &profiles)
+                == cdu_setups(&self.cfg, &self.host, &self.running_cdu_profiles()),
+            "the CDUs, the hosts they cool, or their profiles' roles or pump limits changed; \
+             restart to apply (a reload may change addresses, timeouts and [control])"
+        );
+        if new.site.host != self.cfg.site.host
+            || new.site.state_dir != self.cfg.site.state_dir
+            || format!("{:?}", new.gpus) != format!("{:?}", self.cfg.gpus)
+            || new.simulator != self.cfg.simulator
+        {
+            tracing::warn!("site.host, site.state_dir, [gpus] or [simulator] changed: these take effect after a restart");
+        }
         if new
             .cdus
             .iter()
@@ -527,6 +582,19 @@ impl Daemon {
         }
         self.cfg = new;
         Ok(())
+    }
+
+    /// The CDU profiles the running clients hold (the files may have changed on disk since
+    /// start-up), to compare a reload against.
+    fn running_cdu_profiles(&self) -> LoadedProfiles {
+        LoadedProfiles {
+            gpu: GpuProfiles::from_profiles(Vec::new()),
+            cdu: self
+                .cdus
+                .iter()
+                .map(|c| (c.name().to_string(), c.profile().clone()))
+                .collect(),
+        }
     }
 
     pub fn last_snapshot(&self) -> Option<Arc<Snapshot>> {

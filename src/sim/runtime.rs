@@ -57,7 +57,7 @@ impl SimRuntime {
                 )
             })?;
         tracing::info!(modbus = %addr, gpus = gp.name, time_scale = sc.time_scale, "plant simulator started");
-        let stepper = autostep.then(|| spawn_stepper(plant.clone(), sc.step(), sc.plant_step()));
+        let stepper = autostep.then(|| spawn_stepper(plant.clone(), sc.step(), sc.time_scale));
         let gpus = Arc::new(SimGpus::new(plant.clone(), None));
         Ok(SimRuntime {
             plant,
@@ -150,16 +150,21 @@ impl Drop for SimRuntime {
     }
 }
 
-fn spawn_stepper(plant: Arc<Mutex<Plant>>, wall: Duration, plant_dt: Duration) -> JoinHandle<()> {
+fn spawn_stepper(plant: Arc<Mutex<Plant>>, wall: Duration, time_scale: f64) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut iv = tokio::time::interval(wall);
-        // A late step is caught up by the next one's longer dt rather than by a burst.
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
         loop {
             iv.tick().await;
+            // Step by the wall time that really passed (× time_scale), so a late tick does not
+            // let the plant fall behind the daemon's clock, which runs at the same scale.
+            let now = tokio::time::Instant::now();
+            let dt = now.duration_since(last).mul_f64(time_scale);
+            last = now;
             match plant.lock() {
-                Ok(mut p) => p.step(plant_dt),
-                Err(e) => e.into_inner().step(plant_dt),
+                Ok(mut p) => p.step(dt),
+                Err(e) => e.into_inner().step(dt),
             }
         }
     })

@@ -33,7 +33,7 @@ pub enum EncodeError {
 pub enum Encoded {
     Bit(bool),
     /// The register's words. For a bit of a register (`bit = n`), only that bit is set (when
-    /// true); a server ORs the bits that share a word.
+    /// true); writes to such bits are refused by the profile, so this only serves reads.
     Words(Vec<u16>),
 }
 
