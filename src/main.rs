@@ -45,10 +45,14 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Restore the GPU power limits an earlier run recorded (used by ExecStopPost=).
+    /// Restore the GPU power limits an earlier run recorded (used by ExecStopPost=). Does
+    /// nothing when control.power_cap.on_shutdown = "hold", unless --force is given.
     Restore {
         #[arg(long, short, default_value = "/etc/coolantd/config.toml")]
         config: PathBuf,
+        /// Restore even when the configuration says to hold the limits (for an operator).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -58,8 +62,8 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Restore { config } = &cli.cmd {
-        return restore(config);
+    if let Cmd::Restore { config, force } = &cli.cmd {
+        return restore(config, *force);
     }
     // Configuration errors are printed before logging is set up: check-config must be
     // readable on a terminal and in ExecStartPre's journal output alike.
@@ -67,7 +71,7 @@ fn main() -> ExitCode {
         Cmd::Run { config, .. }
         | Cmd::Probe { config, .. }
         | Cmd::Sim { config }
-        | Cmd::Restore { config } => config,
+        | Cmd::Restore { config, .. } => config,
         Cmd::CheckConfig { file } => file,
     };
     let cfg = match Config::load(config_path) {
@@ -152,7 +156,7 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 
 /// `coolantd restore`, which must work even when the configuration does not validate (see
 /// [`service::probe::RestoreTarget::load`]).
-fn restore(config: &std::path::Path) -> ExitCode {
+fn restore(config: &std::path::Path, force: bool) -> ExitCode {
     let (target, refused) = service::probe::RestoreTarget::load(config);
     match &target.config {
         Some(cfg) => service::logging::init(&cfg.logging),
@@ -164,5 +168,5 @@ fn restore(config: &std::path::Path) -> ExitCode {
             target.state_dir.display()
         );
     }
-    exit_code(service::probe::restore(target))
+    exit_code(service::probe::restore(target, force))
 }

@@ -256,6 +256,56 @@ fn local_mode_cdu_not_written() {
 }
 
 #[test]
+fn unknown_remote_enable_is_treated_as_local_mode() {
+    let mut c = cfg();
+    let mut roles = ROLES.to_vec();
+    roles.push(Role::Watchdog);
+    c.supervisor.startup_suppress_s = 0.0;
+    let mut rig = Rig::with_roles(&c, 1, &roles);
+    rig.run(100);
+    rig.remote_fault = Some(SensorFault::Timeout);
+    // Past the hold that bridges a brief fault, the mode is unknown: no writes at all.
+    let out = rig.run(20);
+    for _ in 0..10 {
+        let out = rig.step();
+        assert!(
+            !out.actuations.iter().any(|a| matches!(
+                a,
+                Actuation::SetPumpSpeed { .. } | Actuation::FeedWatchdog { .. }
+            )),
+            "{:?}",
+            out.actuations
+        );
+        assert!(Rig::has_alarm(&out, "local_mode:cdu-a"));
+        assert_eq!(out.state, ControlState::Degraded);
+    }
+    assert!(Rig::has_alarm(&out, "local_mode:cdu-a"));
+    rig.remote_fault = None;
+    let out = rig.step();
+    assert!(out
+        .actuations
+        .iter()
+        .any(|a| matches!(a, Actuation::FeedWatchdog { .. })));
+}
+
+#[test]
+fn unmapped_remote_enable_means_remote() {
+    let roles: Vec<Role> = ROLES
+        .iter()
+        .copied()
+        .filter(|r| *r != Role::RemoteEnable)
+        .chain([Role::Watchdog])
+        .collect();
+    let mut rig = Rig::with_roles(&cfg(), 1, &roles);
+    let out = rig.run(50);
+    assert!(!Rig::has_alarm(&out, "local_mode:cdu-a"));
+    assert!(out
+        .actuations
+        .iter()
+        .any(|a| matches!(a, Actuation::FeedWatchdog { .. })));
+}
+
+#[test]
 fn watchdog_fed_every_tick_with_incrementing_value() {
     let mut roles = ROLES.to_vec();
     roles.push(Role::Watchdog);

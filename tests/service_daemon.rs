@@ -614,3 +614,61 @@ fn restore_works_with_an_invalid_config() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(state.join("power-limits.json").exists(), "{stderr}");
 }
+
+#[test]
+fn restore_honours_on_shutdown_hold_unless_forced() {
+    // ExecStopPost= runs `restore` after every stop; with on_shutdown = "hold" it must leave
+    // the caps (and their record) in place, and only --force puts them back.
+    let dir = TempDir::new("restore-hold");
+    let state = dir.0.join("state");
+    let cfg = dir.0.join("coolantd.toml");
+    let text = sim_config_text(
+        free_port(),
+        &state,
+        &[],
+        "[control.power_cap]\non_shutdown = \"hold\"\n",
+    );
+    std::fs::write(&cfg, &text).expect("write");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let record = r#"{"GPU-x":{"host":"h","index":0,"uuid":"GPU-x","original":700.0}}"#;
+    let record_path = state.join("power-limits.json");
+    std::fs::write(&record_path, record).expect("write record");
+
+    let out = Command::new(BIN)
+        .args(["restore", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run restore");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("held") && stdout.contains("--force"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record_path).expect("record kept"),
+        record
+    );
+
+    // --force tries to restore; without NVML here it fails naming NVML (on a GPU machine: no
+    // such UUID, so the limit cannot be restored) and keeps the record.
+    let out = Command::new(BIN)
+        .args(["restore", "--force", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run restore --force");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(!stdout.contains("held"), "{stdout}");
+    assert!(
+        stderr.contains("NVML is not available") || stderr.contains("could not be restored"),
+        "{stderr}"
+    );
+    assert!(record_path.exists(), "{stderr}");
+}

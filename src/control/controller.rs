@@ -804,7 +804,13 @@ impl Controller {
             }
         }
 
-        let local = c.value(Role::RemoteEnable).is_some_and(|v| v < 0.5);
+        // A CDU whose profile maps the remote-enable flag but whose flag is unknown (register
+        // faulted or missing for longer than the hold) is treated as local: it may be in local
+        // mode, and writing to it would fight the operator at its panel, while the CDU keeps
+        // its own control either way. Without the flag mapped, the CDU is always remote.
+        let mode_unknown =
+            c.setup.roles.contains(&Role::RemoteEnable) && c.value(Role::RemoteEnable).is_none();
+        let local = mode_unknown || c.value(Role::RemoteEnable).is_some_and(|v| v < 0.5);
         c.local = local;
         let leak = c.value(Role::Leak).is_some_and(|v| v >= 0.5);
         let feedback = c.value(Role::PumpSpeedFeedback);
@@ -1010,7 +1016,11 @@ impl Controller {
                 now,
                 format!("local_mode:{name}"),
                 Severity::Warning,
-                format!("{name} is in local mode: coolantd does not write to it"),
+                if mode_unknown {
+                    format!("{name}: remote/local mode unknown (remote_enable lost); treated as local mode: coolantd does not write to it")
+                } else {
+                    format!("{name} is in local mode: coolantd does not write to it")
+                },
             );
         }
         if pump_fault {

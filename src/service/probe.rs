@@ -228,12 +228,28 @@ impl RestoreTarget {
 const DEFAULT_STATE_DIR: &str = "/var/lib/coolantd";
 
 /// Restores the power limits an earlier run recorded. Exits with an error when some could
-/// not be restored, so that `ExecStopPost=` failures are visible.
-pub fn restore(target: RestoreTarget) -> anyhow::Result<()> {
+/// not be restored, so that `ExecStopPost=` failures are visible. A valid configuration with
+/// `control.power_cap.on_shutdown = "hold"` leaves them as they are unless `force` is set:
+/// `ExecStopPost=` runs this after every stop and would otherwise undo the hold. An invalid
+/// configuration cannot say hold reliably, so it restores (the lenient path of
+/// [`RestoreTarget::load`]).
+pub fn restore(target: RestoreTarget, force: bool) -> anyhow::Result<()> {
     let mut store = LimitStore::open(&target.state_dir)?;
     if store.is_empty() {
         println!(
             "no recorded power limits in {}: nothing to restore",
+            target.state_dir.display()
+        );
+        return Ok(());
+    }
+    let hold = target
+        .config
+        .as_ref()
+        .is_some_and(|cfg| !cfg.control.restore_limits_on_exit());
+    if hold && !force {
+        println!(
+            "control.power_cap.on_shutdown = \"hold\": {} recorded power limit(s) in {} are held, not restored; run `coolantd restore --force` to put them back",
+            store.recorded().count(),
             target.state_dir.display()
         );
         return Ok(());

@@ -135,6 +135,10 @@ pub struct Spool {
     dirty: bool,
     dropped: u64,
     corrupt: u64,
+    /// Test hook: the next append writes only this many bytes and then fails, as a full disk
+    /// would.
+    #[cfg(test)]
+    fail_after: Option<usize>,
 }
 
 fn seg_path(dir: &Path, seq: u64) -> PathBuf {
@@ -253,6 +257,8 @@ impl Spool {
             dirty: false,
             dropped: 0,
             corrupt,
+            #[cfg(test)]
+            fail_after: None,
         };
         spool.write_cursor()?;
         Ok(spool)
@@ -293,9 +299,10 @@ impl Spool {
         }
         self.enforce_bound(need)?;
         let path = seg_path(&self.dir, self.active().seq);
-        self.writer
-            .write_all(&buf)
-            .map_err(io_err(&path, "appending"))?;
+        if let Err(e) = self.write_active(&buf) {
+            self.undo_torn_append(&path);
+            return Err(io_err(&path, "appending")(e));
+        }
         let seg = self.active_mut();
         seg.bytes += need;
         seg.records += records;
@@ -455,6 +462,36 @@ impl Spool {
         self.segments
             .back_mut()
             .expect("spool invariant: the active segment is always present")
+    }
+
+    fn write_active(&mut self, buf: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_after.take() {
+            self.writer.write_all(&buf[..n.min(buf.len())])?;
+            return Err(io::Error::other("test hook: disk full"));
+        }
+        self.writer.write_all(buf)
+    }
+
+    /// After a failed append (a full disk, say) part of the batch may be in the file while the
+    /// tracked length did not grow. Later appends would land after those torn bytes, and the
+    /// reader, which computes offsets from the tracked length, would hit a checksum failure and
+    /// skip every good record after them. So cut the file back to its known length (the writer
+    /// appends, so the next write lands there); if that fails, start a fresh segment, whose
+    /// tracked length the reader stops at, leaving the torn bytes unread.
+    fn undo_torn_append(&mut self, path: &Path) {
+        let known = self.active().bytes;
+        match self.writer.set_len(known) {
+            Ok(()) => {
+                tracing::warn!(file = %path.display(), bytes = known, "append failed; cut the segment back to its last whole record");
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "append failed and the segment could not be cut back; starting a new segment");
+                if let Err(e) = self.roll() {
+                    tracing::error!(error = %e, "could not start a new spool segment after a failed append");
+                }
+            }
+        }
     }
 
     fn roll(&mut self) -> Result<(), SpoolError> {
@@ -735,6 +772,27 @@ mod tests {
         );
         // What is kept is the newest, in order.
         assert_eq!(left, all[all.len() - left.len()..].to_vec());
+    }
+
+    #[test]
+    fn failed_partial_append_leaves_the_spool_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path(), opts(1 << 20)).expect("open");
+        let all = lines(0..20);
+        s.append(all[..5].iter().map(String::as_str))
+            .expect("append");
+        // The disk fills mid-batch: 13 bytes of the next batch reach the file, then an error.
+        s.fail_after = Some(13);
+        s.append(["lost v=1i 1\n", "lost v=2i 2\n"])
+            .expect_err("the hook fails the append");
+        s.append(all[5..].iter().map(String::as_str))
+            .expect("append after the failure");
+        assert_eq!(drain(&mut s, 4), all);
+        assert_eq!(s.stats().corrupt, 0, "no good record counted corrupt");
+        drop(s);
+        // A restart finds no torn tail either.
+        let s = Spool::open(dir.path(), opts(1 << 20)).expect("reopen");
+        assert_eq!(s.stats().corrupt, 0);
     }
 
     #[test]

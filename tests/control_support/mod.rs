@@ -76,6 +76,8 @@ pub struct Rig {
     pub supply: Result<f64, SensorFault>,
     pub leak: f64,
     pub remote: f64,
+    /// The remote-enable register fails with this fault instead of reading `remote`.
+    pub remote_fault: Option<SensorFault>,
     /// Writes to the CDU fail (the shell reports an error).
     pub fail_cdu_writes: bool,
     /// The CDU is not polled (no sample in the tick input).
@@ -111,6 +113,7 @@ impl Rig {
             supply: Ok(30.0),
             leak: 0.0,
             remote: 1.0,
+            remote_fault: None,
             fail_cdu_writes: false,
             cdu_silent: false,
             gpu_silent: Vec::new(),
@@ -146,7 +149,10 @@ impl Rig {
                 Role::PumpSpeedCommand => Ok(self.pump_cmd),
                 Role::PumpSpeedFeedback => Ok(self.pump_fb),
                 Role::Leak => Ok(self.leak),
-                Role::RemoteEnable => Ok(self.remote),
+                Role::RemoteEnable => match &self.remote_fault {
+                    Some(f) => Err(f.clone()),
+                    None => Ok(self.remote),
+                },
                 Role::RoomTemperature => Ok(24.0),
                 Role::RoomHumidity => Ok(60.0),
                 Role::Watchdog => Ok(0.0),
