@@ -269,6 +269,20 @@ impl GpuProfiles {
     }
 }
 
+impl GpuProfiles {
+    /// The facts for an NVML board name: from the profile whose pattern matches it, else from
+    /// the `default` profile (`gpus.default_profile`), else none.
+    pub fn board_facts_for(
+        &self,
+        nvml_name: &str,
+        default: Option<&str>,
+    ) -> Option<crate::collect::BoardFacts> {
+        self.for_board(nvml_name)
+            .or_else(|| default.and_then(|n| self.by_name(n)))
+            .map(GpuProfile::board_facts)
+    }
+}
+
 impl GpuProfile {
     /// The facts the NVML backend falls back on where NVML does not report them.
     pub fn board_facts(&self) -> crate::collect::BoardFacts {

@@ -269,8 +269,7 @@ pub fn restore(target: RestoreTarget, force: bool) -> anyhow::Result<()> {
     let nvml = crate::collect::nvml::init()?;
     let facts_for = |board: &str| {
         let (p, default) = profiles.as_ref()?;
-        let default = default.as_deref().and_then(|n| p.gpu.by_name(n));
-        p.gpu.for_board(board).or(default).map(|p| p.board_facts())
+        p.gpu.board_facts_for(board, default.as_deref())
     };
     let gpus = crate::collect::nvml::NvmlBackend::open(nvml, &target.host, &[], &facts_for)?;
     let inventory = crate::collect::GpuBackend::inventory(&gpus);

@@ -104,9 +104,8 @@ pub fn open_gpus(
         }
         GpuBackendKind::Nvml => match crate::collect::nvml::init() {
             Ok(nvml) => {
-                let default = cfg.gpus.default_profile.as_deref().and_then(|n| profiles.by_name(n));
                 let facts_for = |board: &str| -> Option<BoardFacts> {
-                    profiles.for_board(board).or(default).map(|p| p.board_facts())
+                    profiles.board_facts_for(board, cfg.gpus.default_profile.as_deref())
                 };
                 let backend = crate::collect::nvml::NvmlBackend::open(nvml, host, &cfg.gpus.indices, &facts_for)?;
                 Ok(Some(Arc::new(backend)))
@@ -300,7 +299,7 @@ impl Daemon {
             }
         }
         let cdu_samples: Vec<CduSample> =
-            futures_join_all(self.cdus.iter_mut().map(|c| c.poll(now))).await;
+            join_all_in_order(self.cdus.iter_mut().map(|c| c.poll(now))).await;
 
         self.handle_commands(now);
 
@@ -635,19 +634,11 @@ pub fn restore_recorded(
     restored
 }
 
-/// Polls all CDUs concurrently: a slow CDU must not delay the others beyond its timeout.
-async fn futures_join_all<F: std::future::Future<Output = CduSample>>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<CduSample> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(f);
-    }
-    join_all_in_order(set).await
-}
-
-async fn join_all_in_order<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    // A tiny join_all: poll every future until all are done, keeping the input order.
+/// Runs the futures concurrently and returns their outputs in input order: all CDUs are
+/// polled at once, so a slow CDU delays the others by no more than its own timeout.
+async fn join_all_in_order<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     use std::pin::Pin;
     use std::task::Poll;
     let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
