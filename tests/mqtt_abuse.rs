@@ -197,3 +197,43 @@ async fn backoff_does_not_reset_on_a_session_that_dies_at_once() {
     );
     sink.shutdown().await;
 }
+
+/// Issue 12, D5, over MQTT 5: the sink announces its 64 KiB limit in CONNECT, so the broker
+/// discards the retained 100,000-byte command for it instead of sending it; the session
+/// stays up and commands still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt5_the_broker_keeps_an_oversize_command_away() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let command = format!("{BASE}/command");
+    let availability = format!("{BASE}/availability");
+    mosquitto_pub(
+        broker.port(),
+        &command,
+        &big_file(dir.path(), "big", 100_000),
+        true,
+    );
+    let mut op = TestClient::connect(broker.port(), "operator", &[&availability]).await;
+    let mut c = cfg(broker.port());
+    c.protocol = coolantd::sink::mqtt::MqttProtocol::V5;
+    c.keep_alive_s = 5;
+    let (sink, mut rx) = MqttSink::start(&c, SITE, HOST).expect("sink starts");
+    let seen = op.collect(Duration::from_secs(4)).await;
+    let (online, offline) = (
+        count(&seen, &availability, "online"),
+        count(&seen, &availability, "offline"),
+    );
+    println!("oversize retained command over MQTT 5: availability online {online}, offline {offline} in 4 s");
+    assert_eq!((online, offline), (1, 0));
+    op.publish(
+        &command,
+        r#"{"id":"v5","command":"set_mode","mode":"manual"}"#,
+    )
+    .await;
+    let req = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the command arrives in time")
+        .expect("receiver open");
+    assert_eq!(req.correlation_id.as_deref(), Some("v5"));
+    sink.shutdown().await;
+}
