@@ -178,7 +178,7 @@ async fn telemetry_state_and_events_arrive_and_state_is_retained() {
     assert_eq!(avail.payload, "online");
     let supply = got
         .iter()
-        .find(|m| m.topic == "homeassistant/sensor/coolantd_lab_node01/cdu-a_supply/config")
+        .find(|m| m.topic == "homeassistant/sensor/coolantd__lab__node01/cdu-a__supply/config")
         .expect("retained discovery config for the CDU supply sensor");
     assert_eq!(
         json(&supply.payload)["state_topic"],

@@ -10,6 +10,13 @@
 //! through a `watch` channel (cloning an `Arc`, never holding the channel's lock while it
 //! renders) and reads liveness from atomics in [`Health`]. Connections are capped and each one
 //! has a lifetime limit, so a slow or hostile client cannot pile up tasks.
+//!
+//! Health probes must get through while clients hold connections open: a request head must
+//! arrive within [`HEADER_READ_TIMEOUT`], a connection silent for [`IDLE_TIMEOUT`] (between
+//! keep-alive requests too) is closed, and when every slot is taken a new connection sheds
+//! the oldest one instead of being refused. Connections still waiting for their first
+//! request head have slots of their own, so slow clients only ever push out slow clients. Those closes are counted in `/metrics`
+//! (`coolantd_http_connections_shed_total`, `…_timed_out_total`) and logged rate-limited.
 
 use crate::config::Issues;
 use crate::model::{FieldValue, Point, Snapshot};
@@ -18,14 +25,18 @@ use hyper::service::service_fn;
 use hyper::{Body, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::collections::BTreeMap as Slots;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
 
 /// The Prometheus exporter port registered for coolantd would be allocated from the
 /// community list (https://github.com/prometheus/prometheus/wiki/Default-port-allocations);
@@ -33,12 +44,25 @@ use tokio::sync::{watch, Semaphore};
 /// authentication, so exposing it is a deliberate choice in the configuration.
 const DEFAULT_LISTEN: &str = "127.0.0.1:9105";
 
-/// At most this many connections are served at once; further ones are closed at once. A
-/// Prometheus server, a load balancer's health check and an operator's curl need a handful.
+/// At most this many connections are served at once (after their first request head
+/// arrived); a further one sheds the oldest. A Prometheus server, a load balancer's health
+/// check and an operator's curl need a handful.
 const MAX_CONNECTIONS: usize = 64;
 
+/// At most this many connections wait for their first request head; a further one sheds
+/// the oldest of them. Kept apart from the served ones, so that clients that never finish a
+/// request (slowloris) cannot push out a health probe, which sends its request at once.
+const MAX_PENDING: usize = 256;
+
+/// Longest first request head read before hyper takes over (hyper then answers 431 or 400).
+const MAX_HEAD: usize = 16 * 1024;
+
 /// A client must send its request headers within this time (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connection on which no byte moved for this long is closed: an idle keep-alive
+/// connection between requests, or a client that stopped reading its response.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection (keep-alive included) is closed after this long. Prometheus scrapes every
 /// 15 s by default and simply reconnects, so this only bounds idle and hostile connections.
@@ -144,6 +168,10 @@ pub struct Health {
     last_tick_duration_ns: AtomicU64,
     max_tick_duration_ns: AtomicU64,
     ready: AtomicBool,
+    /// HTTP connections closed to make room for a new one.
+    http_shed: AtomicU64,
+    /// HTTP connections closed for a slow request head or silence.
+    http_timed_out: AtomicU64,
 }
 
 /// What `/healthz` decides, with the reason for a failure.
@@ -172,6 +200,8 @@ impl Health {
             last_tick_duration_ns: AtomicU64::new(0),
             max_tick_duration_ns: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            http_shed: AtomicU64::new(0),
+            http_timed_out: AtomicU64::new(0),
         }
     }
 
@@ -248,14 +278,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, "http endpoint listening");
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = Arc::new(Tier::new(MAX_PENDING));
+    let active = Arc::new(Tier::new(MAX_CONNECTIONS));
+    let mut next_id = 0u64;
     let mut closed = snapshot.clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    tracing::warn!(%error, "http accept failed; retrying");
+                    crate::log_limited!(warn, "http accept failed; retrying", %error);
                     // Back off so that a persistent error (EMFILE) does not spin a core.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -269,29 +301,248 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many http connections; closing");
-            drop(stream);
-            continue;
-        };
+        let id = next_id;
+        next_id += 1;
+        let shed = pending.join(id, &health);
         let snapshot = snapshot.clone();
         let health = health.clone();
+        let active = active.clone();
+        let pending = pending.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = respond(&req, &snapshot, &health);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = hyper::server::conn::Http::new()
-                .http1_only(true)
-                .http1_header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(stream, service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "http connection ended"),
-                Err(_) => tracing::debug!(%peer, "http connection reached its lifetime limit"),
+            let mut stream = stream;
+            // First the request head, in a tier of its own: a client that never finishes
+            // its head can only push out other such clients, never one being served.
+            let head = tokio::select! {
+                r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut stream)) => Some(r),
+                _ = shed.notified() => None,
+            };
+            pending.leave(id);
+            let head = match head {
+                None => return tracing::debug!(%peer, "http connection shed for a newer one"),
+                Some(Err(_)) => {
+                    health.http_timed_out.fetch_add(1, Ordering::Relaxed);
+                    return tracing::debug!(%peer, "http request head not sent in time; closed");
+                }
+                Some(Ok(Err(error))) => {
+                    return tracing::debug!(%peer, %error, "http connection ended before a request")
+                }
+                Some(Ok(Ok(None))) => return,
+                Some(Ok(Ok(Some(head)))) => head,
+            };
+            let shed = active.join(id, &health);
+            let end = serve_connection(stream, head, snapshot, health.clone(), &shed).await;
+            active.leave(id);
+            match end {
+                End::Done(Ok(())) => {}
+                End::Done(Err(error)) => {
+                    // hyper 0.14 reports its header read timeout as an error kind of its own
+                    // that `is_timeout` does not cover; its message is the public sign of it.
+                    if error.is_timeout() || error.to_string().contains("timeout") {
+                        health.http_timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(%peer, %error, "http connection ended");
+                }
+                End::Idle => {
+                    health.http_timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "http connection idle; closed");
+                }
+                End::Lifetime => {
+                    tracing::debug!(%peer, "http connection reached its lifetime limit")
+                }
+                End::Shed => tracing::debug!(%peer, "http connection shed for a newer one"),
             }
-            drop(permit);
         });
+    }
+}
+
+/// Connections in one phase (waiting for their first request head, or served), capped:
+/// when every slot is taken, a newcomer sheds the oldest.
+struct Tier {
+    limit: usize,
+    held: Mutex<Slots<u64, Arc<Notify>>>,
+}
+
+impl Tier {
+    fn new(limit: usize) -> Tier {
+        Tier {
+            limit,
+            held: Mutex::new(Slots::new()),
+        }
+    }
+
+    /// Takes a slot for connection `id`, shedding the oldest holders if needed; the
+    /// returned `Notify` fires when `id` is shed in turn.
+    fn join(&self, id: u64, health: &Health) -> Arc<Notify> {
+        let shed = Arc::new(Notify::new());
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while held.len() >= self.limit {
+            let Some((_, oldest)) = held.pop_first() else {
+                break;
+            };
+            // A stored permit: the holder sees it even if it is not waiting yet.
+            oldest.notify_one();
+            health.http_shed.fetch_add(1, Ordering::Relaxed);
+            crate::log_limited!(
+                warn,
+                "all http connection slots taken; closing the oldest connection",
+                limit = self.limit
+            );
+        }
+        held.insert(id, shed.clone());
+        shed
+    }
+
+    fn leave(&self, id: u64) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+/// Reads until the end of the first request head (an empty line), or [`MAX_HEAD`] bytes;
+/// `None` when the client closed first. The bytes go to hyper, which parses them.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        // Only the new bytes and the three before them can complete the empty line.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        let tail = &head[from..];
+        let complete =
+            tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n");
+        if complete || head.len() >= MAX_HEAD {
+            return Ok(Some(head));
+        }
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    Done(hyper::Result<()>),
+    Idle,
+    Lifetime,
+    Shed,
+}
+
+/// Serves one connection, starting with the request head already read, until it ends, falls
+/// silent for [`IDLE_TIMEOUT`], reaches [`CONNECTION_LIFETIME`] or is shed for a newer one.
+async fn serve_connection(
+    stream: TcpStream,
+    head: Vec<u8>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    health: Arc<Health>,
+    shed: &Notify,
+) -> End {
+    let opened = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = Tracked {
+        io: stream,
+        head,
+        head_pos: 0,
+        opened,
+        activity: activity.clone(),
+    };
+    let service = service_fn(move |req| {
+        let response = respond(&req, &snapshot, &health);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let conn = hyper::server::conn::Http::new()
+        .http1_only(true)
+        .http1_header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let lifetime_end = opened + CONNECTION_LIFETIME;
+    loop {
+        let last = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let wake = (last + IDLE_TIMEOUT).min(lifetime_end);
+        tokio::select! {
+            r = &mut conn => return End::Done(r),
+            _ = shed.notified() => return End::Shed,
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if now >= lifetime_end {
+                    return End::Lifetime;
+                }
+                let last = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if now.saturating_duration_since(last) >= IDLE_TIMEOUT {
+                    return End::Idle;
+                }
+            }
+        }
+    }
+}
+
+/// A connection's socket that first replays the request head read before, and records when
+/// a byte last moved (milliseconds after `opened`).
+struct Tracked {
+    io: TcpStream,
+    head: Vec<u8>,
+    head_pos: usize,
+    opened: Instant,
+    activity: Arc<AtomicU64>,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.head_pos < this.head.len() {
+            let n = (this.head.len() - this.head_pos).min(buf.remaining());
+            buf.put_slice(&this.head[this.head_pos..this.head_pos + n]);
+            this.head_pos += n;
+            if this.head_pos == this.head.len() {
+                this.head = Vec::new();
+                this.head_pos = 0;
+            }
+            this.touch();
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -608,6 +859,20 @@ pub fn render_metrics(snap: &Snapshot, health: Option<&Health>, now: Instant) ->
                 "gauge",
                 "Seconds since the daemon started",
                 now.saturating_duration_since(h.started).as_secs_f64(),
+            ),
+        ]);
+        own.extend([
+            (
+                crate::sink::schema::HTTP_CONNECTIONS_SHED_TOTAL,
+                "counter",
+                "HTTP connections closed to make room for a new one (every slot was taken)",
+                h.http_shed.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                crate::sink::schema::HTTP_CONNECTIONS_TIMED_OUT_TOTAL,
+                "counter",
+                "HTTP connections closed for a request head not sent in time or for silence",
+                h.http_timed_out.load(Ordering::Relaxed) as f64,
             ),
         ]);
         if let Some(age) = h.last_tick_age(now) {

@@ -480,7 +480,7 @@ impl InfluxSink {
                 let earlier: Vec<String> = inner.fallback.drain(..).collect();
                 if let Err(e) = inner.spool.append(earlier.iter().map(String::as_str)) {
                     inner.fallback.extend(earlier);
-                    tracing::error!(error = %e, "InfluxDB spool still not writable; keeping points in memory");
+                    crate::log_limited!(error, "InfluxDB spool still not writable; keeping points in memory", error = %e);
                 }
             }
             let result = if inner.fallback.is_empty() {
@@ -490,8 +490,8 @@ impl InfluxSink {
                 Ok(())
             };
             if let Err(e) = result {
-                tracing::error!(error = %e, points = lines.len(),
-                    "cannot append to the InfluxDB spool; keeping points in memory");
+                crate::log_limited!(error, "cannot append to the InfluxDB spool; keeping points in memory",
+                    error = %e, points = lines.len());
                 inner.fallback.extend(lines);
             }
             while inner.fallback.len() > MEMORY_FALLBACK_LINES {
@@ -867,9 +867,9 @@ impl Shipper {
                             half + jitter
                         }
                     };
-                    tracing::warn!(error = %msg, backlog, retry_in_ms = sleep.as_millis() as u64,
-                        retry_after_s = retry_after.map(|d| d.as_secs()),
-                        "InfluxDB write failed; will retry");
+                    crate::log_limited!(warn, "InfluxDB write failed; will retry",
+                        error = %msg, backlog, retry_in_ms = sleep.as_millis() as u64,
+                        retry_after_s = retry_after.map(|d| d.as_secs()));
                     if self.wait(sleep, false).await {
                         // Shutdown: one last attempt happens in the next loop pass.
                     }

@@ -31,6 +31,12 @@ pub const CONTROL: &str = "control";
 pub const ALARM: &str = "alarm";
 pub const TELEMETRY: &str = "telemetry";
 
+/// The HTTP endpoint's own counters on `/metrics`: connections closed to make room for a new
+/// one when every slot was taken, and connections closed because they sent no complete
+/// request head in time or stayed silent between requests.
+pub const HTTP_CONNECTIONS_SHED_TOTAL: &str = "coolantd_http_connections_shed_total";
+pub const HTTP_CONNECTIONS_TIMED_OUT_TOTAL: &str = "coolantd_http_connections_timed_out_total";
+
 /// NVML clocks-event ("throttle") reason bits and the boolean field each becomes.
 /// Values from `nvml.h` (`nvmlClocksEventReason*`, formerly `nvmlClocksThrottleReason*`).
 pub const THROTTLE_REASONS: [(u64, &str); 9] = [

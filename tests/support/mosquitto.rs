@@ -15,6 +15,8 @@ pub struct Mosquitto {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra `mosquitto.conf` lines (limits under test).
+    extra_conf: String,
 }
 
 /// A loopback port nothing listens on (right now).
@@ -31,6 +33,11 @@ impl Mosquitto {
 
     /// Starts a broker on `port` and waits until it accepts connections.
     pub fn start_on(port: u16) -> Mosquitto {
+        Mosquitto::start_with(port, "")
+    }
+
+    /// Starts a broker on `port` with `extra_conf` appended to its configuration.
+    pub fn start_with(port: u16, extra_conf: &str) -> Mosquitto {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "coolantd-mosquitto-{}-{}",
@@ -42,6 +49,7 @@ impl Mosquitto {
             port,
             dir,
             child: None,
+            extra_conf: extra_conf.to_string(),
         };
         m.spawn();
         m
@@ -56,8 +64,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n{}\n",
+                self.port, self.extra_conf
             ),
         )
         .expect("write mosquitto.conf");

@@ -52,8 +52,17 @@ const REQUEST_CAPACITY: usize = 64;
 /// default limit for MQTT 3.1.1; too large a message would otherwise break the connection.
 pub const MAX_OUTGOING: usize = 1024 * 1024;
 
-/// Largest message we accept: commands are under 1 KiB.
-const MAX_INCOMING: usize = 64 * 1024;
+/// Largest message the broker may send us over MQTT 5, which announces it in CONNECT: the
+/// broker then discards larger messages for us instead of sending them. Commands are under
+/// 1 KiB; [`super::MAX_COMMAND`] is the daemon's own limit.
+const MAX_INCOMING_V5: u32 = 64 * 1024;
+
+/// Largest packet accepted over MQTT 3.1.1: everything the protocol allows (the largest
+/// remaining length, 268,435,455 bytes). MQTT 3.1.1 cannot tell the broker a limit, and
+/// rumqttc drops the session on any larger packet; a retained one would then drop it again
+/// on every connect. So the packet is read and the daemon refuses an oversize command itself.
+/// The broker's `max_packet_size` bounds the memory this can take.
+const MAX_INCOMING_V311: usize = 268_435_455;
 
 /// Seconds to wait for TCP, TLS and CONNACK before an attempt counts as failed.
 const CONNECT_TIMEOUT_S: u64 = 5;
@@ -80,7 +89,7 @@ pub fn build(c: Connect<'_>) -> (Client, EventLoop) {
                 // A clean session: a command queued by the broker while we were away would
                 // be stale by the time we are back, and replaying it could be unsafe.
                 .set_clean_session(true)
-                .set_max_packet_size(MAX_INCOMING, MAX_OUTGOING)
+                .set_max_packet_size(MAX_INCOMING_V311, MAX_OUTGOING)
                 .set_transport(transport)
                 .set_last_will(rumqttc::LastWill::new(
                     c.will_topic,
@@ -101,7 +110,7 @@ pub fn build(c: Connect<'_>) -> (Client, EventLoop) {
             let mut o = r5::MqttOptions::new(c.client_id, cfg.host.clone(), cfg.port());
             o.set_keep_alive(cfg.keep_alive())
                 .set_clean_start(true)
-                .set_max_packet_size(Some(MAX_INCOMING as u32))
+                .set_max_packet_size(Some(MAX_INCOMING_V5))
                 .set_transport(transport)
                 .set_connection_timeout(CONNECT_TIMEOUT_S)
                 .set_last_will(r5::mqttbytes::v5::LastWill::new(

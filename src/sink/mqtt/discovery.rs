@@ -5,18 +5,29 @@ use super::payload::{Topics, OFFLINE, ONLINE};
 use crate::model::Snapshot;
 use serde_json::json;
 
-/// Home Assistant object and node ids allow `[a-zA-Z0-9_-]` only.
+/// Home Assistant object and node ids allow `[a-zA-Z0-9_-]` only, and site, host and CDU
+/// names may also hold `.`. Letters, digits and `-` pass unchanged; `_` becomes `_u` and `.`
+/// becomes `_d`, so an encoded name never holds `__`, and [`SEP`] (`__`) can join names
+/// without ambiguity: `cdu.a` and `cdu_a` stay apart (`cdu_da`, `cdu_ua`), and so do site
+/// `a_b`/host `c` and site `a`/host `b_c`. The encoding is injective, so two different sets
+/// of names never share a `unique_id` or a discovery topic.
 fn ha_id(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '_' => out.push_str("_u"),
+            '.' => out.push_str("_d"),
+            c if c.is_ascii_alphanumeric() || c == '-' => out.push(c),
+            // Config validation admits nothing else; should it ever, the code point in hex,
+            // ended by `x` (not a hex digit), keeps the result unique.
+            c => out.push_str(&format!("_x{:x}x", u32::from(c))),
+        }
+    }
+    out
 }
+
+/// Joins encoded names (see [`ha_id`]).
+const SEP: &str = "__";
 
 struct Sensor {
     object: String,
@@ -37,7 +48,7 @@ pub fn messages(
     host: &str,
     snap: &Snapshot,
 ) -> Vec<(String, Vec<u8>)> {
-    let node = ha_id(&format!("coolantd_{site}_{host}"));
+    let node = format!("coolantd{SEP}{}{SEP}{}", ha_id(site), ha_id(host));
     let mut sensors = vec![
         Sensor {
             object: "hottest_gpu".into(),
@@ -71,7 +82,7 @@ pub fn messages(
         let field = |f: &str| format!("{{{{ value_json.cdus['{n}']['{f}'] }}}}");
         sensors.extend([
             Sensor {
-                object: format!("{id}_supply"),
+                object: format!("{id}{SEP}supply"),
                 name: format!("{n} supply temperature"),
                 state_topic: topics.telemetry.clone(),
                 template: field("supply"),
@@ -79,7 +90,7 @@ pub fn messages(
                 device_class: Some("temperature"),
             },
             Sensor {
-                object: format!("{id}_return"),
+                object: format!("{id}{SEP}return"),
                 name: format!("{n} return temperature"),
                 state_topic: topics.telemetry.clone(),
                 template: field("return"),
@@ -87,7 +98,7 @@ pub fn messages(
                 device_class: Some("temperature"),
             },
             Sensor {
-                object: format!("{id}_flow"),
+                object: format!("{id}{SEP}flow"),
                 name: format!("{n} flow"),
                 state_topic: topics.telemetry.clone(),
                 template: field("flow"),
@@ -95,7 +106,7 @@ pub fn messages(
                 device_class: Some("volume_flow_rate"),
             },
             Sensor {
-                object: format!("{id}_pump_speed"),
+                object: format!("{id}{SEP}pump_speed"),
                 name: format!("{n} pump speed"),
                 state_topic: topics.telemetry.clone(),
                 template: field("pump_feedback"),
@@ -109,8 +120,8 @@ pub fn messages(
         .map(|s| {
             let mut cfg = json!({
                 "name": s.name,
-                "unique_id": format!("{node}_{}", s.object),
-                "object_id": format!("{node}_{}", s.object),
+                "unique_id": format!("{node}{SEP}{}", s.object),
+                "object_id": format!("{node}{SEP}{}", s.object),
                 "state_topic": s.state_topic,
                 "value_template": s.template,
                 "availability_topic": topics.availability,
@@ -177,7 +188,7 @@ mod tests {
         assert_eq!(m.len(), 7);
         assert_eq!(
             m[3].0,
-            "homeassistant/sensor/coolantd_s_1_n01/cdu_a_supply/config"
+            "homeassistant/sensor/coolantd__s_d1__n01/cdu_da__supply/config"
         );
         let v: serde_json::Value = serde_json::from_slice(&m[3].1).expect("JSON");
         assert_eq!(
@@ -186,5 +197,105 @@ mod tests {
         );
         assert_eq!(v["availability_topic"], "coolantd/s.1/n01/availability");
         assert_eq!(v["unit_of_measurement"], "°C");
+    }
+
+    fn snap_with(site: &str, host: &str, cdus: &[&str]) -> Snapshot {
+        Snapshot {
+            site: site.into(),
+            host: host.into(),
+            time_ns: 0,
+            tick: 0,
+            dry_run: false,
+            mode: Mode::Auto,
+            state: ControlState::Boot,
+            setpoint: 65.0,
+            controlled: None,
+            ready: false,
+            cdus: cdus
+                .iter()
+                .map(|n| CduStatus {
+                    name: (*n).into(),
+                    supply: None,
+                    return_: None,
+                    flow: None,
+                    differential_pressure: None,
+                    pump_command: None,
+                    pump_feedback: None,
+                    leak: None,
+                    remote_enable: None,
+                    faults: vec![],
+                })
+                .collect(),
+            gpus: vec![],
+            alarms: vec![],
+            decisions: Vec::new(),
+            points: vec![],
+        }
+    }
+
+    /// The unique ids and topics of every discovery message of `site`/`host`/`cdus`.
+    fn ids(site: &str, host: &str, cdus: &[&str]) -> Vec<String> {
+        let t = Topics::new("coolantd", site, host);
+        messages(
+            "homeassistant",
+            &t,
+            site,
+            host,
+            &snap_with(site, host, cdus),
+        )
+        .into_iter()
+        .flat_map(|(topic, p)| {
+            let v: serde_json::Value = serde_json::from_slice(&p).expect("JSON");
+            let id = v["unique_id"].as_str().unwrap_or_default().to_string();
+            [topic, id]
+        })
+        .collect()
+    }
+
+    /// Issue 12, D8: `cdu.a` and `cdu_a` used to share a unique_id and topic, and so did
+    /// site `a_b`/host `c` and site `a`/host `b_c`.
+    #[test]
+    fn names_that_used_to_collide_get_distinct_ids_and_topics() {
+        let both = ids("s", "h", &["cdu.a", "cdu_a"]);
+        let unique: std::collections::BTreeSet<&String> = both.iter().collect();
+        assert_eq!(unique.len(), both.len(), "{both:#?}");
+        let a = ids("a_b", "c", &[]);
+        let b = ids("a", "b_c", &[]);
+        assert!(a.iter().all(|x| !b.contains(x)), "{a:#?}\n{b:#?}");
+    }
+
+    /// Every pair of distinct (site, host, cdu) name triples over an alphabet dense in the
+    /// separators gets disjoint ids and topics.
+    #[test]
+    fn the_encoding_is_injective_over_separator_heavy_names() {
+        let alphabet = ["a", "d", "u", "_", ".", "-", "x"];
+        let mut names = vec![];
+        for p in alphabet {
+            names.push(p.to_string());
+            for q in alphabet {
+                names.push(format!("{p}{q}"));
+            }
+        }
+        let mut seen = std::collections::HashMap::new();
+        for site in ["s", "s_", "s.", "s_u", "s_d"] {
+            for host in ["h", "_h", ".h", "uh", "dh"] {
+                for cdu in &names {
+                    let node = format!("coolantd{SEP}{}{SEP}{}", ha_id(site), ha_id(host));
+                    let id = format!("{node}{SEP}{}{SEP}supply", ha_id(cdu));
+                    if let Some(prev) = seen.insert(id.clone(), (site, host, cdu.clone())) {
+                        panic!("{prev:?} and {:?} share {id}", (site, host, cdu));
+                    }
+                }
+            }
+        }
+        for n in &names {
+            let id = ha_id(n);
+            assert!(!id.contains(SEP), "{n} -> {id}");
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{id}"
+            );
+        }
     }
 }

@@ -89,6 +89,12 @@ const REPLY_QUEUE: usize = 100;
 const ROUTES: usize = 64;
 /// How long `shutdown` waits for the last messages, `offline` and DISCONNECT to go out.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest command accepted (commands are under 1 KiB); larger messages on the command topic
+/// are refused with a reply, and the session stays up.
+pub const MAX_COMMAND: usize = 64 * 1024;
+/// A session must have lasted this long for the reconnect backoff to start again from its
+/// minimum: a broker that closes every session at once must not be retried in a tight loop.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Where a reply goes when the command asked for an MQTT 5 response topic.
 struct Route {
@@ -142,9 +148,10 @@ impl Shared {
         if ob.replies.len() >= REPLY_QUEUE {
             ob.replies.pop_front();
             ob.dropped_replies += 1;
-            warn!(
-                dropped = ob.dropped_replies,
-                "MQTT reply queue full, dropping the oldest reply"
+            crate::log_limited!(
+                warn,
+                "MQTT reply queue full, dropping the oldest reply",
+                dropped = ob.dropped_replies
             );
         }
         ob.replies.push_back(m);
@@ -580,7 +587,7 @@ async fn poll_loop(
     backoff_min: Duration,
     backoff_max: Duration,
 ) {
-    let mut backoff = backoff_min;
+    let mut backoff = Backoff::new(backoff_min, backoff_max);
     let mut gen = 0u64;
     let mut failures = 0u64;
     loop {
@@ -589,8 +596,12 @@ async fn poll_loop(
                 gen += 1;
                 shared.connected.store(true, Ordering::SeqCst);
                 gen_tx.send_replace(gen);
-                backoff = backoff_min;
-                info!(attempts = failures + 1, "connected to the MQTT broker");
+                backoff.connected(Instant::now());
+                crate::log_limited!(
+                    info,
+                    "connected to the MQTT broker",
+                    attempts = failures + 1
+                );
                 failures = 0;
             }
             Ok(Incoming::Publish {
@@ -625,17 +636,63 @@ async fn poll_loop(
                     return;
                 }
                 failures += 1;
+                let delay = backoff.failed(Instant::now());
                 if was {
-                    warn!(error = %e, "lost the MQTT broker, reconnecting");
+                    crate::log_limited!(
+                        warn,
+                        "lost the MQTT broker, reconnecting",
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64
+                    );
                 } else if failures.is_power_of_two() {
-                    warn!(error = %e, attempts = failures, retry_in_ms = backoff.as_millis() as u64, "cannot reach the MQTT broker");
+                    warn!(error = %e, attempts = failures, retry_in_ms = delay.as_millis() as u64, "cannot reach the MQTT broker");
                 }
                 // rumqttc retries at once on the next poll; wait first so that a dead broker
                 // does not get a connection attempt in a tight loop.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(backoff_max);
+                tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+/// The reconnect delay: doubles from `min` to `max` on every failure, and starts again from
+/// `min` only after a session that lasted [`STABLE_SESSION`]. Resetting on every CONNACK
+/// would retry a broker that closes each session at once (a retained message it cannot
+/// deliver, a client-id takeover, a packet limit) at the minimum delay forever.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    up_since: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+            up_since: None,
+        }
+    }
+
+    /// A session started at `now`.
+    fn connected(&mut self, now: Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// The connection failed at `now` (a lost session or a failed attempt): the delay
+    /// before the next attempt.
+    fn failed(&mut self, now: Instant) -> Duration {
+        if let Some(up) = self.up_since.take() {
+            if now.saturating_duration_since(up) >= STABLE_SESSION {
+                self.next = self.min;
+            }
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
     }
 }
 
@@ -651,7 +708,12 @@ fn on_command(
         .clone()
         .unwrap_or_else(|| shared.topics.reply.clone());
     let reject = |id: Option<String>, reason: String| {
-        warn!(correlation_id = ?id, reason = %reason, "MQTT command rejected");
+        crate::log_limited!(
+            warn,
+            "MQTT command rejected",
+            correlation_id = ?id,
+            reason = %reason
+        );
         shared.push_reply(Message {
             topic: reply_topic.clone(),
             payload: payload::reply_json(id.as_deref(), &CommandOutcome::Rejected { reason }),
@@ -663,6 +725,17 @@ fn on_command(
     if payload.is_empty() {
         // An empty message is how a retained message is cleared; it is not a command.
         debug!("ignoring an empty message on the command topic");
+        return;
+    }
+    if payload.len() > MAX_COMMAND {
+        // Read in full (see client.rs) so that the session survives it, but never parsed.
+        reject(
+            None,
+            format!(
+                "message too large for a command: {} bytes, the limit is {MAX_COMMAND} bytes",
+                payload.len()
+            ),
+        );
         return;
     }
     if retain {
@@ -697,7 +770,12 @@ fn on_command(
             correlation_data: correlation_data.clone(),
         });
     }
-    info!(correlation_id = ?id, command = ?command, "MQTT command received");
+    crate::log_limited!(
+        info,
+        "MQTT command received",
+        correlation_id = ?id,
+        command = ?command
+    );
     match tx.try_send(CommandRequest {
         correlation_id: id.clone(),
         command,
@@ -710,5 +788,31 @@ fn on_command(
         Err(mpsc::error::TrySendError::Closed(_)) => {
             reject(id, "the controller is shutting down".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_while_sessions_die_at_once_and_resets_after_a_stable_one() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1_600));
+        let mut t = Instant::now();
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            b.connected(t);
+            t += ms(50);
+            let d = b.failed(t);
+            delays.push(d.as_millis());
+            t += d;
+        }
+        assert_eq!(delays, [100, 200, 400, 800, 1_600, 1_600, 1_600]);
+        // A session that stayed up starts the sequence again.
+        b.connected(t);
+        assert_eq!(b.failed(t + STABLE_SESSION), ms(100));
+        // Failed attempts without a session keep doubling.
+        assert_eq!(b.failed(t + STABLE_SESSION), ms(200));
     }
 }
