@@ -352,6 +352,24 @@ impl ModbusCdu {
         &self.stats
     }
 
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Forgets the connection after a poll or write was cancelled mid-request: its reply may
+    /// still arrive, and a late reply must never be taken as the answer to a later request.
+    /// The next request reconnects (without waiting for a backoff).
+    pub fn abandon(&mut self) {
+        self.ctx = None;
+    }
+
+    /// Allows the next request to (re)connect at once. Used for the safe output on shutdown:
+    /// it is the last chance to reach the CDU, so it is tried even while backing off.
+    pub fn clear_backoff(&mut self) {
+        self.backoff.reset();
+    }
+
     /// The most recent connection or transport error, for the status page.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
@@ -366,72 +384,77 @@ impl ModbusCdu {
         }
     }
 
-    async fn open(&self) -> Result<Context, String> {
+    /// Opens a connection. The future borrows nothing from `self` (the client is not
+    /// `Sync`), so the client can live in its own task.
+    fn open(&self) -> impl std::future::Future<Output = Result<Context, String>> + Send + 'static {
         let slave = Slave(self.unit_id);
-        match &self.transport {
-            CduTransport::Tcp { address } => {
-                let addr = timeout(self.timeout, tokio::net::lookup_host(address.as_str()))
-                    .await
-                    .map_err(|_| format!("resolving {address} timed out"))?
-                    .map_err(|e| format!("cannot resolve {address}: {e}"))?
-                    .next()
-                    .ok_or_else(|| format!("{address} resolves to no address"))?;
-                timeout(
-                    self.timeout,
-                    tokio_modbus::client::tcp::connect_slave(addr, slave),
-                )
-                .await
-                .map_err(|_| {
-                    format!(
-                        "connecting to {address} timed out after {} ms",
-                        self.timeout.as_millis()
-                    )
-                })?
-                .map_err(|e| format!("cannot connect to {address}: {e}"))
-            }
-            CduTransport::Rtu {
-                device,
-                baud,
-                parity,
-                data_bits,
-                stop_bits,
-            } => {
-                use tokio_serial::{SerialPort as _, SerialPortBuilderExt};
-                let data_bits = match data_bits {
-                    5 => tokio_serial::DataBits::Five,
-                    6 => tokio_serial::DataBits::Six,
-                    7 => tokio_serial::DataBits::Seven,
-                    _ => tokio_serial::DataBits::Eight,
-                };
-                let stop_bits = if *stop_bits == 2 {
-                    tokio_serial::StopBits::Two
-                } else {
-                    tokio_serial::StopBits::One
-                };
-                let parity = match parity {
-                    Parity::None => tokio_serial::Parity::None,
-                    Parity::Even => tokio_serial::Parity::Even,
-                    Parity::Odd => tokio_serial::Parity::Odd,
-                };
-                let port = tokio_serial::new(device.to_string_lossy(), *baud)
-                    .data_bits(data_bits)
-                    .stop_bits(stop_bits)
-                    .parity(parity)
-                    .open_native_async()
-                    .map_err(|e| format!("cannot open serial device {}: {e}", device.display()))?;
-                // RTU frames carry no transaction id, so a reply that arrived after its
-                // request timed out (while the port was closed for the backoff) would be
-                // taken as the answer to the next request. Such bytes can outlive a close
-                // and open (a pty keeps them, USB adapters hold them in their FIFO);
-                // discard them. Found by
-                // tests/modbus_rtu.rs against pymodbus over a socat line.
-                port.clear(tokio_serial::ClearBuffer::Input).map_err(|e| {
-                    format!(
-                        "cannot clear the input buffer of serial device {}: {e}",
-                        device.display()
-                    )
-                })?;
-                Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
+        let transport = self.transport.clone();
+        let limit = self.timeout;
+        async move {
+            match &transport {
+                CduTransport::Tcp { address } => {
+                    let addr = timeout(limit, tokio::net::lookup_host(address.as_str()))
+                        .await
+                        .map_err(|_| format!("resolving {address} timed out"))?
+                        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+                        .next()
+                        .ok_or_else(|| format!("{address} resolves to no address"))?;
+                    timeout(limit, tokio_modbus::client::tcp::connect_slave(addr, slave))
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "connecting to {address} timed out after {} ms",
+                                limit.as_millis()
+                            )
+                        })?
+                        .map_err(|e| format!("cannot connect to {address}: {e}"))
+                }
+                CduTransport::Rtu {
+                    device,
+                    baud,
+                    parity,
+                    data_bits,
+                    stop_bits,
+                } => {
+                    use tokio_serial::{SerialPort as _, SerialPortBuilderExt};
+                    let data_bits = match data_bits {
+                        5 => tokio_serial::DataBits::Five,
+                        6 => tokio_serial::DataBits::Six,
+                        7 => tokio_serial::DataBits::Seven,
+                        _ => tokio_serial::DataBits::Eight,
+                    };
+                    let stop_bits = if *stop_bits == 2 {
+                        tokio_serial::StopBits::Two
+                    } else {
+                        tokio_serial::StopBits::One
+                    };
+                    let parity = match parity {
+                        Parity::None => tokio_serial::Parity::None,
+                        Parity::Even => tokio_serial::Parity::Even,
+                        Parity::Odd => tokio_serial::Parity::Odd,
+                    };
+                    let port = tokio_serial::new(device.to_string_lossy(), *baud)
+                        .data_bits(data_bits)
+                        .stop_bits(stop_bits)
+                        .parity(parity)
+                        .open_native_async()
+                        .map_err(|e| {
+                            format!("cannot open serial device {}: {e}", device.display())
+                        })?;
+                    // RTU frames carry no transaction id, so a reply that arrived after its
+                    // request timed out (while the port was closed for the backoff) would be
+                    // taken as the answer to the next request. Such bytes can outlive a close
+                    // and open (a pty keeps them, USB adapters hold them in their FIFO);
+                    // discard them. Found by
+                    // tests/modbus_rtu.rs against pymodbus over a socat line.
+                    port.clear(tokio_serial::ClearBuffer::Input).map_err(|e| {
+                        format!(
+                            "cannot clear the input buffer of serial device {}: {e}",
+                            device.display()
+                        )
+                    })?;
+                    Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
+                }
             }
         }
     }

@@ -166,6 +166,7 @@ mod tests {
                 leak: None,
                 remote_enable: None,
                 faults: vec![],
+                link: Default::default(),
             }],
             gpus: vec![],
             alarms: vec![],
