@@ -14,7 +14,7 @@ use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -159,6 +159,7 @@ impl Proxy {
 struct Daemon {
     child: Child,
     _dir: TempDir,
+    config: PathBuf,
     http: u16,
     log: Arc<Mutex<String>>,
 }
@@ -191,6 +192,7 @@ impl Daemon {
         Daemon {
             child,
             _dir: dir,
+            config,
             http,
             log,
         }
@@ -427,6 +429,54 @@ fn a_slow_cdu_neither_stalls_the_tick_nor_blocks_the_safe_output() {
         ack.at - sent,
         exited - sent
     );
+}
+
+// ---- D9: a reloaded control period -------------------------------------------------------
+
+#[test]
+fn a_reloaded_control_period_changes_the_tick_rate() {
+    let dir = TempDir::new("reload-period");
+    let (sim_port, http) = (free_port(), free_port());
+    let cdu = format!("127.0.0.1:{sim_port}");
+    let text = config(&dir.0, sim_port, &cdu, http, &[]);
+    assert!(text.contains("period_ms = 1000"));
+    let d = Daemon::start(dir, &text, http);
+    d.wait_ok("/readyz");
+
+    std::fs::write(
+        &d.config,
+        text.replace("period_ms = 1000", "period_ms = 100"),
+    )
+    .expect("write the new config");
+    d.signal(libc::SIGHUP);
+    d.wait_log("configuration reloaded");
+    let first = d.status();
+    let t0 = Instant::now();
+    let mut last = first.clone();
+    // At the new period 20 ticks take 2 s; at the old one they would take 20 s.
+    while tick_of(&last) < tick_of(&first) + 20 && t0.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(100));
+        last = d.status();
+    }
+    let ticks = tick_of(&last) - tick_of(&first);
+    assert!(ticks >= 2, "the loop stopped ticking: {ticks} ticks");
+    // The daemon's own timestamps of its ticks, not the test's clock.
+    let span_ns =
+        last["time_ns"].as_i64().expect("time_ns") - first["time_ns"].as_i64().expect("time_ns");
+    let mean_ms = span_ns as f64 / 1e6 / ticks as f64;
+    eprintln!("after the reload: {ticks} ticks, mean interval {mean_ms:.0} ms");
+    assert!(
+        mean_ms < 500.0,
+        "ticks still {mean_ms:.0} ms apart after reloading period_ms 1000 → 100; log:\n{}",
+        d.log()
+    );
+    let metrics = d.wait_ok("/metrics");
+    assert_eq!(
+        metric(&metrics, "tick_period_ms{"),
+        Some(100.0),
+        "{metrics}"
+    );
+    assert!(d.log().contains("control period changed"), "{}", d.log());
 }
 
 // ---- D1: timeouts that cannot fit -----------------------------------------------------------

@@ -79,7 +79,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     let mut daemon = Daemon::build(cfg, &opts).await?;
     // With a sped-up simulator the control period in wall time shrinks by the same factor,
     // and the core sees simulated time, so its dynamics stay those of the real plant.
-    let wall_period = daemon.wall_period();
+    let mut wall_period = daemon.wall_period();
     let health = Arc::new(Health::new(wall_period));
 
     let http_task = match daemon.config().http.clone().filter(|h| h.enabled) {
@@ -119,7 +119,22 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 }
                 let loaded = Config::load(config_path).and_then(|c| fits_watchdog(&c, watchdog).map(|()| c));
                 match loaded.map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
-                    Ok(()) => tracing::info!(file = %config_path.display(), "configuration reloaded"),
+                    Ok(()) => {
+                        tracing::info!(file = %config_path.display(), "configuration reloaded");
+                        // control.period_ms changes live: a new timer from now on, so the
+                        // next tick comes one new period after the reload.
+                        let new_period = daemon.wall_period();
+                        if new_period != wall_period {
+                            tracing::info!(
+                                from_ms = wall_period.as_millis() as u64,
+                                to_ms = new_period.as_millis() as u64,
+                                "control period changed"
+                            );
+                            wall_period = new_period;
+                            timer = period_timer(wall_period, tokio::time::Instant::now() + wall_period);
+                            health.set_period(wall_period);
+                        }
+                    }
                     Err(e) => tracing::error!(file = %config_path.display(), error = %e, "reload refused; the running configuration stays"),
                 }
                 if ready_sent {
