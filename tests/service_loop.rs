@@ -550,6 +550,19 @@ fn timeouts_and_periods_that_cannot_fit_are_refused_with_the_key() {
         "period_ms = 20000\nmax_sample_age_ms = 60000",
     )]);
     assert_refused(&check_config(&cfg), &["control.period_ms", "WatchdogSec"]);
+    // Under a watchdog shorter than two periods (a unit whose WatchdogSec= was lowered),
+    // `run` refuses the period, naming the key.
+    with(&[]);
+    let out = Command::new(BIN)
+        .args(["run", "--dry-run", "--config"])
+        .arg(&cfg)
+        .env("WATCHDOG_USEC", "1500000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run coolantd run");
+    assert_refused(&out, &["control.period_ms", "WATCHDOG_USEC"]);
     // What fits is accepted.
     with(&[
         ("timeout_ms = 200", "timeout_ms = 700"),
