@@ -489,32 +489,20 @@ impl Daemon {
             )
         });
         let max_age_ms = self.cfg.control.max_sample_age_ms;
-        let slow: Vec<(String, Option<String>)> =
-            self.links
-                .iter()
-                .zip(&self.link_state)
-                .map(|(l, st)| {
-                    let why =
-                        st.late.then(|| {
-                            format!(
-                        "{}: its poll did not finish within the tick's {} ms budget for CDUs \
-                         (the newest took {}, timeout_ms {} per request); steering on a sample \
-                         {} old, lost once older than control.max_sample_age_ms = {max_age_ms}",
-                        l.name(),
-                        budget.as_millis(),
-                        st.latest
-                            .as_ref()
-                            .map_or("-".to_string(), |p| format!("{} ms", p.took.as_millis())),
-                        l.timeout().as_millis(),
-                        st.latest.as_ref().map_or("(none yet)".to_string(), |p| format!(
-                            "{} ms",
-                            now.saturating_sub(p.sample.at).as_millis()
-                        )),
-                    )
-                        });
-                    (l.name().to_string(), why)
-                })
-                .collect();
+        let slow: Vec<(String, Option<String>)> = self
+            .links
+            .iter()
+            .zip(&self.link_state)
+            .map(|(l, st)| {
+                // A CDU that has never answered is not slow but unreachable, which the core
+                // reports (and a first poll that includes the connection may run late).
+                let why = match (&st.latest, st.late) {
+                    (Some(p), true) => Some(slow_cdu_message(l, p, now, budget, max_age_ms)),
+                    _ => None,
+                };
+                (l.name().to_string(), why)
+            })
+            .collect();
         let loop_events = self.loop_alarms.update(now, overrun, slow);
         for e in &loop_events {
             tracing::warn!(alarm = %e.alarm.id, transition = ?e.transition, severity = ?e.alarm.severity, "{}", e.alarm.message);
@@ -1027,6 +1015,27 @@ fn spawn_slow_reader(
             }
         }
     })
+}
+
+/// Why `cdu_slow:<cdu>` is raised: what the tick waited, how long the newest poll took, and
+/// how old the sample the loop steers on is.
+fn slow_cdu_message(
+    link: &CduLink,
+    newest: &Polled,
+    now: Mono,
+    budget: Duration,
+    max_age_ms: u64,
+) -> String {
+    format!(
+        "{}: its poll did not finish within the tick's {} ms budget for CDUs (the newest took \
+         {} ms, timeout_ms {} per request); steering on a sample {} ms old, lost once older \
+         than control.max_sample_age_ms = {max_age_ms}",
+        link.name(),
+        budget.as_millis(),
+        newest.took.as_millis(),
+        link.timeout().as_millis(),
+        now.saturating_sub(newest.sample.at).as_millis()
+    )
 }
 
 /// The tick's bookkeeping for one CDU's poller.
