@@ -384,77 +384,75 @@ impl ModbusCdu {
         }
     }
 
-    /// Opens a connection. The future borrows nothing from `self` (the client is not
-    /// `Sync`), so the client can live in its own task.
-    fn open(&self) -> impl std::future::Future<Output = Result<Context, String>> + Send + 'static {
-        let slave = Slave(self.unit_id);
-        let transport = self.transport.clone();
-        let limit = self.timeout;
-        async move {
-            match &transport {
-                CduTransport::Tcp { address } => {
-                    let addr = timeout(limit, tokio::net::lookup_host(address.as_str()))
-                        .await
-                        .map_err(|_| format!("resolving {address} timed out"))?
-                        .map_err(|e| format!("cannot resolve {address}: {e}"))?
-                        .next()
-                        .ok_or_else(|| format!("{address} resolves to no address"))?;
-                    timeout(limit, tokio_modbus::client::tcp::connect_slave(addr, slave))
-                        .await
-                        .map_err(|_| {
-                            format!(
-                                "connecting to {address} timed out after {} ms",
-                                limit.as_millis()
-                            )
-                        })?
-                        .map_err(|e| format!("cannot connect to {address}: {e}"))
-                }
-                CduTransport::Rtu {
-                    device,
-                    baud,
-                    parity,
-                    data_bits,
-                    stop_bits,
-                } => {
-                    use tokio_serial::{SerialPort as _, SerialPortBuilderExt};
-                    let data_bits = match data_bits {
-                        5 => tokio_serial::DataBits::Five,
-                        6 => tokio_serial::DataBits::Six,
-                        7 => tokio_serial::DataBits::Seven,
-                        _ => tokio_serial::DataBits::Eight,
-                    };
-                    let stop_bits = if *stop_bits == 2 {
-                        tokio_serial::StopBits::Two
-                    } else {
-                        tokio_serial::StopBits::One
-                    };
-                    let parity = match parity {
-                        Parity::None => tokio_serial::Parity::None,
-                        Parity::Even => tokio_serial::Parity::Even,
-                        Parity::Odd => tokio_serial::Parity::Odd,
-                    };
-                    let port = tokio_serial::new(device.to_string_lossy(), *baud)
-                        .data_bits(data_bits)
-                        .stop_bits(stop_bits)
-                        .parity(parity)
-                        .open_native_async()
-                        .map_err(|e| {
-                            format!("cannot open serial device {}: {e}", device.display())
-                        })?;
-                    // RTU frames carry no transaction id, so a reply that arrived after its
-                    // request timed out (while the port was closed for the backoff) would be
-                    // taken as the answer to the next request. Such bytes can outlive a close
-                    // and open (a pty keeps them, USB adapters hold them in their FIFO);
-                    // discard them. Found by
-                    // tests/modbus_rtu.rs against pymodbus over a socat line.
-                    port.clear(tokio_serial::ClearBuffer::Input).map_err(|e| {
+    /// Opens a connection. An associated function, not a method: the client is not `Sync`
+    /// (its context is not), and a future holding `&self` could not move to its own task.
+    async fn open(
+        transport: &CduTransport,
+        unit_id: u8,
+        limit: Duration,
+    ) -> Result<Context, String> {
+        let slave = Slave(unit_id);
+        match transport {
+            CduTransport::Tcp { address } => {
+                let addr = timeout(limit, tokio::net::lookup_host(address.as_str()))
+                    .await
+                    .map_err(|_| format!("resolving {address} timed out"))?
+                    .map_err(|e| format!("cannot resolve {address}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("{address} resolves to no address"))?;
+                timeout(limit, tokio_modbus::client::tcp::connect_slave(addr, slave))
+                    .await
+                    .map_err(|_| {
                         format!(
-                            "cannot clear the input buffer of serial device {}: {e}",
-                            device.display()
+                            "connecting to {address} timed out after {} ms",
+                            limit.as_millis()
                         )
-                    })?;
-                    Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
-                }
+                    })?
+                    .map_err(|e| format!("cannot connect to {address}: {e}"))
+            }
+            CduTransport::Rtu {
+                device,
+                baud,
+                parity,
+                data_bits,
+                stop_bits,
+            } => {
+                use tokio_serial::{SerialPort as _, SerialPortBuilderExt};
+                let data_bits = match data_bits {
+                    5 => tokio_serial::DataBits::Five,
+                    6 => tokio_serial::DataBits::Six,
+                    7 => tokio_serial::DataBits::Seven,
+                    _ => tokio_serial::DataBits::Eight,
+                };
+                let stop_bits = if *stop_bits == 2 {
+                    tokio_serial::StopBits::Two
+                } else {
+                    tokio_serial::StopBits::One
+                };
+                let parity = match parity {
+                    Parity::None => tokio_serial::Parity::None,
+                    Parity::Even => tokio_serial::Parity::Even,
+                    Parity::Odd => tokio_serial::Parity::Odd,
+                };
+                let port = tokio_serial::new(device.to_string_lossy(), *baud)
+                    .data_bits(data_bits)
+                    .stop_bits(stop_bits)
+                    .parity(parity)
+                    .open_native_async()
+                    .map_err(|e| format!("cannot open serial device {}: {e}", device.display()))?;
+                // RTU frames carry no transaction id, so a reply that arrived after its
+                // request timed out (while the port was closed for the backoff) would be
+                // taken as the answer to the next request. Such bytes can outlive a close
+                // and open (a pty keeps them, USB adapters hold them in their FIFO);
+                // discard them. Found by
+                // tests/modbus_rtu.rs against pymodbus over a socat line.
+                port.clear(tokio_serial::ClearBuffer::Input).map_err(|e| {
+                    format!(
+                        "cannot clear the input buffer of serial device {}: {e}",
+                        device.display()
+                    )
+                })?;
+                Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
             }
         }
     }
@@ -468,7 +466,7 @@ impl ModbusCdu {
             let last = self.last_error.as_deref().unwrap_or("not connected yet");
             return Err(format!("{last}; reconnecting in {}", format_wait(wait)));
         }
-        match self.open().await {
+        match Self::open(&self.transport, self.unit_id, self.timeout).await {
             Ok(ctx) => {
                 self.stats.connects += 1;
                 if self.stats.connects > 1 {
