@@ -499,6 +499,51 @@ async fn modbus_slow_cdu_goes_stale_and_reaches_failsafe() {
     eprintln!("FAULT-MATRIX | modbus_slow_cdu: back to Running after {m} ticks");
 }
 
+/// A tick longer than its period is alarmed (`tick_overrun`) and counted in the `tick`
+/// metrics. The simulator's time_scale of 100 makes the wall-clock period 10 ms, and a CDU
+/// holding each reply 3 × that (the lockstep budget waits for it) makes the tick overrun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tick_overrun_is_alarmed_and_counted() {
+    let mut rig = Rig::new(true, &[("time_scale = 1.0", "time_scale = 100.0")], "").await;
+    rig.warm_up(5).await;
+    rig.proxy().delay_ms.store(30, Ordering::SeqCst);
+    let (s, n) = ticks_until(&mut rig, 2, "tick_overrun", |s| {
+        has_alarm(s, "tick_overrun")
+    })
+    .await;
+    assert!(
+        alarm_message(&s, "tick_overrun").contains("longer than its 10 ms period"),
+        "{:?}",
+        s.alarms
+    );
+    let tick = s
+        .points
+        .iter()
+        .find(|p| p.measurement == "tick")
+        .expect("a tick point every tick");
+    let field = |k: &str| {
+        tick.fields
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(
+        matches!(field("overruns"), Some(coolantd::model::FieldValue::Int(n)) if n >= 1),
+        "{:?}",
+        tick.fields
+    );
+    assert_eq!(
+        field("period_ms"),
+        Some(coolantd::model::FieldValue::Float(10.0))
+    );
+    report(
+        "tick_overrun (CDU replies held 30 ms)",
+        s.state,
+        "tick_overrun",
+        n,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_exception_codes_reported_per_register() {
     let mut rig = Rig::new(true, &[], "").await;
