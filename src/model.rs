@@ -595,6 +595,45 @@ pub struct CduStatus {
     pub remote_enable: Option<bool>,
     /// Registers that failed this poll, with why.
     pub faults: Vec<String>,
+    /// How fresh the values above are and how the CDU keeps up with the control period.
+    #[serde(default)]
+    pub link: CduLinkStatus,
+}
+
+/// How a CDU's poller keeps up with the control tick: the tick never waits for a CDU longer
+/// than its budget, so a slow CDU shows here (and in the `cdu_link` metrics) instead of
+/// stretching the tick.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CduLinkStatus {
+    /// Age of the newest completed poll at this tick, ms of control time (`None` before the
+    /// first poll completes). Older than `control.max_sample_age_ms` is a lost input.
+    pub sample_age_ms: Option<f64>,
+    /// Wall time the newest completed poll took, ms.
+    pub poll_ms: Option<f64>,
+    /// True when this tick's poll had not finished within the tick's budget for CDUs, so
+    /// the tick went on with an older sample.
+    pub late: bool,
+    /// Ticks that went on without their own poll, since start.
+    pub late_polls: u64,
+    /// Writes replaced by a newer value for the same register before the CDU was free to
+    /// take them (only the newest pump speed or heartbeat matters), since start.
+    pub superseded_writes: u64,
+    /// Modbus requests and how many of them timed out, since start.
+    pub requests: u64,
+    pub timeouts: u64,
+}
+
+/// The service loop's own timing, for the `tick` metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TickTiming {
+    /// Wall time the previous tick took, ms (`None` on the first tick).
+    pub duration_ms: Option<f64>,
+    /// The control period in wall time, ms.
+    pub period_ms: f64,
+    /// The longest a tick waits for its CDUs (polls and writes together), ms.
+    pub cdu_budget_ms: f64,
+    /// Ticks that took longer than their period, since start.
+    pub overruns: u64,
 }
 
 /// A GPU's latest values, for the status line, `/status` and MQTT state.

@@ -39,11 +39,13 @@ const FC4_BYTES: u8 = 24;
 type Patch = Box<dyn Fn(&mut Vec<u8>) -> bool + Send>;
 
 /// Sits between the daemon and the simulated CDU. `hang` swallows every response (the CDU
-/// accepts TCP and requests but never answers); `patch` rewrites response PDUs; write
-/// requests (function codes 5, 6, 15, 16) are counted.
+/// accepts TCP and requests but never answers); `delay_ms` holds every response that long
+/// (a slow CDU); `patch` rewrites response PDUs; write requests (function codes 5, 6, 15,
+/// 16) are counted.
 struct Proxy {
     addr: SocketAddr,
     hang: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     patch: Arc<Mutex<Option<Patch>>>,
     patched: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
@@ -80,15 +82,18 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let hang = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let patch: Arc<Mutex<Option<Patch>>> = Arc::new(Mutex::new(None));
         let patched = Arc::new(AtomicU64::new(0));
         let writes = Arc::new(AtomicU64::new(0));
         let (h, p, pc, wc) = (hang.clone(), patch.clone(), patched.clone(), writes.clone());
+        let dl = delay_ms.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 while conns.try_join_next().is_some() {}
                 let (h, p, pc, wc) = (h.clone(), p.clone(), pc.clone(), wc.clone());
+                let dl = dl.clone();
                 conns.spawn(async move {
                     let Ok(up) = TcpStream::connect(upstream).await else {
                         return;
@@ -112,6 +117,10 @@ impl Proxy {
                             if h.load(Ordering::SeqCst) {
                                 continue;
                             }
+                            let delay = dl.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
                             let hit = p
                                 .lock()
                                 .map(|g| g.as_ref().is_some_and(|f| f(&mut pdu)))
@@ -134,6 +143,7 @@ impl Proxy {
         Proxy {
             addr,
             hang,
+            delay_ms,
             patch,
             patched,
             writes,
@@ -428,6 +438,110 @@ async fn modbus_server_hangs_reaches_failsafe_within_2_ticks() {
         }
     }
     assert!(back, "no recovery after the CDU answers again");
+}
+
+/// A CDU that answers, but slowly: the tick waits for it no longer than its budget and
+/// steers on the newest sample it has, whose age grows; once older than
+/// `max_sample_age_ms` the sample is a lost input and the loop reaches failsafe, as when
+/// the CDU is unreachable. The budget is shortened here (the service uses half the period)
+/// so that the plant's seconds pass while a poll is held; bounds are in ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_slow_cdu_goes_stale_and_reaches_failsafe() {
+    let mut rig = Rig::new(true, &[], "").await;
+    rig.warm_up(5).await;
+    let budget = Duration::from_millis(2);
+    rig.d.set_cdu_budget(budget);
+    // Each reply well inside the timeout (a loaded machine must not turn it into one): a
+    // poll of 3 requests plus the pump and heartbeat writes with their read-backs keeps the
+    // CDU busy for about 7 × 30 ms per cycle, while a tick lasts about 2 budgets.
+    rig.proxy()
+        .delay_ms
+        .store(TIMEOUT_MS * 3 / 5, Ordering::SeqCst);
+    let (s, n) = ticks_until(&mut rig, 1, "cdu_slow raised", |s| {
+        has_alarm(s, &format!("cdu_slow:{CDU}"))
+    })
+    .await;
+    assert!(s.cdus[0].link.late, "{:?}", s.cdus[0].link);
+    report(
+        "modbus_slow_cdu (late poll)",
+        s.state,
+        &format!("cdu_slow:{CDU}"),
+        n,
+    );
+    // max_sample_age_ms (3000 ms = 3 ticks) plus the hold (hold_ticks, 2 by default).
+    let bound = 3 + LOST_REQUIRED_BOUND;
+    let (s, n) = ticks_until(&mut rig, bound, "failsafe on a stale sample", |s| {
+        s.state == ControlState::Failsafe
+    })
+    .await;
+    let id = format!("cdu_unreachable:{CDU}");
+    assert!(alarm_message(&s, &id).contains("old"), "{:?}", s.alarms);
+    assert!(
+        s.cdus[0].link.sample_age_ms.is_some_and(|a| a > 3000.0),
+        "{:?}",
+        s.cdus[0].link
+    );
+    assert!(has_alarm(&s, &format!("cdu_slow:{CDU}")));
+    report("modbus_slow_cdu (sample stale)", s.state, &id, n);
+    assert_eq!(
+        rig.proxy().patched.load(Ordering::SeqCst),
+        0,
+        "no reply was altered, only held"
+    );
+
+    // The CDU is fast again: the pending poll lands and the loop recovers.
+    rig.proxy().delay_ms.store(0, Ordering::SeqCst);
+    rig.d.set_cdu_budget(sim_daemon::LOCKSTEP_CDU_BUDGET);
+    let (_, m) = ticks_until(&mut rig, 8, "recovery after the slow CDU", |s| {
+        s.state == ControlState::Running
+    })
+    .await;
+    eprintln!("FAULT-MATRIX | modbus_slow_cdu: back to Running after {m} ticks");
+}
+
+/// A tick longer than its period is alarmed (`tick_overrun`) and counted in the `tick`
+/// metrics. The simulator's time_scale of 100 makes the wall-clock period 10 ms, and a CDU
+/// holding each reply 3 × that (the lockstep budget waits for it) makes the tick overrun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tick_overrun_is_alarmed_and_counted() {
+    let mut rig = Rig::new(true, &[("time_scale = 1.0", "time_scale = 100.0")], "").await;
+    rig.warm_up(5).await;
+    rig.proxy().delay_ms.store(30, Ordering::SeqCst);
+    let (s, n) = ticks_until(&mut rig, 2, "tick_overrun", |s| {
+        has_alarm(s, "tick_overrun")
+    })
+    .await;
+    assert!(
+        alarm_message(&s, "tick_overrun").contains("longer than its 10 ms period"),
+        "{:?}",
+        s.alarms
+    );
+    let tick = s
+        .points
+        .iter()
+        .find(|p| p.measurement == "tick")
+        .expect("a tick point every tick");
+    let field = |k: &str| {
+        tick.fields
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(
+        matches!(field("overruns"), Some(coolantd::model::FieldValue::Int(n)) if n >= 1),
+        "{:?}",
+        tick.fields
+    );
+    assert_eq!(
+        field("period_ms"),
+        Some(coolantd::model::FieldValue::Float(10.0))
+    );
+    report(
+        "tick_overrun (CDU replies held 30 ms)",
+        s.state,
+        "tick_overrun",
+        n,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,7 @@ fn snapshot(tick: u64, state: ControlState, controlled: f64) -> Snapshot {
             leak: Some(false),
             remote_enable: Some(true),
             faults: vec![],
+            link: Default::default(),
         }],
         gpus: vec![GpuStatus {
             key: GpuKey {

@@ -47,6 +47,7 @@ fn snapshot(ready: bool) -> Snapshot {
             } else {
                 vec!["flow (40005): timed out".into()]
             },
+            link: Default::default(),
         }],
         gpus: vec![GpuStatus {
             key: GpuKey {

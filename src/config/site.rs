@@ -265,6 +265,9 @@ pub struct CduConfig {
     pub hosts: Vec<String>,
 }
 
+/// The longest per-request Modbus timeout; see [`CduConfig::validate`].
+pub const MAX_TIMEOUT_MS: u64 = 4_000;
+
 fn default_unit_id() -> u8 {
     1
 }
@@ -314,10 +317,19 @@ impl CduConfig {
             format!("{key}.unit_id"),
             format!("a Modbus unit id between 1 and 247, got {}", self.unit_id),
         );
+        // On SIGTERM the safe pump speed costs up to 4 requests of timeout_ms (resolve,
+        // connect, write, read-back), after at most half a period (≤ 2.5 s) of the tick in
+        // progress and before the sinks get their 5 s to flush; the shipped unit's
+        // TimeoutStopSec=30s must cover all of it, or systemd's SIGKILL lands before the
+        // safe output: 2.5 + 4 × 4 + 5 = 23.5 s, leaving room for the runtime's own exit.
         issues.check(
-            (10..=10_000).contains(&self.timeout_ms),
+            (10..=MAX_TIMEOUT_MS).contains(&self.timeout_ms),
             format!("{key}.timeout_ms"),
-            format!("a timeout between 10 and 10000 ms, got {}", self.timeout_ms),
+            format!(
+                "a timeout between 10 and {MAX_TIMEOUT_MS} ms (the safe output on SIGTERM must \
+                 fit the systemd unit's TimeoutStopSec=30s), got {}",
+                self.timeout_ms
+            ),
         );
     }
 

@@ -23,6 +23,9 @@ pub enum ControlledVariable {
     Max,
 }
 
+/// The longest control period: half of the shipped systemd unit's `WatchdogSec=10s`.
+pub const MAX_PERIOD_MS: u64 = 5_000;
+
 /// `[control]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -324,11 +327,15 @@ impl ControlConfig {
     /// Checks every key; issues name the key (`control.pump.min_speed`) and what was expected.
     pub fn validate(&self, key: &str, issues: &mut Issues) {
         let k = |s: &str| format!("{key}.{s}");
+        // The daemon feeds systemd's watchdog once per tick, and the shipped unit has
+        // WatchdogSec=10s: two pings may lie up to two periods apart (a tick that overruns
+        // skips the next), so a period above half the watchdog gets a healthy daemon killed.
         issues.check(
-            (10..=60_000).contains(&self.period_ms),
+            (10..=MAX_PERIOD_MS).contains(&self.period_ms),
             k("period_ms"),
             format!(
-                "a control period between 10 and 60000 ms, got {}",
+                "a control period between 10 and {MAX_PERIOD_MS} ms (the systemd unit's \
+                 WatchdogSec=10s is fed once per tick), got {}",
                 self.period_ms
             ),
         );

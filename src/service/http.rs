@@ -160,8 +160,8 @@ pub enum HttpError {
 #[derive(Debug)]
 pub struct Health {
     started: Instant,
-    period: Duration,
-    stale_after: Duration,
+    /// The control period in ns; a reload may change it.
+    period_ns: AtomicU64,
     /// Microseconds after `started` of the last healthy tick, plus one; 0 means never.
     last_tick_us: AtomicU64,
     ticks: AtomicU64,
@@ -193,8 +193,7 @@ impl Health {
     pub fn with_start(period: Duration, started: Instant) -> Self {
         Health {
             started,
-            period,
-            stale_after: period * DEFAULT_STALE_PERIODS,
+            period_ns: AtomicU64::new(u64::try_from(period.as_nanos()).unwrap_or(u64::MAX)),
             last_tick_us: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             last_tick_duration_ns: AtomicU64::new(0),
@@ -205,9 +204,15 @@ impl Health {
         }
     }
 
-    /// The control period this was created with.
+    /// The control period in effect.
     pub fn period(&self) -> Duration {
-        self.period
+        Duration::from_nanos(self.period_ns.load(Ordering::Relaxed))
+    }
+
+    /// Takes a new control period (a reload changed `control.period_ms`).
+    pub fn set_period(&self, period: Duration) {
+        let ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        self.period_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Records a healthy control tick that ended now and took `duration`.
@@ -248,12 +253,13 @@ impl Health {
             us => {
                 let last = self.started + Duration::from_micros(us - 1);
                 let age = now.saturating_duration_since(last);
-                if age <= self.stale_after {
+                let stale_after = self.period() * DEFAULT_STALE_PERIODS;
+                if age <= stale_after {
                     Liveness::Alive
                 } else {
                     Liveness::Stale {
                         age,
-                        limit: self.stale_after,
+                        limit: stale_after,
                     }
                 }
             }

@@ -1,8 +1,10 @@
 //! The service shell: the daemon's run loop, signals, systemd notification, HTTP endpoint.
 
+pub mod cdu_link;
 pub mod http;
 pub mod limits;
 pub mod logging;
+pub mod loop_alarms;
 pub mod notify;
 pub mod probe;
 pub mod run;

@@ -10,12 +10,14 @@ use crate::collect::{BoardFacts, GpuBackend};
 use crate::config::{Config, GpuBackendKind};
 use crate::control::{CduSetup, Controller, TickInput};
 use crate::model::{
-    Actuation, ActuationOutcome, CduSample, CduStatus, GpuSample, GpuSlowSample, GpuStatic,
-    GpuStatus, Mono, Role, Snapshot,
+    Actuation, ActuationOutcome, CduLinkStatus, CduSample, CduStatus, GpuSample, GpuSlowSample,
+    GpuStatic, GpuStatus, Mono, Role, Snapshot, TickTiming,
 };
 use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
+use crate::service::cdu_link::{CduLink, Polled, Report};
 use crate::service::limits::LimitStore;
+use crate::service::loop_alarms::LoopAlarms;
 use crate::service::sink_alarms::SinkAlarms;
 use crate::sim::SimRuntime;
 use crate::sink::influx::InfluxSink;
@@ -63,6 +65,7 @@ pub fn load_profiles(cfg: &Config) -> Result<LoadedProfiles, crate::config::Conf
         }
         let p = CduProfile::load(&path)?;
         p.require_roles(&cfg.control.required_roles())?;
+        check_poll_fits(cfg, i, &p)?;
         cdu.insert(c.name.clone(), Arc::new(p));
     }
     if let Some(name) = &cfg.gpus.default_profile {
@@ -80,6 +83,51 @@ pub fn load_profiles(cfg: &Config) -> Result<LoadedProfiles, crate::config::Conf
         }
     }
     Ok(LoadedProfiles { gpu, cdu })
+}
+
+/// Refuses a CDU whose timeout cannot deliver a sample the control core accepts.
+///
+/// A poll is one request per block of the profile's read plan, each allowed `timeout_ms`,
+/// after a reconnect (one more) when the last poll failed; no request is retried within a
+/// poll (a failure drops the connection and the next poll retries after the backoff). The
+/// sample is stamped when the poll starts and reaches the core at the tick after it
+/// completes, up to one period later. So a CDU answering every request just inside its
+/// timeout delivers samples up to `(requests + 1) × timeout_ms + period_ms` old; beyond
+/// `control.max_sample_age_ms` such a CDU, slow but answering as configured, would read as
+/// lost on every poll. The tick itself never waits for it longer than half a period.
+fn check_poll_fits(
+    cfg: &Config,
+    index: usize,
+    profile: &CduProfile,
+) -> Result<(), crate::config::ConfigError> {
+    let c = &cfg.cdus[index];
+    let requests = crate::collect::modbus::plan::plan(profile).len() as u64;
+    // In wall time: a simulator sped up by `time_scale` ages samples faster, but its CDU
+    // answers on loopback in well under a millisecond, and refusing sim.toml whenever
+    // time_scale is raised would take the documented speed-up away.
+    let worst = (requests + 1) * c.timeout_ms + cfg.control.period_ms;
+    if worst <= cfg.control.max_sample_age_ms {
+        return Ok(());
+    }
+    let fits = cfg
+        .control
+        .max_sample_age_ms
+        .saturating_sub(cfg.control.period_ms)
+        / (requests + 1);
+    Err(crate::config::ConfigError {
+        file: cfg.path.clone(),
+        issues: vec![crate::config::ConfigIssue {
+            key: format!("cdu[{index}].timeout_ms"),
+            expected: format!(
+                "a timeout whose worst-case poll fits control.max_sample_age_ms: profile `{}` \
+                 polls in {requests} request(s) plus a reconnect, each allowed {} ms, \
+                 and the sample waits up to one control.period_ms ({} ms) for a tick: {worst} ms \
+                 in all, more than control.max_sample_age_ms = {} ms; use timeout_ms <= {fits} \
+                 or raise control.max_sample_age_ms",
+                profile.name, c.timeout_ms, cfg.control.period_ms, cfg.control.max_sample_age_ms
+            ),
+        }],
+    })
 }
 
 /// The firmware profiles one configuration uses.
@@ -132,7 +180,19 @@ pub struct Daemon {
     sim: Option<SimRuntime>,
     gpus: Option<Arc<dyn GpuBackend>>,
     inventory: Vec<GpuStatic>,
-    cdus: Vec<ModbusCdu>,
+    /// One poller task per CDU, in configuration order, and the tick's bookkeeping for each.
+    links: Vec<CduLink>,
+    link_state: Vec<LinkState>,
+    /// Bumped when a reload replaces the pollers; reports of older ones are ignored.
+    link_generation: u64,
+    reports_tx: mpsc::UnboundedSender<(usize, u64, Report)>,
+    reports_rx: mpsc::UnboundedReceiver<(usize, u64, Report)>,
+    next_write_id: u64,
+    /// Overrides the tick's budget for CDUs (lockstep tests); otherwise half the period.
+    cdu_budget_override: Option<Duration>,
+    last_tick_took: Option<Duration>,
+    overruns: u64,
+    loop_alarms: LoopAlarms,
     controller: Controller,
     outcomes: Vec<ActuationOutcome>,
     limits: Option<LimitStore>,
@@ -171,11 +231,9 @@ impl Daemon {
         };
         let gpus = open_gpus(&cfg, &host, &profiles.gpu, sim.as_ref())?;
         let inventory = gpus.as_ref().map(|g| g.inventory()).unwrap_or_default();
-        let cdus = cfg
-            .cdus
-            .iter()
-            .map(|c| ModbusCdu::new(c, profiles.cdu[&c.name].clone()))
-            .collect::<Vec<_>>();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let links = spawn_links(&cfg, &profiles, 0, &reports_tx);
+        let link_state = links.iter().map(|_| LinkState::default()).collect();
         let controller = Controller::new(
             &cfg.control,
             cdu_setups(&cfg, &host, &profiles),
@@ -237,7 +295,16 @@ impl Daemon {
             sim,
             gpus,
             inventory,
-            cdus,
+            links,
+            link_state,
+            link_generation: 0,
+            reports_tx,
+            reports_rx,
+            next_write_id: 0,
+            cdu_budget_override: None,
+            last_tick_took: None,
+            overruns: 0,
+            loop_alarms: LoopAlarms::default(),
             controller,
             outcomes: Vec::new(),
             limits,
@@ -278,9 +345,41 @@ impl Daemon {
         &mut self.controller
     }
 
-    /// One whole cycle at monotonic time `now`.
+    /// Sets how long a tick waits for its CDUs (polls and writes together). The service
+    /// uses half the control period; a test that steps the plant in lockstep sets a budget
+    /// no healthy CDU misses, so that every poll reads the plant of its own tick.
+    pub fn set_cdu_budget(&mut self, budget: Duration) {
+        self.cdu_budget_override = Some(budget);
+    }
+
+    /// The control period in wall time (a sped-up simulator shrinks it).
+    pub fn wall_period(&self) -> Duration {
+        let scale = self.cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
+        self.cfg.control.period().div_f64(scale)
+    }
+
+    /// How long a tick waits for its CDUs: half the period leaves the other half for GPU
+    /// reads, power caps and sinks, so a slow CDU cannot stretch the tick past its period.
+    pub fn cdu_budget(&self) -> Duration {
+        self.cdu_budget_override
+            .unwrap_or_else(|| self.wall_period() / 2)
+    }
+
+    /// One whole cycle at monotonic time `now`. It waits for the CDUs at most
+    /// [`Daemon::cdu_budget`]; a poll or write that takes longer finishes in the background
+    /// and a later tick uses its result.
     pub async fn tick(&mut self, now: Mono) -> Arc<Snapshot> {
+        let t0 = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.cdu_budget();
         let wall_ns = unix_ns();
+        // Ask every CDU for a poll first, so that it runs while the GPUs are read.
+        self.drain_reports();
+        for (link, st) in self.links.iter().zip(self.link_state.iter_mut()) {
+            match link.request_poll(now, wall_ns) {
+                Ok(()) => st.poll_pending = Some(now),
+                Err(e) => tracing::error!(error = %e, "CDU poll not requested"),
+            }
+        }
         let mut gpu_samples: Vec<GpuSample> = match &self.gpus {
             Some(g) => g.read_fast(now),
             None => Vec::new(),
@@ -298,8 +397,25 @@ impl Daemon {
                 gpu_samples.push(GpuSample::empty(st.key.clone(), source, now));
             }
         }
-        let cdu_samples: Vec<CduSample> =
-            join_all_in_order(self.cdus.iter_mut().map(|c| c.poll(now))).await;
+        self.wait_cdus(deadline, |st| st.poll_pending.is_none())
+            .await;
+        for st in &mut self.link_state {
+            st.late = st.poll_pending.is_some();
+            if st.late {
+                st.late_polls += 1;
+            }
+        }
+        // The newest sample of each CDU; the core judges its age (max_sample_age_ms).
+        let cdu_samples: Vec<CduSample> = self
+            .link_state
+            .iter()
+            .filter_map(|st| st.latest.as_ref().map(|p| p.sample.clone()))
+            .collect();
+        let fresh_polls: Vec<Polled> = self
+            .link_state
+            .iter_mut()
+            .flat_map(|st| std::mem::take(&mut st.fresh))
+            .collect();
 
         self.handle_commands(now);
 
@@ -321,11 +437,30 @@ impl Daemon {
             self.record_original_limits(&out.actuations, &gpu_samples);
         }
         // Power caps first: they are sub-millisecond NVML calls and, in an emergency, the
-        // urgent ones; CDU writes can each wait for a Modbus timeout.
+        // urgent ones. CDU writes go to the CDU's poller and are awaited only within the
+        // tick's budget; their outcomes reach the core when they are known.
         let mut ordered: Vec<&Actuation> = out.actuations.iter().collect();
         ordered.sort_by_key(|a| !matches!(a, Actuation::SetPowerCap { .. }));
         for a in ordered {
-            let result = self.apply(a).await;
+            if self.dry_run {
+                tracing::info!(action = %a, "would {a}");
+                self.outcomes.push(ActuationOutcome {
+                    actuation: a.clone(),
+                    at: now,
+                    result: Ok(()),
+                    dry_run: true,
+                });
+                continue;
+            }
+            let result = match a {
+                Actuation::SetPowerCap { .. } => self.apply_cap(a),
+                Actuation::SetPumpSpeed { .. } | Actuation::FeedWatchdog { .. } => {
+                    match self.send_write(a, now) {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+            };
             if let Err(e) = &result {
                 tracing::warn!(action = %a, error = %e, "actuation failed");
             }
@@ -333,18 +468,53 @@ impl Daemon {
                 actuation: a.clone(),
                 at: now,
                 result,
-                dry_run: self.dry_run,
+                dry_run: false,
             });
         }
+        self.wait_cdus(deadline, |st| st.writes.is_empty()).await;
         for e in &out.events {
             tracing::warn!(alarm = %e.alarm.id, transition = ?e.transition, severity = ?e.alarm.severity, "{}", e.alarm.message);
         }
+
+        // The loop's own timing: the previous tick against the period, each CDU against the
+        // tick's budget.
+        let wall_period = self.wall_period();
+        let budget = self.cdu_budget();
+        let overrun = self.last_tick_took.filter(|d| *d > wall_period).map(|d| {
+            format!(
+                "a control tick took {} ms, longer than its {} ms period ({} overruns since start)",
+                d.as_millis(),
+                wall_period.as_millis(),
+                self.overruns
+            )
+        });
+        let max_age_ms = self.cfg.control.max_sample_age_ms;
+        let slow: Vec<(String, Option<String>)> = self
+            .links
+            .iter()
+            .zip(&self.link_state)
+            .map(|(l, st)| {
+                // A CDU that has never answered is not slow but unreachable, which the core
+                // reports (and a first poll that includes the connection may run late).
+                let why = match (&st.latest, st.late) {
+                    (Some(p), true) => Some(slow_cdu_message(l, p, now, budget, max_age_ms)),
+                    _ => None,
+                };
+                (l.name().to_string(), why)
+            })
+            .collect();
+        let loop_events = self.loop_alarms.update(now, overrun, slow);
+        for e in &loop_events {
+            tracing::warn!(alarm = %e.alarm.id, transition = ?e.transition, severity = ?e.alarm.severity, "{}", e.alarm.message);
+        }
+        out.events.extend(loop_events);
+        out.active_alarms.extend(self.loop_alarms.active().cloned());
 
         let ctx = Ctx {
             site: &self.cfg.site.name,
             host: &self.host,
         };
-        let mut points = Vec::with_capacity(gpu_samples.len() + cdu_samples.len() + 4);
+        let mut points = Vec::with_capacity(gpu_samples.len() + cdu_samples.len() + 6);
         for s in &gpu_samples {
             if let Some(st) = self.inventory.iter().find(|st| st.key == s.key) {
                 points.push(schema::gpu_point(&ctx, st, s, wall_ns));
@@ -360,9 +530,41 @@ impl Daemon {
                 points.push(schema::gpu_slow_point(&ctx, st, s, wall_ns));
             }
         }
-        for c in &cdu_samples {
-            points.push(schema::cdu_point(&ctx, c, wall_ns));
+        // Each poll is written once, stamped with the wall time it started.
+        for p in &fresh_polls {
+            points.push(schema::cdu_point(&ctx, &p.sample, p.wall_ns));
         }
+        let cdus: Vec<CduStatus> = self
+            .link_state
+            .iter()
+            .filter_map(|st| {
+                let p = st.latest.as_ref()?;
+                let mut c = cdu_status(&p.sample);
+                c.link = CduLinkStatus {
+                    sample_age_ms: Some(now.saturating_sub(p.sample.at).as_secs_f64() * 1e3),
+                    poll_ms: Some(p.took.as_secs_f64() * 1e3),
+                    late: st.late,
+                    late_polls: st.late_polls,
+                    superseded_writes: st.superseded,
+                    requests: p.requests,
+                    timeouts: p.timeouts,
+                };
+                Some(c)
+            })
+            .collect();
+        for c in &cdus {
+            points.push(schema::cdu_link_point(&ctx, c, wall_ns));
+        }
+        points.push(schema::tick_point(
+            &ctx,
+            &TickTiming {
+                duration_ms: self.last_tick_took.map(|d| d.as_secs_f64() * 1e3),
+                period_ms: wall_period.as_secs_f64() * 1e3,
+                cdu_budget_ms: budget.as_secs_f64() * 1e3,
+                overruns: self.overruns,
+            },
+            wall_ns,
+        ));
         points.extend(schema::control_points(&ctx, &out, wall_ns));
         for e in &out.events {
             points.push(schema::alarm_point(&ctx, e, wall_ns));
@@ -384,7 +586,7 @@ impl Daemon {
             setpoint: out.setpoint.0,
             controlled: out.controlled.map(|c| c.0),
             ready: out.ready,
-            cdus: cdu_samples.iter().map(cdu_status).collect(),
+            cdus,
             gpus: gpu_samples
                 .iter()
                 .filter_map(|s| gpu_status(&self.inventory, s))
@@ -401,7 +603,117 @@ impl Daemon {
         }
         self.snapshot_tx.send_replace(snap.clone());
         self.last = Some(snap.clone());
+        let took = t0.elapsed();
+        if took > wall_period {
+            self.overruns += 1;
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                period_ms = wall_period.as_millis() as u64,
+                "control tick overran its period"
+            );
+        }
+        self.last_tick_took = Some(took);
         snap
+    }
+
+    /// Takes every report the CDU pollers have sent so far.
+    fn drain_reports(&mut self) {
+        while let Ok((i, g, r)) = self.reports_rx.try_recv() {
+            self.on_report(i, g, r);
+        }
+    }
+
+    /// Receives CDU reports until `done` holds for every CDU or `deadline` passes.
+    async fn wait_cdus(&mut self, deadline: tokio::time::Instant, done: fn(&LinkState) -> bool) {
+        loop {
+            self.drain_reports();
+            if self.link_state.iter().all(done) {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, self.reports_rx.recv()).await {
+                Ok(Some((i, g, r))) => self.on_report(i, g, r),
+                // Past the deadline (or, while the daemon is dropped, no sender left).
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    fn on_report(&mut self, index: usize, generation: u64, report: Report) {
+        if generation != self.link_generation {
+            // A poller replaced by a reload; its pending writes were already answered.
+            return;
+        }
+        let Some(st) = self.link_state.get_mut(index) else {
+            return;
+        };
+        match report {
+            Report::Polled(p) => {
+                if st.poll_pending.is_some_and(|at| p.sample.at >= at) {
+                    st.poll_pending = None;
+                }
+                if st
+                    .latest
+                    .as_ref()
+                    .is_none_or(|l| l.sample.at <= p.sample.at)
+                {
+                    st.latest = Some(p.clone());
+                }
+                st.fresh.push(p);
+            }
+            Report::Written { id, result } => {
+                if let Some((actuation, at)) = st.writes.remove(&id) {
+                    if let Err(e) = &result {
+                        tracing::warn!(action = %actuation, error = %e, "actuation failed");
+                    }
+                    self.outcomes.push(ActuationOutcome {
+                        actuation,
+                        at,
+                        result,
+                        dry_run: false,
+                    });
+                }
+            }
+            Report::Superseded { id } => {
+                if st.writes.remove(&id).is_some() {
+                    st.superseded += 1;
+                }
+            }
+        }
+    }
+
+    /// Hands a CDU write to that CDU's poller.
+    fn send_write(&mut self, a: &Actuation, now: Mono) -> Result<(), String> {
+        let (cdu, role, value) = match a {
+            Actuation::SetPumpSpeed { cdu, speed } => (cdu, Role::PumpSpeedCommand, speed.0),
+            Actuation::FeedWatchdog { cdu, value } => (cdu, Role::Watchdog, f64::from(*value)),
+            Actuation::SetPowerCap { .. } => return Err("not a CDU write".into()),
+        };
+        let i = self
+            .links
+            .iter()
+            .position(|c| c.name() == cdu)
+            .ok_or_else(|| format!("no CDU `{cdu}`"))?;
+        self.next_write_id += 1;
+        let id = self.next_write_id;
+        self.links[i].write(id, role, value)?;
+        self.link_state[i].writes.insert(id, (a.clone(), now));
+        Ok(())
+    }
+
+    /// Answers every write still waiting for a CDU with `why` (its poller is being
+    /// replaced), so the core retries it instead of waiting for an outcome that never comes.
+    fn fail_pending_writes(&mut self, why: &str) {
+        for st in &mut self.link_state {
+            for (_, (actuation, at)) in std::mem::take(&mut st.writes) {
+                self.outcomes.push(ActuationOutcome {
+                    actuation,
+                    at,
+                    result: Err(why.to_string()),
+                    dry_run: false,
+                });
+            }
+            st.poll_pending = None;
+        }
     }
 
     fn handle_commands(&mut self, now: Mono) {
@@ -417,44 +729,19 @@ impl Daemon {
         }
     }
 
-    /// Applies one actuation, or only logs it in dry-run mode.
-    async fn apply(&mut self, a: &Actuation) -> Result<(), String> {
-        if self.dry_run {
-            tracing::info!(action = %a, "would {a}");
-            return Ok(());
+    /// Applies one power cap (never called in dry-run mode).
+    fn apply_cap(&self, a: &Actuation) -> Result<(), String> {
+        let Actuation::SetPowerCap { gpu, limit } = a else {
+            return Err("not a power cap".into());
+        };
+        let backend = self.gpus.as_ref().ok_or("no GPU backend")?;
+        // Another host's GPU (a remote reading) is capped by that host's daemon.
+        if !self.inventory.iter().any(|s| &s.key == gpu) {
+            return Err(format!("no GPU {gpu} on this host"));
         }
-        match a {
-            Actuation::SetPumpSpeed { cdu, speed } => {
-                let c = self
-                    .cdus
-                    .iter_mut()
-                    .find(|c| c.name() == cdu)
-                    .ok_or_else(|| format!("no CDU `{cdu}`"))?;
-                c.write(Role::PumpSpeedCommand, speed.0)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Actuation::FeedWatchdog { cdu, value } => {
-                let c = self
-                    .cdus
-                    .iter_mut()
-                    .find(|c| c.name() == cdu)
-                    .ok_or_else(|| format!("no CDU `{cdu}`"))?;
-                c.write(Role::Watchdog, f64::from(*value))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Actuation::SetPowerCap { gpu, limit } => {
-                let backend = self.gpus.as_ref().ok_or("no GPU backend")?;
-                // Another host's GPU (a remote reading) is capped by that host's daemon.
-                if !self.inventory.iter().any(|s| &s.key == gpu) {
-                    return Err(format!("no GPU {gpu} on this host"));
-                }
-                backend
-                    .set_power_limit(gpu, *limit)
-                    .map_err(|e| e.to_string())
-            }
-        }
+        backend
+            .set_power_limit(gpu, *limit)
+            .map_err(|e| e.to_string())
     }
 
     /// Records, in one durable write, the original limit of every GPU this tick caps for the
@@ -485,13 +772,52 @@ impl Daemon {
     }
 
     /// Puts every output in its configured safe state and restores recorded power limits.
+    ///
+    /// Each CDU's poller is stopped first, cutting short a request in progress, and the safe
+    /// pump speed is then written to every CDU at once, even one that is backing off after
+    /// errors: this is the last chance to reach it. Per CDU that is at most 4 requests of
+    /// `timeout_ms` each (resolve, connect, write, read-back); config validation keeps that
+    /// inside systemd's `TimeoutStopSec=`. Afterwards the CDUs are no longer polled.
     pub async fn leave_safely(&mut self, restore_limits: bool) {
-        let now_outputs = self.controller.safe_outputs();
-        for a in now_outputs {
-            if matches!(a, Actuation::SetPowerCap { .. }) && restore_limits {
+        let safe = self.controller.safe_outputs();
+        let links = std::mem::take(&mut self.links);
+        self.fail_pending_writes("not written: the daemon is shutting down");
+        self.link_state.clear();
+        let clients = join_all_in_order(links.into_iter().map(CduLink::stop)).await;
+        let dry_run = self.dry_run;
+        let writes = clients.into_iter().flatten().map(|mut c| {
+            let mine: Vec<Actuation> = safe
+                .iter()
+                .filter(|a| matches!(a, Actuation::SetPumpSpeed { cdu, .. } if cdu == c.name()))
+                .cloned()
+                .collect();
+            async move {
+                c.clear_backoff();
+                for a in mine {
+                    let Actuation::SetPumpSpeed { speed, .. } = &a else {
+                        continue;
+                    };
+                    if dry_run {
+                        tracing::info!(action = %a, "would {a}");
+                        continue;
+                    }
+                    match c.write(Role::PumpSpeedCommand, speed.0).await {
+                        Ok(()) => tracing::info!(action = %a, "safe output applied"),
+                        Err(e) => {
+                            tracing::error!(action = %a, error = %e, "could not apply the safe output")
+                        }
+                    }
+                }
+            }
+        });
+        join_all_in_order(writes).await;
+        for a in safe {
+            if !matches!(a, Actuation::SetPowerCap { .. }) || restore_limits {
                 continue;
             }
-            if let Err(e) = self.apply(&a).await {
+            if dry_run {
+                tracing::info!(action = %a, "would {a}");
+            } else if let Err(e) = self.apply_cap(&a) {
                 tracing::error!(action = %a, error = %e, "could not apply the safe output");
             }
         }
@@ -544,29 +870,29 @@ impl Daemon {
         {
             tracing::warn!("site.host, site.state_dir, [gpus] or [simulator] changed: these take effect after a restart");
         }
+        // A changed address, unit id or timeout needs a new client, like a changed profile.
         if new
             .cdus
             .iter()
-            .map(|c| (&c.name, &c.transport, &c.profile))
+            .map(|c| (&c.name, &c.transport, &c.profile, c.unit_id, c.timeout_ms))
             .ne(self
                 .cfg
                 .cdus
                 .iter()
-                .map(|c| (&c.name, &c.transport, &c.profile)))
+                .map(|c| (&c.name, &c.transport, &c.profile, c.unit_id, c.timeout_ms)))
             || profiles.cdu.iter().any(|(n, p)| {
-                self.cdus
+                self.links
                     .iter()
                     .find(|c| c.name() == n)
                     .is_none_or(|c| **c.profile() != **p)
             })
         {
-            self.cdus = new
-                .cdus
-                .iter()
-                .map(|c| ModbusCdu::new(c, profiles.cdu[&c.name].clone()))
-                .collect();
+            // The old pollers end at their next step (a request in progress is cut short).
+            self.fail_pending_writes("not written: the CDU connection was rebuilt by a reload");
+            self.link_generation += 1;
+            self.links = spawn_links(&new, &profiles, self.link_generation, &self.reports_tx);
             tracing::info!(
-                cdus = self.cdus.len(),
+                cdus = self.links.len(),
                 "CDU connections rebuilt from the new configuration"
             );
         }
@@ -589,7 +915,7 @@ impl Daemon {
         LoadedProfiles {
             gpu: GpuProfiles::from_profiles(Vec::new()),
             cdu: self
-                .cdus
+                .links
                 .iter()
                 .map(|c| (c.name().to_string(), c.profile().clone()))
                 .collect(),
@@ -691,6 +1017,61 @@ fn spawn_slow_reader(
     })
 }
 
+/// Why `cdu_slow:<cdu>` is raised: what the tick waited, how long the newest poll took, and
+/// how old the sample the loop steers on is.
+fn slow_cdu_message(
+    link: &CduLink,
+    newest: &Polled,
+    now: Mono,
+    budget: Duration,
+    max_age_ms: u64,
+) -> String {
+    format!(
+        "{}: its poll did not finish within the tick's {} ms budget for CDUs (the newest took \
+         {} ms, timeout_ms {} per request); steering on a sample {} ms old, lost once older \
+         than control.max_sample_age_ms = {max_age_ms}",
+        link.name(),
+        budget.as_millis(),
+        newest.took.as_millis(),
+        link.timeout().as_millis(),
+        now.saturating_sub(newest.sample.at).as_millis()
+    )
+}
+
+/// The tick's bookkeeping for one CDU's poller.
+#[derive(Debug, Default)]
+struct LinkState {
+    /// The newest completed poll.
+    latest: Option<Polled>,
+    /// Polls completed since the last tick wrote them as points.
+    fresh: Vec<Polled>,
+    /// The time of the poll this tick asked for, until it is reported.
+    poll_pending: Option<Mono>,
+    /// Writes handed to the poller and not answered yet, by id: the actuation and its tick.
+    writes: BTreeMap<u64, (Actuation, Mono)>,
+    /// This tick's poll missed the tick's budget.
+    late: bool,
+    late_polls: u64,
+    superseded: u64,
+}
+
+/// Starts one poller task per configured CDU.
+fn spawn_links(
+    cfg: &Config,
+    profiles: &LoadedProfiles,
+    generation: u64,
+    reports: &mpsc::UnboundedSender<(usize, u64, Report)>,
+) -> Vec<CduLink> {
+    cfg.cdus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let client = ModbusCdu::new(c, profiles.cdu[&c.name].clone());
+            CduLink::spawn(client, i, generation, reports.clone())
+        })
+        .collect()
+}
+
 /// The control core's view of each configured CDU.
 pub fn cdu_setups(cfg: &Config, host: &str, profiles: &LoadedProfiles) -> Vec<CduSetup> {
     cfg.cdus
@@ -729,6 +1110,7 @@ fn cdu_status(c: &CduSample) -> CduStatus {
             .iter()
             .filter_map(|r| r.value.as_ref().err().map(|e| format!("{}: {e}", r.name)))
             .collect(),
+        link: CduLinkStatus::default(),
     }
 }
 

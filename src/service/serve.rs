@@ -23,6 +23,42 @@ fn tell(r: std::io::Result<()>) {
     }
 }
 
+/// Refuses a control period the systemd watchdog this daemon runs under cannot tolerate:
+/// it is fed once per tick, and a tick that overruns skips the next, so two pings may be
+/// two periods apart. (`check-config` holds every period to the shipped unit's 10 s; this
+/// catches a unit whose `WatchdogSec=` was lowered.)
+fn fits_watchdog(
+    cfg: &Config,
+    watchdog: Option<Duration>,
+) -> Result<(), crate::config::ConfigError> {
+    let Some(wd) = watchdog else {
+        return Ok(());
+    };
+    if cfg.control.period() * 2 <= wd {
+        return Ok(());
+    }
+    Err(crate::config::ConfigError {
+        file: cfg.path.clone(),
+        issues: vec![crate::config::ConfigIssue {
+            key: "control.period_ms".into(),
+            expected: format!(
+                "at most half of systemd's watchdog interval ({} ms, WatchdogSec= as \
+                 WATCHDOG_USEC says), since the watchdog is fed once per tick; got {}",
+                wd.as_millis(),
+                cfg.control.period_ms
+            ),
+        }],
+    })
+}
+
+/// The control period's timer, first firing at `start`. A tick that overruns skips the
+/// ticks it missed rather than bunching them up.
+fn period_timer(period: Duration, start: tokio::time::Instant) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(start, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    timer
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Returns after the outputs are in their safe state.
 pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: SIGHUP's default action is to terminate, so a `systemctl reload` (or a
@@ -32,7 +68,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let cfg = Config::load(config_path)?;
-    let period = cfg.control.period();
+    let watchdog = super::notify::watchdog_interval();
+    fits_watchdog(&cfg, watchdog)?;
     let time_scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
     let restore_on_exit = cfg.control.restore_limits_on_exit();
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
@@ -40,7 +77,10 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
         Notifier::disabled()
     });
     let mut daemon = Daemon::build(cfg, &opts).await?;
-    let health = Arc::new(Health::new(period));
+    // With a sped-up simulator the control period in wall time shrinks by the same factor,
+    // and the core sees simulated time, so its dynamics stay those of the real plant.
+    let mut wall_period = daemon.wall_period();
+    let health = Arc::new(Health::new(wall_period));
 
     let http_task = match daemon.config().http.clone().filter(|h| h.enabled) {
         Some(h) => {
@@ -57,11 +97,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
 
-    // With a sped-up simulator the control period in wall time shrinks by the same factor,
-    // and the core sees simulated time, so its dynamics stay those of the real plant.
-    let wall_period = period.div_f64(time_scale);
-    let mut timer = tokio::time::interval(wall_period);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut timer = period_timer(wall_period, tokio::time::Instant::now());
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut ready_sent = false;
@@ -81,8 +117,24 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 if ready_sent {
                     tell(notifier.reloading());
                 }
-                match Config::load(config_path).map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
-                    Ok(()) => tracing::info!(file = %config_path.display(), "configuration reloaded"),
+                let loaded = Config::load(config_path).and_then(|c| fits_watchdog(&c, watchdog).map(|()| c));
+                match loaded.map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
+                    Ok(()) => {
+                        tracing::info!(file = %config_path.display(), "configuration reloaded");
+                        // control.period_ms changes live: a new timer from now on, so the
+                        // next tick comes one new period after the reload.
+                        let new_period = daemon.wall_period();
+                        if new_period != wall_period {
+                            tracing::info!(
+                                from_ms = wall_period.as_millis() as u64,
+                                to_ms = new_period.as_millis() as u64,
+                                "control period changed"
+                            );
+                            wall_period = new_period;
+                            timer = period_timer(wall_period, tokio::time::Instant::now() + wall_period);
+                            health.set_period(wall_period);
+                        }
+                    }
                     Err(e) => tracing::error!(file = %config_path.display(), error = %e, "reload refused; the running configuration stays"),
                 }
                 if ready_sent {
@@ -103,7 +155,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 if !ready_sent {
                     tell(notifier.ready());
                     ready_sent = true;
-                    tracing::info!(period_ms = period.as_millis() as u64, "first control tick done; ready");
+                    tracing::info!(period_ms = daemon.config().control.period_ms, "first control tick done; ready");
                 }
                 if snap.tick % 10 == 1 {
                     tell(notifier.status(&line));
@@ -116,9 +168,6 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                     tracing::info!(state = %snap.state, mode = %snap.mode, "{line}");
                     last_logged_state = Some(snap.state);
                     last_log = Instant::now();
-                }
-                if took > wall_period {
-                    tracing::warn!(took_ms = took.as_millis() as u64, period_ms = wall_period.as_millis() as u64, "control tick overran its period");
                 }
             }
         }

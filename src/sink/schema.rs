@@ -11,8 +11,8 @@
 //! the point rather than written as a placeholder.
 
 use crate::model::{
-    AlarmEvent, AlarmTransition, CduSample, ControlState, FieldValue, GpuSample, GpuSlowSample,
-    GpuStatic, Mode, Point, Role, Severity,
+    AlarmEvent, AlarmTransition, CduSample, CduStatus, ControlState, FieldValue, GpuSample,
+    GpuSlowSample, GpuStatic, Mode, Point, Role, Severity, TickTiming,
 };
 use std::collections::BTreeMap;
 
@@ -30,6 +30,8 @@ pub const COOLANT_REGISTER: &str = "coolant_register";
 pub const CONTROL: &str = "control";
 pub const ALARM: &str = "alarm";
 pub const TELEMETRY: &str = "telemetry";
+pub const CDU_LINK: &str = "cdu_link";
+pub const TICK: &str = "tick";
 
 /// The HTTP endpoint's own counters on `/metrics`: connections closed to make room for a new
 /// one when every slot was taken, and connections closed because they sent no complete
@@ -202,6 +204,36 @@ pub fn register_points(ctx: &Ctx, s: &CduSample, time_ns: i64) -> Vec<Point> {
             p.field("fault", FieldValue::Int(i64::from(r.value.is_err())))
         })
         .collect()
+}
+
+/// How a CDU's poller keeps up with the tick (measurement `cdu_link`, every tick): the age
+/// of the sample the tick steered on, the last poll's duration and the counters of late
+/// polls and superseded writes. A slow CDU shows here rather than in a stretched tick.
+pub fn cdu_link_point(ctx: &Ctx, c: &CduStatus, time_ns: i64) -> Point {
+    let l = &c.link;
+    let mut p = Point::new(CDU_LINK, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", ctx.host)
+        .tag("cdu", c.name.as_str());
+    p = f(p, "sample_age_ms", l.sample_age_ms);
+    p = f(p, "poll_duration_ms", l.poll_ms);
+    p = int(p, "late_polls", counter(Some(l.late_polls)));
+    p = int(p, "superseded_writes", counter(Some(l.superseded_writes)));
+    p = int(p, "requests", counter(Some(l.requests)));
+    p = int(p, "timeouts", counter(Some(l.timeouts)));
+    p.field("late", FieldValue::Bool(l.late))
+}
+
+/// The service loop's timing (measurement `tick`, every tick): the previous tick's duration
+/// against the period, the budget a tick gives its CDUs, and the overrun counter.
+pub fn tick_point(ctx: &Ctx, t: &TickTiming, time_ns: i64) -> Point {
+    let mut p = Point::new(TICK, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", ctx.host);
+    p = f(p, "duration_ms", t.duration_ms);
+    p = f(p, "period_ms", Some(t.period_ms));
+    p = f(p, "cdu_budget_ms", Some(t.cdu_budget_ms));
+    int(p, "overruns", counter(Some(t.overruns)))
 }
 
 /// Numeric code of a control state, for alert rules and `/metrics` (strings do not graph).
@@ -440,6 +472,32 @@ pub fn catalog() -> Vec<MeasurementSchema> {
         &crate::sink::influx::SinkStats::default(),
         0,
     ));
+    let status = CduStatus {
+        name: "a".into(),
+        supply: None,
+        return_: None,
+        flow: None,
+        differential_pressure: None,
+        pump_command: None,
+        pump_feedback: None,
+        leak: None,
+        remote_enable: None,
+        faults: vec![],
+        link: CduLinkStatus {
+            sample_age_ms: Some(1.0),
+            poll_ms: Some(1.0),
+            ..CduLinkStatus::default()
+        },
+    };
+    points.push(cdu_link_point(&ctx, &status, 0));
+    points.push(tick_point(
+        &ctx,
+        &TickTiming {
+            duration_ms: Some(1.0),
+            ..TickTiming::default()
+        },
+        0,
+    ));
 
     let mut out: Vec<MeasurementSchema> = Vec::new();
     for p in points {
@@ -579,7 +637,16 @@ mod tests {
         let names: Vec<_> = c.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            [GPU, COOLANT, ALARM, COOLANT_REGISTER, CONTROL, TELEMETRY]
+            [
+                GPU,
+                COOLANT,
+                ALARM,
+                COOLANT_REGISTER,
+                CONTROL,
+                TELEMETRY,
+                CDU_LINK,
+                TICK
+            ]
         );
         let gpu = &c[0];
         for f in [

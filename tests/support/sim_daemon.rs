@@ -80,12 +80,17 @@ impl Drop for TempDir {
     }
 }
 
+/// How long a lockstep tick waits for its CDUs. The service waits half a period; a test
+/// that steps the plant itself wants every poll to read the plant of its own tick however
+/// loaded the machine is, and a CDU fault still ends a poll within its Modbus timeout.
+pub const LOCKSTEP_CDU_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Parses `text` as `dir/site.toml` and builds a daemon that the test steps itself.
 pub async fn build(text: &str, dir: &Path, sinks: bool) -> Daemon {
     let path = dir.join("site.toml");
     std::fs::write(&path, text).expect("write config");
     let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test configuration invalid: {e}"));
-    Daemon::build(
+    let mut d = Daemon::build(
         cfg,
         &RunOptions {
             dry_run: false,
@@ -94,7 +99,9 @@ pub async fn build(text: &str, dir: &Path, sinks: bool) -> Daemon {
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("daemon did not start: {e:#}"))
+    .unwrap_or_else(|e| panic!("daemon did not start: {e:#}"));
+    d.set_cdu_budget(LOCKSTEP_CDU_BUDGET);
+    d
 }
 
 /// A minimal HTTP/1.0 GET (HTTP/1.0, so the body is never chunked) to a daemon's endpoint on

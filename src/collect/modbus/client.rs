@@ -352,6 +352,24 @@ impl ModbusCdu {
         &self.stats
     }
 
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Forgets the connection after a poll or write was cancelled mid-request: its reply may
+    /// still arrive, and a late reply must never be taken as the answer to a later request.
+    /// The next request reconnects (without waiting for a backoff).
+    pub fn abandon(&mut self) {
+        self.ctx = None;
+    }
+
+    /// Allows the next request to (re)connect at once. Used for the safe output on shutdown:
+    /// it is the last chance to reach the CDU, so it is tried even while backing off.
+    pub fn clear_backoff(&mut self) {
+        self.backoff.reset();
+    }
+
     /// The most recent connection or transport error, for the status page.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
@@ -366,28 +384,31 @@ impl ModbusCdu {
         }
     }
 
-    async fn open(&self) -> Result<Context, String> {
-        let slave = Slave(self.unit_id);
-        match &self.transport {
+    /// Opens a connection. An associated function, not a method: the client is not `Sync`
+    /// (its context is not), and a future holding `&self` could not move to its own task.
+    async fn open(
+        transport: &CduTransport,
+        unit_id: u8,
+        limit: Duration,
+    ) -> Result<Context, String> {
+        let slave = Slave(unit_id);
+        match transport {
             CduTransport::Tcp { address } => {
-                let addr = timeout(self.timeout, tokio::net::lookup_host(address.as_str()))
+                let addr = timeout(limit, tokio::net::lookup_host(address.as_str()))
                     .await
                     .map_err(|_| format!("resolving {address} timed out"))?
                     .map_err(|e| format!("cannot resolve {address}: {e}"))?
                     .next()
                     .ok_or_else(|| format!("{address} resolves to no address"))?;
-                timeout(
-                    self.timeout,
-                    tokio_modbus::client::tcp::connect_slave(addr, slave),
-                )
-                .await
-                .map_err(|_| {
-                    format!(
-                        "connecting to {address} timed out after {} ms",
-                        self.timeout.as_millis()
-                    )
-                })?
-                .map_err(|e| format!("cannot connect to {address}: {e}"))
+                timeout(limit, tokio_modbus::client::tcp::connect_slave(addr, slave))
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "connecting to {address} timed out after {} ms",
+                            limit.as_millis()
+                        )
+                    })?
+                    .map_err(|e| format!("cannot connect to {address}: {e}"))
             }
             CduTransport::Rtu {
                 device,
@@ -445,7 +466,7 @@ impl ModbusCdu {
             let last = self.last_error.as_deref().unwrap_or("not connected yet");
             return Err(format!("{last}; reconnecting in {}", format_wait(wait)));
         }
-        match self.open().await {
+        match Self::open(&self.transport, self.unit_id, self.timeout).await {
             Ok(ctx) => {
                 self.stats.connects += 1;
                 if self.stats.connects > 1 {

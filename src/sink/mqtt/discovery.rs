@@ -177,6 +177,7 @@ mod tests {
                 leak: None,
                 remote_enable: None,
                 faults: vec![],
+                link: Default::default(),
             }],
             gpus: vec![],
             alarms: vec![],

@@ -314,6 +314,7 @@ mod tests {
                 leak: Some(false),
                 remote_enable: Some(true),
                 faults: vec![],
+                link: Default::default(),
             }],
             gpus: vec![
                 GpuStatus {
