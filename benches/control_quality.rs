@@ -422,17 +422,26 @@ fn main() {
     default_gains.pid = defaults.pid.clone();
 
     let cases = [
-        ("H200 (h200-sxm)", "h200-sxm", control.setpoint, 30.0),
-        ("H100 (h100-sxm)", "h100-sxm", H100_SETPOINT_C, 30.0),
+        (
+            "H200 (h200-sxm)",
+            "h200",
+            "h200-sxm",
+            control.setpoint,
+            30.0,
+        ),
+        ("H100 (h100-sxm)", "h100", "h100-sxm", H100_SETPOINT_C, 30.0),
         (
             "Stress: H100 (h100-sxm) on warm water",
+            "h100-warm",
             "h100-sxm",
             WARM_SETPOINT_C,
             WARM_SUPPLY_C,
         ),
     ];
     let mut all = Vec::new();
-    for (title, name, setpoint, supply) in cases {
+    let mut case_ids = Vec::new();
+    for (title, id, name, setpoint, supply) in cases {
+        case_ids.push(id);
         let gpu = gpu_profiles
             .by_name(name)
             .unwrap_or_else(|| panic!("GPU profile {name} in firmware-profiles/gpu"));
@@ -517,6 +526,7 @@ fn main() {
     let h200 = &all[0].1[0].1;
     assert_eq!(h200.slowdown_s, 0.0, "coolantd let an H200 reach slowdown");
 
+    let mut regressions = Vec::new();
     if bench {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -526,10 +536,124 @@ fn main() {
             Ok(()) => eprintln!("wrote {}", file.display()),
             Err(e) => eprintln!("could not write {}: {e}", file.display()),
         }
+        let figures = figures_json(&case_ids, &all);
+        let file = target.join("control_quality.json");
+        match serde_json::to_string_pretty(&figures)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(&file, text))
+        {
+            Ok(()) => eprintln!("wrote {}", file.display()),
+            Err(e) => eprintln!("could not write {}: {e}", file.display()),
+        }
+        regressions = compare_with_baseline(
+            &root.join("benches/control_quality_baseline.json"),
+            &figures,
+        );
     }
     eprintln!(
         "control_quality: {} runs in {:.2} s",
         all.iter().map(|(_, r)| r.len()).sum::<usize>(),
         started.elapsed().as_secs_f64()
     );
+    if !regressions.is_empty() {
+        eprintln!(
+            "control_quality: {} figure(s) of README.md's table moved beyond the tolerance of \
+             benches/control_quality_baseline.json:",
+            regressions.len()
+        );
+        for r in &regressions {
+            eprintln!("  {r}");
+        }
+        std::process::exit(1);
+    }
+    if bench {
+        eprintln!("control_quality: every figure of README.md's table within its tolerance");
+    }
+}
+
+/// The README table's strategy names for the bench's rows.
+fn readme_strategy(case: &str, strategy: &str) -> Option<&'static str> {
+    Some(match strategy {
+        "coolantd" if case == "h100-warm" => "coolantd (caps engage)",
+        "coolantd" => "coolantd",
+        "(a) pump fixed 100 %" => "pumps at 100 %",
+        "(b) naive PID, integrator unbounded" => "naive PID, unbounded integrator",
+        "(b) naive PID, integrator clamped" => "naive PID, integrator clamped",
+        "coolantd, [control] default gains" => "coolantd, default gains",
+        _ => return None,
+    })
+}
+
+/// Every measured figure, keyed by case and the README's strategy name.
+fn figures_json(case_ids: &[&str], all: &[(&str, Vec<(&str, Metrics)>)]) -> serde_json::Value {
+    let mut rows = Vec::new();
+    for (case, (_, strategies)) in case_ids.iter().zip(all) {
+        for (name, m) in strategies {
+            let Some(strategy) = readme_strategy(case, name) else {
+                continue;
+            };
+            rows.push(serde_json::json!({
+                "case": case,
+                "strategy": strategy,
+                "above_s": m.above_s,
+                "above_1k_s": m.above_1k_s,
+                "above_ks": m.above_ks,
+                "overshoot_k": m.overshoot_k,
+                "iae_loaded": m.iae_loaded,
+                "pump_kj": m.pump_kj,
+                "pump_travel": m.pump_travel,
+                "perf_lost_pct": m.perf_lost_pct,
+                "slowdown_s": m.slowdown_s,
+                "not_running_s": m.not_running_s,
+            }));
+        }
+    }
+    serde_json::json!({ "rows": rows })
+}
+
+/// Compares the measured figures with the checked-in baseline; returns one line per figure
+/// outside its tolerance. `guard = "regression"` rows (coolantd's own) fail only when the
+/// figure grows; `guard = "both"` rows (the references) fail when it moves either way.
+fn compare_with_baseline(path: &Path, figures: &serde_json::Value) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let base: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
+    let tolerance = &base["tolerance"];
+    let measured = figures["rows"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for row in base["rows"].as_array().into_iter().flatten() {
+        let (case, strategy) = (row["case"].as_str(), row["strategy"].as_str());
+        let Some(got) = measured
+            .iter()
+            .find(|m| m["case"].as_str() == case && m["strategy"].as_str() == strategy)
+        else {
+            out.push(format!("{case:?} / {strategy:?}: no such row measured"));
+            continue;
+        };
+        let both = row["guard"].as_str() == Some("both");
+        for (metric, tol) in tolerance.as_object().into_iter().flatten() {
+            let Some(want) = row[metric.as_str()].as_f64() else {
+                continue;
+            };
+            let value = got[metric.as_str()].as_f64().unwrap_or(f64::NAN);
+            let allowed = tol["abs"].as_f64().unwrap_or(0.0)
+                + tol["rel"].as_f64().unwrap_or(0.0) * want.abs();
+            // The README rounds; compare at its precision plus the tolerance.
+            let over = value - want > allowed + 0.005;
+            let under = both && want - value > allowed + 0.005;
+            if over || under || !value.is_finite() {
+                out.push(format!(
+                    "{} / {}: {metric} {value:.2}, baseline {want} ± {allowed:.2}{}",
+                    case.unwrap_or("?"),
+                    strategy.unwrap_or("?"),
+                    if both {
+                        " (either way)"
+                    } else {
+                        " (regression)"
+                    }
+                ));
+            }
+        }
+    }
+    out
 }

@@ -27,7 +27,11 @@ systemctl disable --now mosquitto victoria-metrics >/dev/null 2>&1 || true
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The NVML tests load the replay library (crates/nvml-replay) in place of the driver's; cargo
+# does not build a cdylib for another package's tests, so build it first.
+echo "== cargo build -p nvml-replay"
+cargo build -p nvml-replay --quiet
 echo "== cargo test"
-cargo test --all-targets --no-fail-fast
+cargo test --workspace --all-targets --no-fail-fast

@@ -85,19 +85,38 @@ fn silent_cdu_reaches_failsafe_once_its_poll_is_stale() {
 
 #[test]
 fn failsafe_recovery_is_bumpless() {
-    let mut rig = settled(2);
+    // Unslewed, so that the slew limiter cannot hide a jump: leaving failsafe must continue
+    // from the failsafe speed because the PID tracked it, not because the pump may only fall
+    // 2 %/s.
+    let mut c = cfg();
+    c.pump.slew_up_per_s = 1000.0;
+    c.pump.slew_down_per_s = 1000.0;
+    let mut rig = Rig::new(&c, 2);
+    assert_eq!(rig.run(300).state, ControlState::Running);
+    let settled_speed = rig.pump_cmd;
     rig.supply = Err(SensorFault::Timeout);
     rig.run(10);
-    assert_eq!(rig.pump_cmd, cfg().pump.failsafe_speed);
+    assert_eq!(rig.pump_cmd, c.pump.failsafe_speed);
+    assert!(
+        c.pump.failsafe_speed - settled_speed > 20.0,
+        "the test needs a gap to jump across: settled at {settled_speed:.1} %"
+    );
     rig.supply = Ok(30.0);
-    let mut prev = rig.pump_cmd;
     let mut back = false;
     for _ in 0..30 {
+        let prev = rig.pump_cmd;
         let out = rig.step();
-        back |= out.state == ControlState::Running;
-        // Never a jump down: the slew limit applies from the failsafe speed.
-        assert!(prev - rig.pump_cmd <= cfg().pump.slew_down_per_s + 1e-9);
-        prev = rig.pump_cmd;
+        if out.state == ControlState::Running && !back {
+            back = true;
+            // The first automatic step: from the failsafe speed, plus what P and I owe the
+            // error of one tick; never a jump back to the pre-fault speed.
+            let owed = c.pid.kp * 0.5 + c.pid.ki * (rig.hottest() - 68.0).abs() + 1.0;
+            assert!(
+                (rig.pump_cmd - prev).abs() <= owed,
+                "bump leaving failsafe: {prev:.1} -> {:.1} (pre-fault {settled_speed:.1})",
+                rig.pump_cmd
+            );
+        }
     }
     assert!(back);
 }

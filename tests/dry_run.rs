@@ -68,6 +68,12 @@ async fn dry_run_decides_everything_and_writes_nothing() {
         pump_before,
         "no Modbus write reached the CDU"
     );
+    assert_eq!(
+        p.watchdog_writes(),
+        0,
+        "no watchdog heartbeat reached the CDU (tests/dry_run_boundary.rs counts every write \
+         function code on the wire)"
+    );
     let limits_after: Vec<_> = p.gpus().iter().map(|g| g.limit).collect();
     assert_eq!(limits_after, limits_before, "no power limit reached a GPU");
     assert!(

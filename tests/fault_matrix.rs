@@ -9,6 +9,8 @@
 //! come from a small Modbus TCP proxy between the daemon and the simulated CDU that rewrites
 //! or swallows responses; nothing in the daemon is mocked.
 
+#[path = "support/modbus_proxy.rs"]
+mod modbus_proxy;
 #[path = "support/sim_daemon.rs"]
 mod sim_daemon;
 
@@ -17,13 +19,11 @@ use coolantd::model::{Command, ControlState, GpuKey, Mode, Snapshot};
 use coolantd::service::run::Daemon;
 use coolantd::sim::{GpuFault, Plant, Workload};
 use coolantd::units::Celsius;
+use modbus_proxy::{Patch, Proxy};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
 
 const PERIOD: Duration = Duration::from_secs(1);
 /// The per-request Modbus timeout of the test configuration, ms: small, so that a hanging
@@ -33,132 +33,6 @@ const CDU: &str = "cdu-sim";
 /// The simulated CDU answers the sim-cdu profile's input registers 0..=11 in one read
 /// (function code 4, 12 registers = 24 bytes); the patches below rely on that layout.
 const FC4_BYTES: u8 = 24;
-
-// ---- A Modbus TCP proxy that injects faults into the responses --------------------------
-
-type Patch = Box<dyn Fn(&mut Vec<u8>) -> bool + Send>;
-
-/// Sits between the daemon and the simulated CDU. `hang` swallows every response (the CDU
-/// accepts TCP and requests but never answers); `delay_ms` holds every response that long
-/// (a slow CDU); `patch` rewrites response PDUs; write requests (function codes 5, 6, 15,
-/// 16) are counted.
-struct Proxy {
-    addr: SocketAddr,
-    hang: Arc<AtomicBool>,
-    delay_ms: Arc<AtomicU64>,
-    patch: Arc<Mutex<Option<Patch>>>,
-    patched: Arc<AtomicU64>,
-    writes: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // The connection tasks live in the accept task's JoinSet and die with it.
-        self.task.abort();
-    }
-}
-
-async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Option<([u8; 7], Vec<u8>)> {
-    let mut hdr = [0u8; 7];
-    r.read_exact(&mut hdr).await.ok()?;
-    let len = usize::from(u16::from_be_bytes([hdr[4], hdr[5]]));
-    let mut pdu = vec![0u8; len.saturating_sub(1)];
-    r.read_exact(&mut pdu).await.ok()?;
-    Some((hdr, pdu))
-}
-
-async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), mut hdr: [u8; 7], pdu: &[u8]) -> bool {
-    let len = u16::try_from(pdu.len() + 1).expect("a Modbus PDU is short");
-    hdr[4..6].copy_from_slice(&len.to_be_bytes());
-    // One write per frame: a header and a PDU in two segments would meet Nagle's delay.
-    let mut frame = hdr.to_vec();
-    frame.extend_from_slice(pdu);
-    w.write_all(&frame).await.is_ok()
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let hang = Arc::new(AtomicBool::new(false));
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let patch: Arc<Mutex<Option<Patch>>> = Arc::new(Mutex::new(None));
-        let patched = Arc::new(AtomicU64::new(0));
-        let writes = Arc::new(AtomicU64::new(0));
-        let (h, p, pc, wc) = (hang.clone(), patch.clone(), patched.clone(), writes.clone());
-        let dl = delay_ms.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((client, _)) = listener.accept().await {
-                while conns.try_join_next().is_some() {}
-                let (h, p, pc, wc) = (h.clone(), p.clone(), pc.clone(), wc.clone());
-                let dl = dl.clone();
-                conns.spawn(async move {
-                    let Ok(up) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = up.set_nodelay(true);
-                    let _ = client.set_nodelay(true);
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut ur, mut uw) = up.into_split();
-                    let to_server = async {
-                        while let Some((hdr, pdu)) = read_frame(&mut cr).await {
-                            if matches!(pdu.first(), Some(5 | 6 | 15 | 16)) {
-                                wc.fetch_add(1, Ordering::SeqCst);
-                            }
-                            if !write_frame(&mut uw, hdr, &pdu).await {
-                                break;
-                            }
-                        }
-                    };
-                    let to_client = async {
-                        while let Some((hdr, mut pdu)) = read_frame(&mut ur).await {
-                            if h.load(Ordering::SeqCst) {
-                                continue;
-                            }
-                            let delay = dl.load(Ordering::SeqCst);
-                            if delay > 0 {
-                                tokio::time::sleep(Duration::from_millis(delay)).await;
-                            }
-                            let hit = p
-                                .lock()
-                                .map(|g| g.as_ref().is_some_and(|f| f(&mut pdu)))
-                                .unwrap_or(false);
-                            if hit {
-                                pc.fetch_add(1, Ordering::SeqCst);
-                            }
-                            if !write_frame(&mut cw, hdr, &pdu).await {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        () = to_server => {}
-                        () = to_client => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            hang,
-            delay_ms,
-            patch,
-            patched,
-            writes,
-            task,
-        }
-    }
-
-    fn set_patch(&self, f: Option<Patch>) {
-        *self.patch.lock().expect("patch lock") = f;
-    }
-
-    fn writes(&self) -> u64 {
-        self.writes.load(Ordering::SeqCst)
-    }
-}
 
 /// Replaces the 4 bytes of a FLOAT32 input register at `offset` (registers from 0) in the
 /// poll's function-code-4 response; `cdab` swaps the words as the profile's order says.
@@ -318,6 +192,9 @@ fn report(row: &str, state: ControlState, alarm: &str, ticks: u32) {
 }
 
 const LOST_REQUIRED_BOUND: u32 = 2;
+/// Against a CDU that never answers, a tick sends at most this many requests: the first
+/// poll request times out and drops the connection.
+const HUNG_REQUESTS_PER_TICK: u64 = 1;
 const CAP_BOUND: u32 = 1;
 
 // ---- Rows --------------------------------------------------------------------------------
@@ -393,9 +270,13 @@ async fn modbus_server_hangs_reaches_failsafe_within_2_ticks() {
     rig.proxy().hang.store(true, Ordering::SeqCst);
     let mut slowest = Duration::ZERO;
     let mut reached = None;
+    let requests_before = rig.proxy().requests();
     for n in 1..=6u32 {
         let t0 = Instant::now();
-        let s = rig.tick().await;
+        // A guard against a missing timeout (the tick would hang forever), not a speed target.
+        let s = tokio::time::timeout(Duration::from_secs(60), rig.tick())
+            .await
+            .expect("a tick against a hanging CDU ends at the Modbus timeout");
         slowest = slowest.max(t0.elapsed());
         if reached.is_none() && s.state == ControlState::Failsafe {
             assert!(
@@ -419,14 +300,16 @@ async fn modbus_server_hangs_reaches_failsafe_within_2_ticks() {
         &format!("cdu_unreachable:{CDU}"),
         n,
     );
+    let requests = rig.proxy().requests() - requests_before;
     eprintln!(
-        "FAULT-MATRIX | modbus_server_hangs: slowest tick {slowest:?} with timeout {TIMEOUT_MS} ms"
+        "FAULT-MATRIX | modbus_server_hangs: slowest tick {slowest:?} with timeout {TIMEOUT_MS} ms, \
+         {requests} requests in 6 ticks"
     );
-    // One timed-out request drops the connection, so a tick waits about one timeout, not one
-    // per register; a missing timeout would hang here forever.
+    // One timed-out request drops the connection, so a tick waits for one timeout, not one per
+    // register: counted in requests on the wire, not in wall-clock time.
     assert!(
-        slowest <= Duration::from_millis(6 * TIMEOUT_MS),
-        "a tick took {slowest:?} against a hanging CDU (timeout {TIMEOUT_MS} ms)"
+        requests <= 6 * HUNG_REQUESTS_PER_TICK,
+        "{requests} requests sent to a hanging CDU in 6 ticks"
     );
     rig.proxy().hang.store(false, Ordering::SeqCst);
     let mut back = false;

@@ -264,8 +264,10 @@ async fn gzip_429_retry_after_seconds_delays_the_resend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_http_date_on_503_is_honoured() {
-    // Two seconds ahead, truncated to whole seconds by the date format: at least 1 s to wait.
-    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+    // Four seconds ahead, truncated to whole seconds by the date format: at least 3 s to wait
+    // when the first request comes at once, and still more than the 950 ms asserted below when
+    // a loaded machine delays that request by up to two seconds (the bound was flaky at 2 s).
+    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
     let (port, seen) = responder(&[format!(
         "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {date}\r\nContent-Length: 0\r\n\r\n"
     )]);
@@ -296,13 +298,14 @@ async fn retry_after_is_capped_at_retry_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn influxdb2_path_cannot_see_retry_after_and_backs_off() {
     // The default path: the influxdb2 crate drops response headers, so its retry comes after
-    // the back-off (5..10 ms here), not after the 5 s the server asked for. This pins down what
-    // docs/metrics.md says about `honor_retry_after = false`.
+    // the back-off (5..10 ms here), not after the hour the server asked for (with a cap of ten
+    // minutes, a sink that honoured it could not resend before `drained` gives up). This pins
+    // down what docs/metrics.md says about `honor_retry_after = false` without timing the gap.
     let (port, seen) = responder(&[
-        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n".into(),
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\nContent-Length: 0\r\n\r\n".into(),
     ]);
     let mut cfg = config(port);
-    cfg.retry_max_ms = 5000;
+    cfg.retry_max_ms = 600_000;
     let gap = one_retry(&cfg, &seen, "crate").await;
-    assert!(gap < Duration::from_millis(2500), "resent after {gap:?}");
+    eprintln!("influxdb2 path: resent after {gap:?} despite Retry-After: 3600");
 }

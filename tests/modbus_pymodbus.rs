@@ -8,7 +8,7 @@ mod common;
 #[path = "support/pymodbus_map.rs"]
 mod pymodbus_map;
 
-use common::{free_port, have_peer, root, tcp_config};
+use common::{free_port, have_python_modules, root, tcp_config};
 use coolantd::collect::modbus::ModbusCdu;
 use coolantd::model::{Role, SensorFault};
 use pymodbus_map::{assert_full_sample, fixture, value, PYTHON};
@@ -56,7 +56,7 @@ impl Drop for PyServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn decodes_every_type_and_order_from_pymodbus() {
-    if !have_peer(PYTHON, "python3-pymodbus") {
+    if !have_python_modules("pymodbus", "python3-pymodbus") {
         return;
     }
     let fx = fixture("decode");
@@ -78,7 +78,7 @@ async fn decodes_every_type_and_order_from_pymodbus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn survives_a_server_restart() {
-    if !have_peer(PYTHON, "python3-pymodbus") {
+    if !have_python_modules("pymodbus", "python3-pymodbus") {
         return;
     }
     let fx = fixture("restart");

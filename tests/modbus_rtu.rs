@@ -9,7 +9,7 @@ mod common;
 #[path = "support/pymodbus_map.rs"]
 mod pymodbus_map;
 
-use common::{have_peer, root};
+use common::{have_peer, have_python_modules, root};
 use coolantd::collect::modbus::ModbusCdu;
 use coolantd::config::CduConfig;
 use coolantd::model::{CduSample, Role, SensorFault};
@@ -25,24 +25,12 @@ const SOCAT: &str = "/usr/bin/socat";
 const UNIT: u8 = 17;
 
 /// True when pymodbus can serve a serial line (it needs pyserial and pyserial-asyncio);
-/// prints a loud skip message otherwise.
+/// otherwise see `common::peer_missing`.
 fn have_pymodbus_serial() -> bool {
-    if !have_peer(PYTHON, "python3-pymodbus") {
-        return false;
-    }
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import serial, serial_asyncio, pymodbus.server"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!(
-            "\n*** SKIPPED: pymodbus serial support is missing; install the Debian packages \
-             `python3-pymodbus python3-serial python3-serial-asyncio` to run this test ***\n"
-        );
-    }
-    ok
+    have_python_modules(
+        "serial, serial_asyncio, pymodbus.server",
+        "python3-pymodbus python3-serial python3-serial-asyncio",
+    )
 }
 
 /// Waits (bounded) for `cond`, polling every 20 ms.

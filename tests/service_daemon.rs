@@ -227,14 +227,26 @@ fn ready_and_watchdog_over_notify_socket() {
         "{}",
         d.log()
     );
-    // The watchdog keeps being fed, once per tick (100 ms).
-    let before = d.notes().iter().filter(|m| *m == "WATCHDOG=1").count();
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = d.notes().iter().filter(|m| *m == "WATCHDOG=1").count();
+    // The watchdog keeps being fed, once per healthy tick: counted against the daemon's own
+    // tick count, not the wall clock.
+    let pings = || d.notes().iter().filter(|m| *m == "WATCHDOG=1").count();
+    let before = pings();
+    let t0 = tick_of(&d.status());
+    let t1 = loop {
+        let t = tick_of(&d.status());
+        if t >= t0 + 10 {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The notification of tick t1 may still be in flight; give the reader its moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = pings();
     assert!(
-        after >= before + 5,
-        "only {} watchdog pings in 1.5 s at a 100 ms period",
-        after - before
+        after - before + 1 >= usize::try_from(t1 - t0).expect("small"),
+        "only {} watchdog pings over {} ticks",
+        after - before,
+        t1 - t0
     );
     // STATUS= is the one-line summary: hottest GPU, set point, CDU readings, control state.
     let i = d.wait_note(0, |m| m.starts_with("STATUS="), "STATUS=");
@@ -364,9 +376,11 @@ fn sigterm_leaves_safely_in_bounded_time() {
 
     let from = d.notes().len();
     d.signal(libc::SIGTERM);
+    // A guard against a hang, not a speed target: the shutdown path's own bound is its
+    // runtime shutdown timeout; the exit time is printed as a figure below.
     let (st, took) = d
-        .wait_exit(Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", d.log()));
+        .wait_exit(START)
+        .unwrap_or_else(|| panic!("still running {START:?} after SIGTERM; log:\n{}", d.log()));
     assert_eq!(st.code(), Some(0), "log:\n{}", d.log());
     // The stderr reader may trail the exit by a moment.
     d.wait_log("restored the original power limit");

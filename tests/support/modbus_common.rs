@@ -83,16 +83,55 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0 must work on a test machine")
 }
 
-/// True when `bin` exists; prints a loud skip message otherwise.
+/// True when `bin` exists. Otherwise see [`peer_missing`].
 pub fn have_peer(bin: &str, package: &str) -> bool {
     if Path::new(bin).exists() {
         true
     } else {
-        eprintln!(
-            "\n*** SKIPPED: {bin} is missing; install the Debian package `{package}` to run this test ***\n"
-        );
+        peer_missing(&format!("{bin} is missing"), package);
         false
     }
+}
+
+/// True when `/usr/bin/python3` can import every module in `modules` (Debian installs its
+/// python3-* packages for that interpreter). Otherwise see [`peer_missing`].
+pub fn have_python_modules(modules: &str, packages: &str) -> bool {
+    if !have_peer("/usr/bin/python3", "python3") {
+        return false;
+    }
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import {modules}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        peer_missing(
+            &format!("/usr/bin/python3 cannot import {modules}"),
+            packages,
+        );
+    }
+    ok
+}
+
+/// A peer the test needs is not installed. In CI (`CI=true`) that fails the test, naming the
+/// Debian package(s) to install: a skipped peer test must not count as passed there. A local
+/// run skips with a loud notice.
+pub fn peer_missing(what: &str, packages: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{what}; install the Debian package(s) `{packages}` (scripts/test.sh does). \
+         CI=true, so a missing peer fails the test instead of skipping it"
+    );
+    // Straight to the process's stderr: the test harness captures `eprintln!` of a passing
+    // test, and this notice must stay visible.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: {what}; install the Debian package(s) `{packages}` to run this test \
+         (with CI=true this fails) ***\n"
+    );
 }
 
 /// A `[[cdu]]` configuration for a TCP CDU on loopback.

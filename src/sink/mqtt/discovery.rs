@@ -225,6 +225,7 @@ mod tests {
                     leak: None,
                     remote_enable: None,
                     faults: vec![],
+                    link: Default::default(),
                 })
                 .collect(),
             gpus: vec![],
