@@ -12,6 +12,9 @@ use std::time::Duration;
 /// An alarm clears once its counter has not grown for this long: long enough for an
 /// operator to see it on a dashboard, short enough not to hide a new incident behind it.
 const CLEAR_AFTER: Duration = Duration::from_secs(600);
+/// The disk alarm clears once the disk has taken writes for this long, so that a disk that
+/// fills up again right after each recovery shows as one alarm, not a flapping one.
+const DISK_CLEAR_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct Counter {
@@ -27,6 +30,7 @@ pub struct SinkAlarms {
     rejected: Counter,
     damaged: Counter,
     disk: Option<Alarm>,
+    disk_ok_since: Option<Mono>,
 }
 
 /// The drop alarm's text: the true causes, with their counts, and the database's state.
@@ -119,6 +123,14 @@ impl SinkAlarms {
 
     /// Raised while the spool's disk fails, cleared when it takes writes again.
     fn disk_state(&mut self, now: Mono, stats: &SinkStats, events: &mut Vec<AlarmEvent>) {
+        if stats.disk_error.is_some() {
+            self.disk_ok_since = None;
+        } else if self.disk_ok_since.is_none() {
+            self.disk_ok_since = Some(now);
+        }
+        let settled = self
+            .disk_ok_since
+            .is_some_and(|t| now.saturating_sub(t) >= DISK_CLEAR_AFTER);
         match (&stats.disk_error, &mut self.disk) {
             (Some(e), active) => {
                 let alarm = Alarm {
@@ -143,7 +155,7 @@ impl SinkAlarms {
                 }
                 *active = Some(alarm);
             }
-            (None, active) => {
+            (None, active) if settled => {
                 if let Some(mut alarm) = active.take() {
                     alarm.cause_present = false;
                     events.push(AlarmEvent {
@@ -153,6 +165,7 @@ impl SinkAlarms {
                     });
                 }
             }
+            (None, _) => {}
         }
     }
 
@@ -289,11 +302,15 @@ mod tests {
             ..SinkStats::default()
         };
         let ev = a.update(Duration::from_secs(2), &bound);
+        assert!(ev.is_empty(), "the drop alarm stays active: {ev:?}");
+        let later = Duration::from_secs(2) + DISK_CLEAR_AFTER;
+        let ev = a.update(later, &bound);
         assert_eq!(
             ev.len(),
             1,
-            "only the disk alarm clears; the drop alarm stays active: {ev:?}"
+            "the disk alarm clears once the disk settled: {ev:?}"
         );
+        assert_eq!(ev[0].alarm.id, "telemetry_spool_disk:influx");
         assert_eq!(ev[0].transition, AlarmTransition::Cleared);
         let msg = &a
             .active()

@@ -354,6 +354,9 @@ const LINE_OVERHEAD: usize = 32;
 const DISK_RETRY: Duration = Duration::from_secs(1);
 /// Lines per append when memory is moved back to the spool.
 const DRAIN_CHUNK: usize = 1000;
+/// A disk that keeps filling up again after each recovery is logged at most this often; the
+/// stats and the alarm carry the state in between.
+const DISK_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Inner {
@@ -366,9 +369,44 @@ struct Inner {
     /// Set while appends fail; cleared once the memory buffer is back on disk.
     disk_error: Option<String>,
     next_disk_try: Instant,
+    /// When a disk failure was last logged, and the failures since.
+    disk_logged: Option<Instant>,
+    disk_failures: u64,
 }
 
 impl Inner {
+    /// Records a failed append: logged when the disk starts failing, at most every
+    /// [`DISK_LOG_EVERY`] however often it recovers and fails again.
+    fn disk_failed(&mut self, e: &SpoolError, points: usize) {
+        self.disk_failures += 1;
+        let quiet = self
+            .disk_logged
+            .is_some_and(|t| t.elapsed() < DISK_LOG_EVERY);
+        if self.disk_error.is_none() && !quiet {
+            tracing::error!(error = %e, points, failures = self.disk_failures, memory_bound_bytes = MEMORY_BUFFER_BYTES,
+                "cannot append to the InfluxDB spool; holding points in memory until the disk accepts them again");
+            self.disk_logged = Some(Instant::now());
+            self.disk_failures = 0;
+        }
+        self.disk_error = Some(e.to_string());
+        self.next_disk_try = Instant::now() + DISK_RETRY;
+    }
+
+    /// Records that the disk takes writes again (logged unless failures are being kept
+    /// quiet).
+    fn disk_recovered(&mut self, what: &str) {
+        if let Some(e) = self.disk_error.take() {
+            if self
+                .disk_logged
+                .is_some_and(|t| t.elapsed() < DISK_LOG_EVERY)
+            {
+                tracing::debug!(previous_error = %e, "{what}");
+            } else {
+                tracing::info!(previous_error = %e, "{what}");
+            }
+        }
+    }
+
     /// Queues lines in the memory buffer; those that find it full are dropped and counted.
     fn hold(&mut self, lines: Vec<String>) {
         let mut refused = 0u64;
@@ -415,15 +453,8 @@ impl Inner {
             // back, so that the error (and its alarm) does not outlive it.
             if self.disk_error.is_some() {
                 match self.spool.probe() {
-                    Ok(()) => {
-                        if let Some(e) = self.disk_error.take() {
-                            tracing::info!(previous_error = %e, "InfluxDB spool disk accepts writes again");
-                        }
-                    }
-                    Err(e) => {
-                        self.disk_error = Some(e.to_string());
-                        self.next_disk_try = Instant::now() + DISK_RETRY;
-                    }
+                    Ok(()) => self.disk_recovered("InfluxDB spool disk accepts writes again"),
+                    Err(e) => self.disk_failed(&e, 0),
                 }
             }
             return;
@@ -450,14 +481,10 @@ impl Inner {
                 Ok(()) => {
                     self.release(n);
                     moved += n;
-                    if let Some(e) = self.disk_error.take() {
-                        tracing::info!(previous_error = %e,
-                            "InfluxDB spool disk accepts writes again; moving points held in memory back to it");
-                    }
+                    self.disk_recovered("InfluxDB spool disk accepts writes again; moving points held in memory back to it");
                 }
                 Err(e) => {
-                    self.disk_error = Some(e.to_string());
-                    self.next_disk_try = Instant::now() + DISK_RETRY;
+                    self.disk_failed(&e, n);
                     return;
                 }
             }
@@ -565,6 +592,8 @@ impl InfluxSink {
                 memory_dropped: 0,
                 disk_error: None,
                 next_disk_try: Instant::now(),
+                disk_logged: None,
+                disk_failures: 0,
             }),
             counters: Mutex::new(Counters::default()),
             wake: Notify::new(),
@@ -622,17 +651,10 @@ impl InfluxSink {
                 // shipping task retries the disk, at most every DISK_RETRY.
                 inner.hold(lines);
             } else if let Err(e) = inner.spool.append(lines.iter().map(String::as_str)) {
-                // Logged when the disk starts failing, not again while it still fails after
-                // the memory buffer drained to the database: the stats and alarm say it.
-                if inner.disk_error.is_none() {
-                    tracing::error!(error = %e, points = lines.len(), memory_bound_bytes = MEMORY_BUFFER_BYTES,
-                    "cannot append to the InfluxDB spool; holding points in memory until the disk accepts them again");
-                }
-                inner.disk_error = Some(e.to_string());
-                inner.next_disk_try = Instant::now() + DISK_RETRY;
+                inner.disk_failed(&e, lines.len());
                 inner.hold(lines);
-            } else if let Some(e) = inner.disk_error.take() {
-                tracing::info!(previous_error = %e, "InfluxDB spool disk accepts writes again");
+            } else {
+                inner.disk_recovered("InfluxDB spool disk accepts writes again");
             }
         }
         self.shared.wake.notify_one();

@@ -24,9 +24,9 @@
 //! committed cursor, so the only records sent twice are those of the batch that was in flight
 //! when the process died.
 //!
-//! Disk use: acknowledged segments are deleted, and a fully acknowledged active segment is
-//! closed and deleted once it holds [`ROLL_ACKED_BYTES`] (at once while appends fail), so
-//! acknowledged data never fills the disk. The total size is bounded: after an append passes
+//! Disk use: acknowledged segments are deleted, and the active segment is closed once
+//! [`ROLL_ACKED_BYTES`] of it are acknowledged (at once while appends fail), to be deleted
+//! when the rest of it is acknowledged, so acknowledged data never fills the disk. The total size is bounded: after an append passes
 //! `max_bytes`, the oldest segments are deleted and every unacknowledged record in them is
 //! counted as dropped. A failed append deletes nothing.
 
@@ -573,6 +573,8 @@ impl Spool {
         if let Err(e) = self.write_active(&buf) {
             self.append_failing = true;
             self.undo_torn_append(&path);
+            // Whatever is acknowledged goes now, so that the next try may find room.
+            self.release_acknowledged(1);
             return Err(io_err(&path, "appending")(e));
         }
         self.append_failing = false;
@@ -727,35 +729,48 @@ impl Spool {
         Ok(buf)
     }
 
-    /// Marks everything before `end` as acknowledged: stores the cursor durably and deletes
-    /// segments that are fully acknowledged. A fully acknowledged active segment is closed
-    /// first once it is large enough (at once while appends fail), so that it can go too.
+    /// Marks everything before `end` as acknowledged: deletes segments that are fully
+    /// acknowledged and stores the cursor durably. The active segment is closed once its
+    /// acknowledged part is large enough (at once while appends fail), so that it can go too.
+    /// Segments go before the cursor is stored: on a full disk the cursor can only be
+    /// written once they are gone, and a crash in between only means points are sent twice
+    /// (a cursor whose segment is missing starts at the next one).
     pub fn commit(&mut self, end: Position) -> Result<(), SpoolError> {
         if end <= self.cursor {
             return Ok(());
         }
         self.cursor = end;
-        let a = self.active();
         let threshold = if self.append_failing {
             1
         } else {
             ROLL_ACKED_BYTES
         };
-        if self.cursor.seq == a.seq && self.cursor.offset >= a.bytes && a.bytes >= threshold {
+        self.release_acknowledged(threshold);
+        self.write_cursor()
+    }
+
+    /// Closes the active segment once `threshold` bytes of it are acknowledged, and deletes
+    /// every segment the cursor has passed. Also when the tail of the active segment is still
+    /// unacknowledged (points arrive all the time): new points go to a new segment, and the
+    /// old one is deleted once the cursor passes its end.
+    fn release_acknowledged(&mut self, threshold: u64) {
+        let a = self.active();
+        if self.cursor.seq == a.seq && self.cursor.offset >= threshold.max(1) {
+            let at_end = self.cursor.offset >= a.bytes;
             match self.roll() {
-                Ok(()) => {
+                Ok(()) if at_end => {
                     self.cursor = Position {
                         seq: self.active().seq,
                         offset: 0,
                         index: 0,
                     };
                 }
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "could not close the acknowledged spool segment; it stays until the next try");
                 }
             }
         }
-        self.write_cursor()?;
         let active = self.active().seq;
         while self
             .segments
@@ -767,11 +782,11 @@ impl Spool {
                     self.reader = None;
                 }
                 let path = seg_path(&self.dir, s.seq);
-                fs::remove_file(&path)
-                    .map_err(io_err(&path, "deleting an acknowledged segment"))?;
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "could not delete an acknowledged spool segment");
+                }
             }
         }
-        Ok(())
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -1309,6 +1324,34 @@ mod tests {
             "{on_disk} bytes left on disk"
         );
         assert_eq!(s.stats().backlog, 0);
+    }
+
+    #[test]
+    fn acknowledged_data_is_freed_while_points_keep_arriving() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = SpoolOptions {
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            fsync: FsyncPolicy::Never,
+        };
+        let mut s = Spool::open(dir.path(), o).expect("open");
+        let all = lines(0..20_000);
+        let mut chunks = all.chunks(100);
+        s.append(chunks.next().expect("chunk").iter().map(String::as_str))
+            .expect("append");
+        // Each batch is acknowledged after more points arrived: the cursor never reaches
+        // the end of the active segment.
+        for chunk in chunks {
+            let b = s.read_batch(1000).expect("read");
+            s.append(chunk.iter().map(String::as_str)).expect("append");
+            s.commit(b.end.expect("end")).expect("commit");
+            let on_disk: u64 = files(dir.path()).iter().map(|f| f.1).sum();
+            assert!(
+                on_disk < 2 * ROLL_ACKED_BYTES + 8192,
+                "{on_disk} bytes on disk"
+            );
+        }
+        assert_eq!(drain(&mut s, 1000).len(), 100);
     }
 
     #[test]
