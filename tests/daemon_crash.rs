@@ -289,3 +289,93 @@ fn sigkill_during_outage_then_restart_loses_nothing() {
         "{duplicates} duplicates, more than one batch of {BATCH}"
     );
 }
+
+/// The spool's cursor file empty (a power loss after a rename that was never synced) or
+/// garbled: the daemon still starts and controls, warns, counts it on `/metrics`, and replays
+/// the spool from its segments, so the points of the previous run still arrive.
+#[test]
+fn empty_or_garbled_spool_cursor_does_not_stop_start_up() {
+    let mut vm = Victoria::start();
+    let dir = TempDir::new("daemon-cursor");
+    let http = free_port();
+    let extra = format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
+         [influx]\nurl = \"{}\"\norg = \"test\"\nbucket = \"coolantd\"\ntoken = \"t\"\n\
+         batch_size = {BATCH}\nflush_interval_ms = 50\nretry_min_ms = 20\nretry_max_ms = 200\n\
+         request_timeout_ms = 1000\nfsync = \"never\"\n",
+        vm.url()
+    );
+    let text = sim_config_text(
+        free_port(),
+        &dir.0.join("state"),
+        &[("period_ms = 1000", "period_ms = 100")],
+        &extra,
+    );
+    let config = dir.0.join("coolantd.toml");
+    std::fs::write(&config, text).expect("write config");
+    let log = dir.0.join("coolantd.log");
+    let cursor = dir.0.join("state").join("spool").join("cursor");
+
+    // A first run during a database outage leaves its points in the spool.
+    vm.stop();
+    let t_run1 = unix_ms();
+    let mut run1 = Run::start(&config, http, &log);
+    run1.status();
+    std::thread::sleep(PHASE);
+    let last_tick = tick_of(&run1.status());
+    run1.signal(libc::SIGKILL);
+    run1.wait_exit();
+    let t_kill = unix_ms();
+    drop(run1);
+    assert!(cursor.exists(), "the spool has a cursor file");
+
+    vm.restart();
+    for (n, bad) in ["", "\u{1}garbage 7 x\n"].into_iter().enumerate() {
+        std::fs::write(&cursor, bad).expect("damage the cursor");
+        let mut run = Run::start(&config, http, &log);
+        let st = run.status();
+        assert!(tick_of(&st) > 0, "cursor {bad:?}: the daemon ticks");
+        let (code, metrics) = sim_daemon::http_get(http, "/metrics");
+        assert_eq!(code, 200);
+        let resets = metrics
+            .lines()
+            .find(|l| l.starts_with("telemetry_cursor_resets"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(resets, Some(1.0), "cursor {bad:?}: counted on /metrics");
+        run.signal(libc::SIGTERM);
+        let exit = run.wait_exit();
+        assert!(
+            exit.success(),
+            "cursor {bad:?}: exit {exit}; log:\n{}",
+            run.log()
+        );
+        let warnings = run.log().matches("spool cursor is not").count();
+        assert_eq!(
+            warnings,
+            n + 1,
+            "cursor {bad:?} is warned about; log:\n{}",
+            run.log()
+        );
+    }
+
+    // Rebuilding the cursor replays from the oldest segment: the first run's points arrive.
+    let complete = |s: &[Series]| {
+        s.len() == GPUS
+            && in_range(s, t_run1, t_kill)
+                .values()
+                .all(|ts| distinct(ts) as u64 >= last_tick)
+    };
+    let series = vm.export_until("gpu_core_temp_c", complete);
+    for (gpu, ts) in in_range(&series, t_run1, t_kill) {
+        eprintln!(
+            "bad cursor: GPU {gpu}: {} of the first run's points arrived (last tick {last_tick})",
+            distinct(&ts)
+        );
+        assert!(
+            distinct(&ts) as u64 >= last_tick,
+            "GPU {gpu}: {} points from the first run, which reported tick {last_tick}",
+            distinct(&ts)
+        );
+    }
+}

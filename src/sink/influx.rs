@@ -7,6 +7,13 @@
 //! - Nothing is dropped silently: a point leaves the spool only when the server accepted it,
 //!   when the server rejected it (then it is appended to the dead-letter file and counted), or
 //!   when the spool's size bound was reached (then it is counted as dropped).
+//! - When the spool's disk fails (full, IO error), points wait in a memory buffer bounded to
+//!   [`MEMORY_BUFFER_BYTES`]; the shipping task sends them straight to the database and moves
+//!   them back to disk once it accepts writes again. Only points that find the buffer full are
+//!   dropped (counted apart from the size-bound drops), and at shutdown what is still in memory
+//!   is written to the spool or, failing that, counted and logged as lost.
+//! - `submit` does bounded work whatever the disk does: once the disk has failed it only
+//!   queues in memory, and retrying the disk is the shipping task's job.
 //! - After a crash the backlog is replayed from the committed cursor, so at most the batch that
 //!   was in flight is written twice (InfluxDB overwrites a point with the same series and
 //!   timestamp, so even that leaves no duplicate there).
@@ -23,7 +30,7 @@
 use crate::config::Issues;
 use crate::model::Point;
 use crate::sink::lineproto;
-use crate::sink::spool::{FsyncPolicy, Spool, SpoolError, SpoolOptions};
+use crate::sink::spool::{FsyncPolicy, Spool, SpoolError, SpoolOptions, RECORD_OVERHEAD};
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::fmt;
@@ -312,28 +319,184 @@ pub struct SinkStats {
     pub backlog: u64,
     /// Bytes the spool holds on disk.
     pub spool_bytes: u64,
-    /// Points dropped because the spool's size bound was reached (raise an alarm on growth).
+    /// Points dropped, all causes: `dropped_bound + dropped_memory` (raise an alarm on growth).
     pub dropped: u64,
+    /// Points dropped because the spool's size bound (`spool_max_bytes`) was reached.
+    pub dropped_bound: u64,
+    /// Points dropped because the spool's disk failed and the memory buffer was full (or,
+    /// at shutdown, could be written neither to the disk nor to the database).
+    pub dropped_memory: u64,
+    /// Points held in memory because the spool's disk failed (part of `backlog`).
+    pub memory_backlog: u64,
+    /// The spool's disk error while appends fail; `None` when the disk takes writes.
+    pub disk_error: Option<String>,
+    /// The last write attempt failed in a way that is retried (server down, 5xx, timeout).
+    pub db_unreachable: bool,
     /// Points the server rejected (HTTP 4xx), now in the dead-letter file.
     pub rejected: u64,
     /// Records found corrupt in the spool (torn tail after a crash, bad checksum).
     pub corrupt: u64,
+    /// Times the spool's cursor file was unusable and was rebuilt from the segments.
+    pub cursor_resets: u64,
     /// Write requests that failed and were retried.
     pub retries: u64,
     /// The latest write error, cleared by the next successful write.
     pub last_error: Option<String>,
 }
 
-/// Lines kept in memory while the spool cannot be written (disk full, IO error); beyond this
-/// they are dropped and counted. 100,000 lines are about 25 MB and minutes of a large host.
-const MEMORY_FALLBACK_LINES: usize = 100_000;
+/// Bytes of lines kept in memory while the spool cannot be written (disk full, IO error);
+/// points that find it full are dropped and counted. About 30,000 coolantd lines: minutes of
+/// a large host, and a bound on what a failing disk can cost the daemon's memory.
+pub const MEMORY_BUFFER_BYTES: usize = 8 << 20;
+/// What one buffered line is charged beyond its text: the `String` and its allocation.
+const LINE_OVERHEAD: usize = 32;
+/// How often the shipping task tries the disk again while points wait in memory.
+const DISK_RETRY: Duration = Duration::from_secs(1);
+/// Lines per append when memory is moved back to the spool.
+const DRAIN_CHUNK: usize = 1000;
+/// A disk that keeps filling up again after each recovery is logged at most this often; the
+/// stats and the alarm carry the state in between.
+const DISK_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Inner {
     spool: Spool,
-    /// Lines that could not be appended to the spool yet.
-    fallback: VecDeque<String>,
-    fallback_dropped: u64,
+    /// Lines that could not be appended to the spool, oldest first; all newer than anything
+    /// in the spool, so they are shipped (or moved back to disk) after the spool's backlog.
+    memory: VecDeque<String>,
+    memory_bytes: usize,
+    memory_dropped: u64,
+    /// Set while appends fail; cleared once the memory buffer is back on disk.
+    disk_error: Option<String>,
+    next_disk_try: Instant,
+    /// When a disk failure was last logged, and the failures since.
+    disk_logged: Option<Instant>,
+    disk_failures: u64,
+}
+
+impl Inner {
+    /// Records a failed append: logged when the disk starts failing, at most every
+    /// [`DISK_LOG_EVERY`] however often it recovers and fails again.
+    fn disk_failed(&mut self, e: &SpoolError, points: usize) {
+        self.disk_failures += 1;
+        let quiet = self
+            .disk_logged
+            .is_some_and(|t| t.elapsed() < DISK_LOG_EVERY);
+        if self.disk_error.is_none() && !quiet {
+            tracing::error!(error = %e, points, failures = self.disk_failures, memory_bound_bytes = MEMORY_BUFFER_BYTES,
+                "cannot append to the InfluxDB spool; holding points in memory until the disk accepts them again");
+            self.disk_logged = Some(Instant::now());
+            self.disk_failures = 0;
+        }
+        self.disk_error = Some(e.to_string());
+        self.next_disk_try = Instant::now() + DISK_RETRY;
+    }
+
+    /// Records that the disk takes writes again (logged unless failures are being kept
+    /// quiet).
+    fn disk_recovered(&mut self, what: &str) {
+        if let Some(e) = self.disk_error.take() {
+            if self
+                .disk_logged
+                .is_some_and(|t| t.elapsed() < DISK_LOG_EVERY)
+            {
+                tracing::debug!(previous_error = %e, "{what}");
+            } else {
+                tracing::info!(previous_error = %e, "{what}");
+            }
+        }
+    }
+
+    /// Queues lines in the memory buffer; those that find it full are dropped and counted.
+    fn hold(&mut self, lines: Vec<String>) {
+        let mut refused = 0u64;
+        for l in lines {
+            let cost = l.len() + LINE_OVERHEAD;
+            if self.memory_bytes + cost > MEMORY_BUFFER_BYTES {
+                refused += 1;
+                continue;
+            }
+            self.memory_bytes += cost;
+            self.memory.push_back(l);
+        }
+        if refused > 0 {
+            let (before, after) = (self.memory_dropped, self.memory_dropped + refused);
+            if before == 0 || after.ilog2() > before.ilog2() {
+                // Logged when the total passes a power of two; the counter and the alarm
+                // carry the exact figure.
+                tracing::error!(dropped_total = self.memory_dropped + refused, memory_bytes = self.memory_bytes,
+                    disk_error = self.disk_error.as_deref().unwrap_or(""),
+                    "InfluxDB spool disk failing and the memory buffer is full; dropping new points");
+            }
+            self.memory_dropped += refused;
+        }
+    }
+
+    /// Removes the first `n` lines of the memory buffer (shipped or moved to disk).
+    fn release(&mut self, n: usize) {
+        for l in self.memory.drain(..n.min(self.memory.len())) {
+            self.memory_bytes -= l.len() + LINE_OVERHEAD;
+        }
+    }
+
+    /// Moves memory back to the spool in chunks, if the disk retry is due, as far as the
+    /// spool's size bound has room: moving more would delete older spooled points to make
+    /// room for newer ones while both could still reach the database. `all`: no limit on the
+    /// amount (shutdown); otherwise at most a bounded amount per call, so `submit` never
+    /// waits long on the lock.
+    fn drain_to_disk(&mut self, all: bool) {
+        if !all && Instant::now() < self.next_disk_try {
+            return;
+        }
+        if self.memory.is_empty() {
+            // The memory buffer went to the database directly: see whether the disk is
+            // back, so that the error (and its alarm) does not outlive it.
+            if self.disk_error.is_some() {
+                match self.spool.probe() {
+                    Ok(()) => self.disk_recovered("InfluxDB spool disk accepts writes again"),
+                    Err(e) => self.disk_failed(&e, 0),
+                }
+            }
+            return;
+        }
+        let mut moved = 0usize;
+        while !self.memory.is_empty() && (all || moved < 20 * DRAIN_CHUNK) {
+            let room = self.spool.room();
+            let (mut n, mut size) = (0usize, 0u64);
+            for l in self.memory.iter().take(DRAIN_CHUNK) {
+                let cost = l.len() as u64 + RECORD_OVERHEAD;
+                if size + cost > room {
+                    break;
+                }
+                size += cost;
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            match self
+                .spool
+                .append(self.memory.iter().take(n).map(String::as_str))
+            {
+                Ok(()) => {
+                    self.release(n);
+                    moved += n;
+                    self.disk_recovered("InfluxDB spool disk accepts writes again; moving points held in memory back to it");
+                }
+                Err(e) => {
+                    self.disk_failed(&e, n);
+                    return;
+                }
+            }
+        }
+        if moved > 0 {
+            tracing::debug!(
+                moved_points = moved,
+                left_in_memory = self.memory.len(),
+                "moved points from memory to the InfluxDB spool"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -342,6 +505,7 @@ struct Counters {
     rejected: u64,
     retries: u64,
     last_error: Option<String>,
+    db_unreachable: bool,
 }
 
 #[derive(Debug)]
@@ -423,8 +587,13 @@ impl InfluxSink {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 spool,
-                fallback: VecDeque::new(),
-                fallback_dropped: 0,
+                memory: VecDeque::new(),
+                memory_bytes: 0,
+                memory_dropped: 0,
+                disk_error: None,
+                next_disk_try: Instant::now(),
+                disk_logged: None,
+                disk_failures: 0,
             }),
             counters: Mutex::new(Counters::default()),
             wake: Notify::new(),
@@ -461,7 +630,8 @@ impl InfluxSink {
     }
 
     /// Appends the points to the spool and wakes the shipping task. Never waits on the
-    /// network; waits on the disk only as long as the fsync policy says.
+    /// network; waits on the disk only as long as the fsync policy says. While the disk
+    /// fails, queues in the bounded memory buffer instead, without touching the disk.
     pub fn submit(&self, points: &[Point]) {
         let mut lines = Vec::with_capacity(points.len());
         for p in points {
@@ -475,37 +645,30 @@ impl InfluxSink {
         {
             let mut g = lock(&self.shared.inner);
             let inner = &mut *g;
-            // Earlier lines that missed the disk go first, to keep the order.
-            if !inner.fallback.is_empty() {
-                let earlier: Vec<String> = inner.fallback.drain(..).collect();
-                if let Err(e) = inner.spool.append(earlier.iter().map(String::as_str)) {
-                    inner.fallback.extend(earlier);
-                    crate::log_limited!(error, "InfluxDB spool still not writable; keeping points in memory", error = %e);
-                }
-            }
-            let result = if inner.fallback.is_empty() {
-                inner.spool.append(lines.iter().map(String::as_str))
+            let disk_resting = inner.disk_error.is_some() && Instant::now() < inner.next_disk_try;
+            if !inner.memory.is_empty() || disk_resting {
+                // Earlier lines wait in memory: these go behind them, to keep the order. The
+                // shipping task retries the disk, at most every DISK_RETRY.
+                inner.hold(lines);
+            } else if let Err(e) = inner.spool.append(lines.iter().map(String::as_str)) {
+                inner.disk_failed(&e, lines.len());
+                inner.hold(lines);
             } else {
-                inner.fallback.extend(lines.drain(..));
-                Ok(())
-            };
-            if let Err(e) = result {
-                crate::log_limited!(error, "cannot append to the InfluxDB spool; keeping points in memory",
-                    error = %e, points = lines.len());
-                inner.fallback.extend(lines);
-            }
-            while inner.fallback.len() > MEMORY_FALLBACK_LINES {
-                inner.fallback.pop_front();
-                inner.fallback_dropped += 1;
+                inner.disk_recovered("InfluxDB spool disk accepts writes again");
             }
         }
         self.shared.wake.notify_one();
     }
 
     pub fn stats(&self) -> SinkStats {
-        let (sp, mem, mem_dropped) = {
+        let (sp, mem, mem_dropped, disk_error) = {
             let g = lock(&self.shared.inner);
-            (g.spool.stats(), g.fallback.len() as u64, g.fallback_dropped)
+            (
+                g.spool.stats(),
+                g.memory.len() as u64,
+                g.memory_dropped,
+                g.disk_error.clone(),
+            )
         };
         let c = lock(&self.shared.counters);
         SinkStats {
@@ -513,15 +676,23 @@ impl InfluxSink {
             backlog: sp.backlog + mem,
             spool_bytes: sp.bytes,
             dropped: sp.dropped + mem_dropped,
+            dropped_bound: sp.dropped,
+            dropped_memory: mem_dropped,
+            memory_backlog: mem,
+            disk_error,
+            db_unreachable: c.db_unreachable,
             rejected: c.rejected,
             corrupt: sp.corrupt,
+            cursor_resets: sp.cursor_resets,
             retries: c.retries,
             last_error: c.last_error.clone(),
         }
     }
 
-    /// Sends what it can before `deadline`, then stops; the rest stays in the spool.
-    pub async fn shutdown(mut self, deadline: Duration) {
+    /// Sends what it can before `deadline`, then stops; the rest stays in the spool. Points
+    /// still in memory (the disk failed) are written to the spool if it takes them now, or
+    /// else counted as dropped and logged. Returns the final counters.
+    pub async fn shutdown(mut self, deadline: Duration) -> SinkStats {
         let _ = self.stop.send(true);
         self.shared.wake.notify_one();
         if let Some(mut task) = self.task.take() {
@@ -533,10 +704,21 @@ impl InfluxSink {
                 task.abort();
             }
         }
-        let mut g = lock(&self.shared.inner);
-        if let Err(e) = g.spool.sync() {
-            tracing::error!(error = %e, "syncing the InfluxDB spool at shutdown");
+        {
+            let mut g = lock(&self.shared.inner);
+            g.drain_to_disk(true);
+            let left = g.memory.len();
+            if left > 0 {
+                tracing::error!(lost_points = left, disk_error = g.disk_error.as_deref().unwrap_or(""),
+                    "InfluxDB sink stopping with points in memory that neither the spool (disk failing or at its size bound) nor the database took; they are lost");
+                g.memory_dropped += left as u64;
+                g.release(left);
+            }
+            if let Err(e) = g.spool.sync() {
+                tracing::error!(error = %e, "syncing the InfluxDB spool at shutdown");
+            }
         }
+        self.stats()
     }
 }
 
@@ -747,19 +929,39 @@ impl Shipper {
         self.stopping()
     }
 
+    /// Sleeps up to `d` like [`Shipper::wait`], trying the disk again every [`DISK_RETRY`]
+    /// while points wait in memory. Returns true on shutdown.
+    async fn pause(&mut self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let waiting = !lock(&self.shared.inner).memory.is_empty();
+            let step = if waiting { left.min(DISK_RETRY) } else { left };
+            if self.wait(step, false).await {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            lock(&self.shared.inner).drain_to_disk(false);
+        }
+    }
+
     async fn run(mut self) {
         let mut backoff = self.retry_min;
         let mut limit = self.batch_size;
         let mut last_flush = Instant::now();
         let mut rng = seed();
         loop {
-            let backlog = {
+            let (on_disk, in_memory) = {
                 let mut g = lock(&self.shared.inner);
                 if let Err(e) = g.spool.sync_if_due() {
                     tracing::error!(error = %e, "syncing the InfluxDB spool");
                 }
-                g.spool.stats().backlog
+                g.drain_to_disk(false);
+                (g.spool.stats().backlog, g.memory.len() as u64)
             };
+            let backlog = on_disk + in_memory;
             let stopping = self.stopping();
             if backlog == 0 {
                 if stopping {
@@ -777,40 +979,54 @@ impl Shipper {
                 self.wait(d, true).await;
                 continue;
             }
-            let batch = {
-                let mut g = lock(&self.shared.inner);
-                g.spool.read_batch(limit)
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the InfluxDB spool");
-                    if self.wait(self.retry_max, false).await {
+            // The spool holds the older points; memory only what came after the disk failed.
+            let (body, count, source) = if on_disk > 0 {
+                let batch = {
+                    let mut g = lock(&self.shared.inner);
+                    g.spool.read_batch(limit)
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the InfluxDB spool");
+                        if self.pause(self.retry_max).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let Some(end) = batch.end else {
+                    // Nothing readable although the backlog says otherwise: should not happen;
+                    // do not spin.
+                    if self.wait(self.flush_interval, true).await {
                         return;
                     }
                     continue;
+                };
+                if batch.count == 0 {
+                    self.ack(Source::Spool(end));
+                    continue;
                 }
+                (batch.body, batch.count, Source::Spool(end))
+            } else {
+                let g = lock(&self.shared.inner);
+                let n = g.memory.len().min(limit);
+                let body: String = g.memory.iter().take(n).map(String::as_str).collect();
+                (body, n as u64, Source::Memory(n))
             };
-            let Some(end) = batch.end else {
-                // Nothing readable although the backlog says otherwise: should not happen;
-                // do not spin.
-                if self.wait(self.flush_interval, true).await {
-                    return;
-                }
-                continue;
-            };
-            if batch.count == 0 {
-                self.commit(end);
-                continue;
-            }
-            let result = self.writer.write(&batch.body).await;
+            let result = self.writer.write(&body).await;
             last_flush = Instant::now();
             let failure = match result {
                 Ok(()) => {
-                    self.commit(end);
-                    let mut c = lock(&self.shared.counters);
-                    c.written += batch.count;
-                    c.last_error = None;
+                    // Counted before the backlog shrinks, so that no reader of the stats sees
+                    // a batch gone from the backlog but not yet written.
+                    {
+                        let mut c = lock(&self.shared.counters);
+                        c.written += count;
+                        c.last_error = None;
+                        c.db_unreachable = false;
+                    }
+                    self.ack(source);
                     backoff = self.retry_min;
                     limit = self.batch_size;
                     continue;
@@ -818,25 +1034,28 @@ impl Shipper {
                 Err(f) => f,
             };
             match failure {
-                Failure::TooLarge(msg) if batch.count > 1 => {
-                    limit = (batch.count as usize / 2).max(1);
-                    tracing::warn!(error = %msg, points = batch.count, new_batch = limit,
+                Failure::TooLarge(msg) if count > 1 => {
+                    limit = (count as usize / 2).max(1);
+                    tracing::warn!(error = %msg, points = count, new_batch = limit,
                         "InfluxDB refused the request size; splitting the batch");
                 }
                 Failure::TooLarge(msg) | Failure::Reject(msg) => {
-                    tracing::error!(error = %msg, points = batch.count, file = %self.dead_letter.display(),
+                    tracing::error!(error = %msg, points = count, file = %self.dead_letter.display(),
                         "InfluxDB rejected a batch; writing it to the dead-letter file");
-                    match append_dead_letter(&self.dead_letter, &msg, &batch.body) {
+                    match append_dead_letter(&self.dead_letter, &msg, &body) {
                         Ok(()) => {
-                            self.commit(end);
-                            let mut c = lock(&self.shared.counters);
-                            c.rejected += batch.count;
-                            c.last_error = Some(msg);
+                            {
+                                let mut c = lock(&self.shared.counters);
+                                c.rejected += count;
+                                c.last_error = Some(msg);
+                                c.db_unreachable = false;
+                            }
+                            self.ack(source);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, file = %self.dead_letter.display(),
                                 "cannot write the dead-letter file; keeping the batch in the spool");
-                            if self.wait(backoff, false).await {
+                            if self.pause(backoff).await {
                                 return;
                             }
                             backoff = (backoff * 2).min(self.retry_max);
@@ -848,6 +1067,7 @@ impl Shipper {
                         let mut c = lock(&self.shared.counters);
                         c.retries += 1;
                         c.last_error = Some(msg.clone());
+                        c.db_unreachable = true;
                     }
                     if stopping {
                         tracing::warn!(error = %msg, backlog, "InfluxDB write failed during shutdown; backlog stays in the spool");
@@ -870,7 +1090,7 @@ impl Shipper {
                     crate::log_limited!(warn, "InfluxDB write failed; will retry",
                         error = %msg, backlog, retry_in_ms = sleep.as_millis() as u64,
                         retry_after_s = retry_after.map(|d| d.as_secs()));
-                    if self.wait(sleep, false).await {
+                    if self.pause(sleep).await {
                         // Shutdown: one last attempt happens in the next loop pass.
                     }
                 }
@@ -878,12 +1098,25 @@ impl Shipper {
         }
     }
 
-    fn commit(&self, end: crate::sink::spool::Position) {
+    /// Removes an acknowledged (or dead-lettered) batch from where it came from.
+    fn ack(&self, source: Source) {
         let mut g = lock(&self.shared.inner);
-        if let Err(e) = g.spool.commit(end) {
-            tracing::error!(error = %e, "committing the InfluxDB spool cursor (points may be sent twice after a restart)");
+        match source {
+            Source::Spool(end) => {
+                if let Err(e) = g.spool.commit(end) {
+                    tracing::error!(error = %e, "committing the InfluxDB spool cursor (points may be sent twice after a restart)");
+                }
+            }
+            // Only this task removes lines from the front, so they are still the ones sent.
+            Source::Memory(n) => g.release(n),
         }
     }
+}
+
+/// Where a batch in flight came from.
+enum Source {
+    Spool(crate::sink::spool::Position),
+    Memory(usize),
 }
 
 fn append_dead_letter(path: &Path, msg: &str, body: &str) -> std::io::Result<()> {

@@ -343,8 +343,12 @@ pub fn telemetry_point(ctx: &Ctx, stats: &crate::sink::influx::SinkStats, time_n
         .field("backlog", int(stats.backlog))
         .field("spool_bytes", int(stats.spool_bytes))
         .field("dropped", int(stats.dropped))
+        .field("dropped_bound", int(stats.dropped_bound))
+        .field("dropped_memory", int(stats.dropped_memory))
+        .field("memory_backlog", int(stats.memory_backlog))
         .field("rejected", int(stats.rejected))
         .field("corrupt", int(stats.corrupt))
+        .field("cursor_resets", int(stats.cursor_resets))
         .field("retries", int(stats.retries))
 }
 

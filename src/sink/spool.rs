@@ -2,18 +2,33 @@
 //!
 //! Layout in `<state_dir>/spool/`:
 //! - `<seq>.seg`: append-only segment files, `seq` a zero-padded, ever-increasing number.
-//!   Each record is `len: u32 LE | crc32(payload): u32 LE | payload`, one line-protocol line
-//!   per record, so that counts of points and records are the same thing.
+//!   Each record is `magic | len: u32 LE | crc32(len, payload): u32 LE | payload`, one
+//!   line-protocol line per record, so that counts of points and records are the same thing.
+//!   The 4-byte magic starts with 0xFF, a byte that never occurs in UTF-8 text, so it never
+//!   occurs inside a payload: after a damaged record the reader finds the next record by
+//!   searching for the magic and checking length and checksum there.
 //! - `cursor`: the committed read position (`seq offset index`), replaced atomically
-//!   (write a temporary file, then rename). Everything before it has been acknowledged.
+//!   (write a temporary file, then rename; both synced unless `fsync` is `never`). Everything
+//!   before it has been acknowledged.
 //!
-//! Crash behaviour: a record torn by a crash mid-write fails its length or checksum check when
-//! the spool is opened; the segment is cut back to the last good record and a warning names the
-//! file and the bytes skipped. After a restart the reader starts at the committed cursor, so the
-//! only records sent twice are those of the batch that was in flight when the process died.
+//! Segments written before the magic existed (`len | crc32(payload) | payload`, no magic) are
+//! still read: a segment without any magic in it is read in that format, and there a damaged
+//! record is skipped by trying each later offset for a record whose length, final newline and
+//! checksum agree.
 //!
-//! The total size is bounded: only when appending would pass `max_bytes` are the oldest
-//! segments deleted, and every unacknowledged record in them is counted as dropped.
+//! Damage: a record torn by a crash mid-write at the end of a segment is cut off when the
+//! spool is opened. A damaged record in the middle of a segment (a flipped bit on the disk) is
+//! skipped and counted, and every valid record after it is kept. A missing, empty, garbled or
+//! impossible cursor is rebuilt from the segments (replaying from the oldest one, so points may
+//! be sent twice but none are lost) and counted. After a restart the reader starts at the
+//! committed cursor, so the only records sent twice are those of the batch that was in flight
+//! when the process died.
+//!
+//! Disk use: acknowledged segments are deleted, and the active segment is closed once
+//! [`ROLL_ACKED_BYTES`] of it are acknowledged (at once while appends fail), to be deleted
+//! when the rest of it is acknowledged, so acknowledged data never fills the disk. The total size is bounded: after an append passes
+//! `max_bytes`, the oldest segments are deleted and every unacknowledged record in them is
+//! counted as dropped. A failed append deletes nothing.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -21,12 +36,130 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Bytes of record header: length and checksum.
-const HEADER: u64 = 8;
+/// The record marker. 0xFF never occurs in UTF-8, so never inside a payload.
+const MAGIC: [u8; 4] = [0xFF, b'C', b'S', 0x02];
+/// Bytes a record takes beyond its payload: magic, length, checksum.
+pub const RECORD_OVERHEAD: u64 = 12;
 /// The largest record accepted. A line-protocol line of a coolantd point is a few hundred
 /// bytes; anything near this is a bug, and the limit keeps a corrupt length from making the
 /// reader allocate gigabytes.
 const MAX_RECORD: u32 = 1 << 20;
+/// A fully acknowledged active segment is closed (and so deleted) once it holds this much.
+/// Smaller would mean a file created and deleted for every batch.
+pub const ROLL_ACKED_BYTES: u64 = 64 << 10;
+
+/// The record framing of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `len | crc32(payload) | payload`: segments written before the magic existed.
+    Legacy,
+    /// `magic | len | crc32(len, payload) | payload`.
+    Marked,
+}
+
+impl Format {
+    fn header(self) -> usize {
+        match self {
+            Format::Legacy => 8,
+            Format::Marked => 12,
+        }
+    }
+
+    /// The format of a segment's bytes: any magic in it means the current format (a legacy
+    /// header holds the magic only if a checksum happens to equal it, one chance in 2^32).
+    fn detect(buf: &[u8]) -> Format {
+        if buf.is_empty() || find_magic(buf, 0).is_some() {
+            Format::Marked
+        } else {
+            Format::Legacy
+        }
+    }
+}
+
+fn find_magic(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(MAGIC.len())
+        .position(|w| w == MAGIC)
+        .map(|p| from + p)
+}
+
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The record starting at `off`, if it is whole and valid: its payload range.
+fn parse_at(buf: &[u8], off: usize, fmt: Format) -> Option<(usize, usize)> {
+    let hl = fmt.header();
+    let h = buf.get(off..off.checked_add(hl)?)?;
+    let (len_b, crc_b) = match fmt {
+        Format::Marked if h[..4] != MAGIC => return None,
+        Format::Marked => (&h[4..8], &h[8..12]),
+        Format::Legacy => (&h[..4], &h[4..8]),
+    };
+    let len = le32(len_b);
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    let start = off + hl;
+    let end = start + len as usize;
+    let payload = buf.get(start..end)?;
+    let crc = match fmt {
+        Format::Marked => {
+            let mut h = crc32fast::Hasher::new();
+            h.update(len_b);
+            h.update(payload);
+            h.finalize()
+        }
+        Format::Legacy => crc32fast::hash(payload),
+    };
+    (crc == le32(crc_b)).then_some((start, end))
+}
+
+/// The first offset at or after `from` where a valid record starts.
+fn resync(buf: &[u8], from: usize, fmt: Format) -> Option<usize> {
+    match fmt {
+        Format::Marked => {
+            let mut at = from;
+            while let Some(p) = find_magic(buf, at) {
+                if parse_at(buf, p, fmt).is_some() {
+                    return Some(p);
+                }
+                at = p + 1;
+            }
+            None
+        }
+        // No marker: every offset is a candidate. A coolantd line ends in a newline, which
+        // rejects almost every wrong offset before the checksum is computed.
+        Format::Legacy => (from..buf.len().saturating_sub(8)).find(|&o| {
+            let len = le32(&buf[o..o + 4]) as usize;
+            len > 0
+                && len <= MAX_RECORD as usize
+                && buf.get(o + 8 + len - 1) == Some(&b'\n')
+                && parse_at(buf, o, fmt).is_some()
+        }),
+    }
+}
+
+/// How many records a damaged stretch held: the markers in it (at least one). Legacy
+/// segments have no markers; a damaged stretch there counts as one record.
+fn records_in(buf: &[u8], fmt: Format) -> u64 {
+    match fmt {
+        Format::Marked => (buf.windows(MAGIC.len()).filter(|w| *w == MAGIC).count() as u64).max(1),
+        Format::Legacy => 1,
+    }
+}
+
+/// Encodes one record in the current format.
+fn encode(buf: &mut Vec<u8>, payload: &[u8], len: u32) {
+    let len_b = len.to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len_b);
+    h.update(payload);
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&len_b);
+    buf.extend_from_slice(&h.finalize().to_le_bytes());
+    buf.extend_from_slice(payload);
+}
 
 /// When appended data is forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +181,6 @@ pub enum SpoolError {
         action: &'static str,
         source: io::Error,
     },
-    #[error("spool cursor {path}: expected `<segment> <offset> <index>`, found {found:?}")]
-    BadCursor { path: PathBuf, found: String },
 }
 
 fn io_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -71,19 +202,21 @@ pub struct SpoolOptions {
 }
 
 impl SpoolOptions {
-    /// Segments of an eighth of the bound (between 64 KiB and 64 MiB), so that dropping the
-    /// oldest segment when the bound is reached throws away a small share of the backlog.
+    /// Segments of a sixteenth of the bound, between 64 KiB and 4 MiB: small next to the
+    /// bound, so that dropping the oldest segment throws away a small share of the backlog,
+    /// and small next to the disk, so that an acknowledged segment frees its space soon
+    /// (the reader also holds one segment in memory).
     pub fn new(max_bytes: u64, fsync: FsyncPolicy) -> Self {
         SpoolOptions {
             max_bytes,
-            segment_bytes: (max_bytes / 8).clamp(64 << 10, 64 << 20),
+            segment_bytes: (max_bytes / 16).clamp(64 << 10, 4 << 20),
             fsync,
         }
     }
 }
 
-/// A position in the spool: segment, byte offset in it, and number of records before it in
-/// that segment.
+/// A position in the spool: segment, byte offset in it, and number of valid records before
+/// it in that segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
     pub seq: u64,
@@ -94,8 +227,14 @@ pub struct Position {
 #[derive(Debug)]
 struct Segment {
     seq: u64,
+    /// Bytes up to the end of the last valid record.
     bytes: u64,
+    /// Valid records.
     records: u64,
+    format: Format,
+    /// Damaged stretches found when the spool was opened (start, end): the reader jumps
+    /// over them without counting them again.
+    skips: Vec<(u64, u64)>,
 }
 
 /// Counters a spool keeps for the sink's stats.
@@ -109,6 +248,9 @@ pub struct SpoolStats {
     pub dropped: u64,
     /// Records lost to corruption (torn tail or bad checksum), as far as they can be counted.
     pub corrupt: u64,
+    /// Times the cursor file was unusable (empty, garbled, pointing past the data) and was
+    /// rebuilt from the segments.
+    pub cursor_resets: u64,
 }
 
 /// A batch read from the spool: newline-terminated lines and where it ends.
@@ -117,6 +259,68 @@ pub struct Batch {
     pub body: String,
     pub count: u64,
     pub end: Option<Position>,
+}
+
+/// What the open-time check found in one segment.
+struct Scan {
+    format: Format,
+    /// End of the last valid record.
+    good: u64,
+    records: u64,
+    /// Damaged stretches between valid records: (start, end, records in it).
+    skips: Vec<(u64, u64, u64)>,
+    /// Bytes after the last valid record.
+    tail: u64,
+    /// Records in the tail, as far as they can be counted.
+    tail_records: u64,
+    /// For the cursor's segment: the last record boundary at or before the cursor's offset,
+    /// and the valid records before it.
+    at: Option<(u64, u64)>,
+}
+
+fn scan(buf: &[u8], want: Option<u64>) -> Scan {
+    let format = Format::detect(buf);
+    let (mut off, mut good, mut records) = (0usize, 0usize, 0u64);
+    let mut skips = Vec::new();
+    let mut at = want.map(|_| (0u64, 0u64));
+    let note = |off: usize, records: u64, at: &mut Option<(u64, u64)>| {
+        if let (Some(w), Some(a)) = (want, at.as_mut()) {
+            if off as u64 <= w {
+                *a = (off as u64, records);
+            }
+        }
+    };
+    while off < buf.len() {
+        if let Some((_, end)) = parse_at(buf, off, format) {
+            note(off, records, &mut at);
+            records += 1;
+            off = end;
+            good = end;
+            continue;
+        }
+        match resync(buf, off + 1, format) {
+            Some(next) => {
+                note(off, records, &mut at);
+                skips.push((off as u64, next as u64, records_in(&buf[off..next], format)));
+                off = next;
+            }
+            None => break,
+        }
+    }
+    note(good, records, &mut at);
+    Scan {
+        format,
+        good: good as u64,
+        records,
+        skips,
+        tail: (buf.len() - good) as u64,
+        tail_records: if buf.len() > good {
+            records_in(&buf[good..], format)
+        } else {
+            0
+        },
+        at,
+    }
 }
 
 /// The spool. One writer and one reader, both through `&mut self` (the sink wraps it in a mutex).
@@ -129,12 +333,18 @@ pub struct Spool {
     writer: File,
     /// The committed read position.
     cursor: Position,
-    /// The read side's open segment, reused between batches.
-    reader: Option<(u64, File)>,
+    /// The read side's segment, held in memory from its start (segments are small), reused
+    /// between batches and extended as the active segment grows.
+    reader: Option<(u64, Vec<u8>)>,
     last_sync: Instant,
     dirty: bool,
+    /// The last append failed (a full disk, say): acknowledged data is freed at once.
+    append_failing: bool,
+    /// The last fsync failed; logged once per failure episode.
+    sync_failing: bool,
     dropped: u64,
     corrupt: u64,
+    cursor_resets: u64,
     /// Test hook: the next append writes only this many bytes and then fails, as a full disk
     /// would.
     #[cfg(test)]
@@ -146,8 +356,9 @@ fn seg_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, checking every segment and cutting off a torn
-    /// or corrupt tail. Always starts a fresh segment for appending.
+    /// Opens (or creates) the spool in `dir`, checking every segment: a torn tail is cut off,
+    /// damaged records in the middle are noted and skipped, an unusable cursor is rebuilt.
+    /// Always starts a fresh segment for appending.
     pub fn open(dir: &Path, opts: SpoolOptions) -> Result<Spool, SpoolError> {
         fs::create_dir_all(dir).map_err(io_err(dir, "creating the folder"))?;
         let mut seqs = Vec::new();
@@ -167,67 +378,116 @@ impl Spool {
         }
         seqs.sort_unstable();
 
+        let cursor_path = dir.join("cursor");
+        let mut resets = 0;
+        let mut cursor = match fs::read(&cursor_path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let parsed = parse_cursor(&text);
+                if parsed.is_none() {
+                    tracing::warn!(
+                        file = %cursor_path.display(),
+                        found = %text.chars().take(80).collect::<String>().escape_debug(),
+                        "spool cursor is not `<segment> <offset> <index>` (empty after a power loss, or damaged); \
+                         rebuilding it from the segments: the oldest spooled points are sent again, none are lost"
+                    );
+                    resets += 1;
+                }
+                parsed
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&cursor_path, "reading")(e)),
+        };
+        // A cursor beyond every segment cannot be right (segments are deleted only after the
+        // cursor has passed them, and the active one always exists): replay rather than
+        // treat everything as acknowledged.
+        if let (Some(c), Some(last)) = (cursor, seqs.last()) {
+            if c.seq > *last {
+                tracing::warn!(file = %cursor_path.display(), cursor_segment = c.seq, last_segment = last,
+                    "spool cursor points past the last segment; rebuilding it from the segments (points may be sent twice)");
+                resets += 1;
+                cursor = None;
+            }
+        }
+
         let mut corrupt = 0;
         let mut segments = VecDeque::new();
+        let last_seq = seqs.last().copied();
         for seq in seqs {
             let path = seg_path(dir, seq);
-            let (bytes, records, bad_tail) = scan_segment(&path)?;
-            if bad_tail > 0 {
+            if cursor.is_some_and(|c| seq < c.seq) {
+                // Wholly before the cursor: acknowledged.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let buf = fs::read(&path).map_err(io_err(&path, "reading for checking"))?;
+            let want = cursor.filter(|c| c.seq == seq).map(|c| c.offset);
+            let sc = scan(&buf, want);
+            for &(start, end, lost) in &sc.skips {
                 tracing::warn!(
                     file = %path.display(),
-                    good_records = records,
-                    skipped_bytes = bad_tail,
-                    "spool segment ends in a torn or corrupt record (crash mid-write?); cutting it off"
+                    offset = start,
+                    skipped_bytes = end - start,
+                    lost_records = lost,
+                    "damaged spool record in the middle of a segment (changed on disk after it was written, not a crash mid-write); skipping it and keeping the valid records after it"
                 );
-                corrupt += 1;
+                corrupt += lost;
+            }
+            if sc.tail > 0 {
+                let why = if Some(seq) == last_seq {
+                    "the last spool segment ends in a torn record (a crash mid-write); cutting it off"
+                } else {
+                    "a spool segment ends in an incomplete or damaged record; cutting it off"
+                };
+                tracing::warn!(file = %path.display(), good_records = sc.records,
+                    skipped_bytes = sc.tail, lost_records = sc.tail_records, "{why}");
+                corrupt += sc.tail_records;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(io_err(&path, "opening to cut a torn tail"))?;
-                f.set_len(bytes)
+                f.set_len(sc.good)
                     .map_err(io_err(&path, "cutting a torn tail"))?;
                 f.sync_all().map_err(io_err(&path, "syncing"))?;
             }
+            if let (Some(c), Some((boundary, index))) = (cursor.as_mut(), sc.at) {
+                if c.offset > buf.len() as u64 {
+                    tracing::warn!(file = %cursor_path.display(), offset = c.offset, segment_bytes = buf.len(),
+                        "spool cursor points past the end of its segment; replaying the segment from its start (points may be sent twice)");
+                    resets += 1;
+                    (c.offset, c.index) = (0, 0);
+                } else {
+                    // Between records (or inside a cut tail): the boundary at or before it,
+                    // so nothing unacknowledged is skipped.
+                    (c.offset, c.index) = (boundary, index);
+                }
+            }
             segments.push_back(Segment {
                 seq,
-                bytes,
-                records,
+                bytes: sc.good,
+                records: sc.records,
+                format: sc.format,
+                skips: sc.skips.iter().map(|s| (s.0, s.1)).collect(),
             });
         }
 
-        let cursor_path = dir.join("cursor");
-        let first = segments.front().map(|s| s.seq).unwrap_or(0);
-        let mut cursor = match fs::read_to_string(&cursor_path) {
-            Ok(text) => parse_cursor(&text).ok_or_else(|| SpoolError::BadCursor {
-                path: cursor_path.clone(),
-                found: text.chars().take(80).collect(),
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Position {
-                seq: first,
+        let mut cursor = match (cursor, segments.front()) {
+            // The cursor's segment is gone (deleted at the size bound): the next one.
+            (Some(c), Some(first)) if !segments.iter().any(|s| s.seq == c.seq) => Position {
+                seq: segments
+                    .iter()
+                    .find(|s| s.seq > c.seq)
+                    .map_or(first.seq, |s| s.seq),
                 offset: 0,
                 index: 0,
             },
-            Err(e) => return Err(io_err(&cursor_path, "reading")(e)),
-        };
-        // Clamp a cursor that points past a segment cut back above, or into deleted segments.
-        if let Some(seg) = segments.iter().find(|s| s.seq == cursor.seq) {
-            if cursor.offset > seg.bytes {
-                cursor.offset = seg.bytes;
-                cursor.index = seg.records;
-            }
-        } else if let Some(seg) = segments.iter().find(|s| s.seq > cursor.seq) {
-            cursor = Position {
-                seq: seg.seq,
+            (Some(c), _) => c,
+            (None, first) => Position {
+                seq: first.map_or(0, |s| s.seq),
                 offset: 0,
                 index: 0,
-            };
-        }
-        // Segments wholly before the cursor are acknowledged: remove them.
-        while segments.front().is_some_and(|s| s.seq < cursor.seq) {
-            if let Some(s) = segments.pop_front() {
-                let _ = fs::remove_file(seg_path(dir, s.seq));
-            }
-        }
+            },
+        };
 
         let next = segments
             .back()
@@ -245,6 +505,8 @@ impl Spool {
             seq: next,
             bytes: 0,
             records: 0,
+            format: Format::Marked,
+            skips: Vec::new(),
         });
         let spool = Spool {
             dir: dir.to_path_buf(),
@@ -255,17 +517,26 @@ impl Spool {
             reader: None,
             last_sync: Instant::now(),
             dirty: false,
+            append_failing: false,
+            sync_failing: false,
             dropped: 0,
             corrupt,
+            cursor_resets: resets,
             #[cfg(test)]
             fail_after: None,
         };
-        spool.write_cursor()?;
+        // A full disk must not keep the daemon from starting: the cursor is stored again
+        // with the next acknowledged batch, and until then the old one (or none) holds, which
+        // at worst replays points.
+        if let Err(e) = spool.write_cursor() {
+            tracing::warn!(error = %e, "could not store the spool cursor at start; it is stored with the next acknowledged batch");
+        }
         Ok(spool)
     }
 
     /// Appends one record per line. Each line must be one complete line-protocol line
-    /// (newline-terminated). Applies the size bound first and the fsync policy after.
+    /// (newline-terminated). Applies the fsync policy, then the size bound. On an error
+    /// nothing of the call is in the spool and nothing was deleted.
     pub fn append<'a>(
         &mut self,
         lines: impl IntoIterator<Item = &'a str>,
@@ -285,9 +556,7 @@ impl Spool {
                 );
                 continue;
             }
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            buf.extend_from_slice(payload);
+            encode(&mut buf, payload, len);
             records += 1;
         }
         if records == 0 {
@@ -295,24 +564,48 @@ impl Spool {
         }
         let need = buf.len() as u64;
         if self.active().bytes > 0 && self.active().bytes + need > self.opts.segment_bytes {
-            self.roll()?;
+            if let Err(e) = self.roll() {
+                self.append_failing = true;
+                return Err(e);
+            }
         }
-        self.enforce_bound(need)?;
         let path = seg_path(&self.dir, self.active().seq);
         if let Err(e) = self.write_active(&buf) {
+            self.append_failing = true;
             self.undo_torn_append(&path);
+            // Whatever is acknowledged goes now, so that the next try may find room.
+            self.release_acknowledged(1);
             return Err(io_err(&path, "appending")(e));
         }
+        self.append_failing = false;
         let seg = self.active_mut();
         seg.bytes += need;
         seg.records += records;
         self.dirty = true;
-        match self.opts.fsync {
-            FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync()?,
-            _ => {}
-        }
+        // The records are in the file now, so a failed fsync does not fail the append (the
+        // caller would keep them elsewhere too and send them twice); it is logged instead.
+        let synced = match self.opts.fsync {
+            FsyncPolicy::Always => self.sync(),
+            FsyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(),
+            _ => Ok(()),
+        };
+        self.note_sync(synced);
+        // Only now, with the new records safely written, is the oldest data given up for the
+        // bound; a failed append must not cost the backlog anything.
+        self.enforce_bound()?;
         Ok(())
+    }
+
+    fn note_sync(&mut self, r: Result<(), SpoolError>) {
+        match r {
+            Ok(()) => self.sync_failing = false,
+            Err(e) => {
+                if !self.sync_failing {
+                    tracing::error!(error = %e, "cannot sync the spool to disk; spooled points survive a crash of the daemon but not a power loss until this clears");
+                }
+                self.sync_failing = true;
+            }
+        }
     }
 
     /// Forces appended data to disk if any is pending (called by the interval policy and on
@@ -345,7 +638,7 @@ impl Spool {
             let Some(seg) = self.segments.iter().find(|s| s.seq == pos.seq) else {
                 break;
             };
-            let (seg_bytes, seg_records) = (seg.bytes, seg.records);
+            let (seg_bytes, seg_records, format) = (seg.bytes, seg.records, seg.format);
             if pos.offset >= seg_bytes {
                 // End of this segment: move on if a later one exists.
                 match self.segments.iter().find(|s| s.seq > pos.seq) {
@@ -361,55 +654,123 @@ impl Spool {
                     None => break,
                 }
             }
+            if let Some(&(_, end)) = seg.skips.iter().find(|s| s.0 == pos.offset) {
+                // Damage found and counted at open.
+                pos.offset = end;
+                batch.end = Some(pos);
+                continue;
+            }
+            let skip_at: Vec<u64> = seg.skips.iter().map(|s| s.0).collect();
             let path = seg_path(&self.dir, pos.seq);
-            let file = self.reader_for(pos.seq)?;
-            file.seek(SeekFrom::Start(pos.offset))
-                .map_err(io_err(&path, "seeking"))?;
-            let mut r = io::BufReader::with_capacity(64 << 10, &mut *file);
-            while (batch.count as usize) < max && pos.offset < seg_bytes {
-                match read_record(&mut r, seg_bytes - pos.offset) {
-                    Ok(Some(payload)) => {
-                        pos.offset += HEADER + payload.len() as u64;
+            let buf = self.load(pos.seq, seg_bytes)?;
+            let buf = &buf[..seg_bytes as usize];
+            let mut off = pos.offset as usize;
+            while (batch.count as usize) < max && off < buf.len() {
+                if skip_at.contains(&(off as u64)) {
+                    break;
+                }
+                match parse_at(buf, off, format) {
+                    Some((start, end)) => {
+                        off = end;
                         pos.index += 1;
-                        batch.end = Some(pos);
-                        match std::str::from_utf8(&payload) {
+                        match std::str::from_utf8(&buf[start..end]) {
                             Ok(s) => {
                                 batch.body.push_str(s);
                                 batch.count += 1;
                             }
                             Err(_) => {
-                                tracing::warn!(file = %path.display(), offset = pos.offset,
+                                tracing::warn!(file = %path.display(), offset = start,
                                     "spool record is not UTF-8 despite a good checksum; skipped");
                                 corrupt += 1;
                             }
                         }
                     }
-                    Ok(None) | Err(_) => {
-                        // Corruption inside a segment after it was checked at open: skip the
-                        // rest of the segment rather than loop on it.
-                        let lost = seg_records.saturating_sub(pos.index);
-                        tracing::warn!(file = %path.display(), offset = pos.offset, lost_records = lost,
-                            "corrupt spool record; skipping the rest of the segment");
-                        corrupt += lost.max(1);
-                        pos.offset = seg_bytes;
-                        pos.index = seg_records;
-                        batch.end = Some(pos);
+                    None => {
+                        // Damage that appeared after the check at open: skip to the next
+                        // valid record.
+                        let next = resync(buf, off + 1, format).unwrap_or(buf.len());
+                        let lost = records_in(&buf[off..next], format);
+                        tracing::warn!(file = %path.display(), offset = off, skipped_bytes = next - off,
+                            lost_records = lost, "damaged spool record; skipping to the next valid one");
+                        corrupt += lost;
+                        pos.index = (pos.index + lost).min(seg_records);
+                        off = next;
                     }
                 }
+                pos.offset = off as u64;
+                batch.end = Some(pos);
             }
         }
         self.corrupt += corrupt;
         Ok(batch)
     }
 
-    /// Marks everything before `end` as acknowledged: stores the cursor durably and deletes
-    /// segments that are fully acknowledged.
+    /// The first `len` bytes of segment `seq`, from the reader's copy, read from the file as
+    /// far as it does not reach yet.
+    fn load(&mut self, seq: u64, len: u64) -> Result<&Vec<u8>, SpoolError> {
+        if self.reader.as_ref().map(|r| r.0) != Some(seq) {
+            self.reader = Some((seq, Vec::new()));
+        }
+        let dir = self.dir.clone();
+        let (_, buf) = self
+            .reader
+            .as_mut()
+            .expect("spool invariant: reader was just set");
+        let have = buf.len() as u64;
+        if have < len {
+            let path = seg_path(&dir, seq);
+            let mut f = File::open(&path).map_err(io_err(&path, "opening for reading"))?;
+            f.seek(SeekFrom::Start(have))
+                .map_err(io_err(&path, "seeking"))?;
+            let mut more = vec![0u8; (len - have) as usize];
+            f.read_exact(&mut more).map_err(io_err(&path, "reading"))?;
+            buf.extend_from_slice(&more);
+        }
+        Ok(buf)
+    }
+
+    /// Marks everything before `end` as acknowledged: deletes segments that are fully
+    /// acknowledged and stores the cursor durably. The active segment is closed once its
+    /// acknowledged part is large enough (at once while appends fail), so that it can go too.
+    /// Segments go before the cursor is stored: on a full disk the cursor can only be
+    /// written once they are gone, and a crash in between only means points are sent twice
+    /// (a cursor whose segment is missing starts at the next one).
     pub fn commit(&mut self, end: Position) -> Result<(), SpoolError> {
         if end <= self.cursor {
             return Ok(());
         }
         self.cursor = end;
-        self.write_cursor()?;
+        let threshold = if self.append_failing {
+            1
+        } else {
+            ROLL_ACKED_BYTES
+        };
+        self.release_acknowledged(threshold);
+        self.write_cursor()
+    }
+
+    /// Closes the active segment once `threshold` bytes of it are acknowledged, and deletes
+    /// every segment the cursor has passed. Also when the tail of the active segment is still
+    /// unacknowledged (points arrive all the time): new points go to a new segment, and the
+    /// old one is deleted once the cursor passes its end.
+    fn release_acknowledged(&mut self, threshold: u64) {
+        let a = self.active();
+        if self.cursor.seq == a.seq && self.cursor.offset >= threshold.max(1) {
+            let at_end = self.cursor.offset >= a.bytes;
+            match self.roll() {
+                Ok(()) if at_end => {
+                    self.cursor = Position {
+                        seq: self.active().seq,
+                        offset: 0,
+                        index: 0,
+                    };
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not close the acknowledged spool segment; it stays until the next try");
+                }
+            }
+        }
         let active = self.active().seq;
         while self
             .segments
@@ -421,11 +782,11 @@ impl Spool {
                     self.reader = None;
                 }
                 let path = seg_path(&self.dir, s.seq);
-                fs::remove_file(&path)
-                    .map_err(io_err(&path, "deleting an acknowledged segment"))?;
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "could not delete an acknowledged spool segment");
+                }
             }
         }
-        Ok(())
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -444,7 +805,25 @@ impl Spool {
             bytes,
             dropped: self.dropped,
             corrupt: self.corrupt,
+            cursor_resets: self.cursor_resets,
         }
+    }
+
+    /// Checks that the spool's disk takes a write again, with a small file of its own (removed
+    /// at once, and at open if a crash left it), so that a recovered disk is noticed while
+    /// there is nothing to append.
+    pub fn probe(&self) -> Result<(), SpoolError> {
+        let path = self.dir.join("probe.tmp");
+        let r = File::create(&path).and_then(|mut f| f.write_all(&[0u8; 4096]));
+        let _ = fs::remove_file(&path);
+        r.map_err(io_err(&path, "writing a probe file"))
+    }
+
+    /// Bytes that can still be appended before the size bound would delete old segments.
+    /// A record takes [`RECORD_OVERHEAD`] bytes more than its line.
+    pub fn room(&self) -> u64 {
+        let total: u64 = self.segments.iter().map(|s| s.bytes).sum();
+        self.opts.max_bytes.saturating_sub(total)
     }
 
     /// The committed cursor.
@@ -475,15 +854,14 @@ impl Spool {
 
     /// After a failed append (a full disk, say) part of the batch may be in the file while the
     /// tracked length did not grow. Later appends would land after those torn bytes, and the
-    /// reader, which computes offsets from the tracked length, would hit a checksum failure and
-    /// skip every good record after them. So cut the file back to its known length (the writer
-    /// appends, so the next write lands there); if that fails, start a fresh segment, whose
-    /// tracked length the reader stops at, leaving the torn bytes unread.
+    /// reader would have to skip them as damage. So cut the file back to its known length (the
+    /// writer appends, so the next write lands there); if that fails, start a fresh segment,
+    /// whose tracked length the reader stops at, leaving the torn bytes unread.
     fn undo_torn_append(&mut self, path: &Path) {
         let known = self.active().bytes;
         match self.writer.set_len(known) {
             Ok(()) => {
-                tracing::warn!(file = %path.display(), bytes = known, "append failed; cut the segment back to its last whole record");
+                tracing::debug!(file = %path.display(), bytes = known, "append failed; cut the segment back to its last whole record");
             }
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "append failed and the segment could not be cut back; starting a new segment");
@@ -504,16 +882,18 @@ impl Spool {
             seq: next,
             bytes: 0,
             records: 0,
+            format: Format::Marked,
+            skips: Vec::new(),
         });
         Ok(())
     }
 
-    /// Deletes the oldest segments until `need` more bytes fit under the bound. The active
+    /// Deletes the oldest segments until the total is within the bound again. The active
     /// segment is never deleted, so a bound smaller than one segment still accepts data.
-    fn enforce_bound(&mut self, need: u64) -> Result<(), SpoolError> {
+    fn enforce_bound(&mut self) -> Result<(), SpoolError> {
         loop {
             let total: u64 = self.segments.iter().map(|s| s.bytes).sum();
-            if total + need <= self.opts.max_bytes || self.segments.len() < 2 {
+            if total <= self.opts.max_bytes || self.segments.len() < 2 {
                 return Ok(());
             }
             let Some(old) = self.segments.pop_front() else {
@@ -550,19 +930,8 @@ impl Spool {
         }
     }
 
-    fn reader_for(&mut self, seq: u64) -> Result<&mut File, SpoolError> {
-        if self.reader.as_ref().map(|(q, _)| *q) != Some(seq) {
-            let path = seg_path(&self.dir, seq);
-            let f = File::open(&path).map_err(io_err(&path, "opening for reading"))?;
-            self.reader = Some((seq, f));
-        }
-        Ok(&mut self
-            .reader
-            .as_mut()
-            .expect("spool invariant: reader was just opened")
-            .1)
-    }
-
+    /// Replaces the cursor file atomically. Unless the policy is `never`, the file is synced
+    /// before the rename and the folder after it, so the new name survives a power loss.
     fn write_cursor(&self) -> Result<(), SpoolError> {
         let path = self.dir.join("cursor");
         let tmp = self.dir.join("cursor.tmp");
@@ -577,6 +946,14 @@ impl Spool {
             f.sync_data().map_err(io_err(&tmp, "syncing"))?;
         }
         fs::rename(&tmp, &path).map_err(io_err(&path, "replacing"))?;
+        if self.opts.fsync != FsyncPolicy::Never {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(
+                    &self.dir,
+                    "syncing the folder after replacing the cursor",
+                ))?;
+        }
         Ok(())
     }
 }
@@ -603,46 +980,6 @@ fn create_segment(dir: &Path, seq: u64) -> Result<File, SpoolError> {
         let _ = d.sync_all();
     }
     Ok(f)
-}
-
-/// Reads one record; `Ok(None)` when the header or payload is torn, too large or fails its
-/// checksum. `left` is how many bytes of the segment remain.
-fn read_record(r: &mut impl Read, left: u64) -> io::Result<Option<Vec<u8>>> {
-    if left < HEADER {
-        return Ok(None);
-    }
-    let mut h = [0u8; 8];
-    r.read_exact(&mut h)?;
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    if len == 0 || len > MAX_RECORD || u64::from(len) > left - HEADER {
-        return Ok(None);
-    }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)?;
-    Ok((crc32fast::hash(&payload) == crc).then_some(payload))
-}
-
-/// Checks a segment: returns its good length, its good record count and the bytes after the
-/// last good record.
-fn scan_segment(path: &Path) -> Result<(u64, u64, u64), SpoolError> {
-    let f = File::open(path).map_err(io_err(path, "opening for checking"))?;
-    let size = f
-        .metadata()
-        .map_err(io_err(path, "reading the size"))?
-        .len();
-    let mut r = io::BufReader::with_capacity(64 << 10, f);
-    let (mut off, mut records) = (0u64, 0u64);
-    while off < size {
-        match read_record(&mut r, size - off) {
-            Ok(Some(p)) => {
-                off += HEADER + p.len() as u64;
-                records += 1;
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    Ok((off, records, size - off))
 }
 
 #[cfg(test)]
@@ -795,12 +1132,242 @@ mod tests {
         assert_eq!(s.stats().corrupt, 0);
     }
 
+    fn files(dir: &Path) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = fs::read_dir(dir)
+            .expect("list")
+            .map(|e| {
+                let e = e.expect("entry");
+                let len = e.metadata().expect("metadata").len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .filter(|(n, _)| n.ends_with(".seg"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Flips one byte of the payload that contains `needle`.
+    fn flip(path: &Path, needle: &str) {
+        let mut bytes = fs::read(path).expect("read segment");
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .unwrap_or_else(|| panic!("{needle} not in {}", path.display()));
+        bytes[at + 2] ^= 0x01;
+        fs::write(path, &bytes).expect("write segment");
+    }
+
     #[test]
-    fn corrupt_cursor_file_is_an_error_naming_it() {
+    fn bad_cursor_is_rebuilt_from_the_segments_not_an_error() {
+        let all = lines(0..40);
+        for bad in [
+            "",
+            "garbage",
+            "1 2",
+            "\u{0}\u{0}\u{0}",
+            "999 0 0",
+            "1 999999 3",
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            {
+                let mut s = Spool::open(dir.path(), opts(1 << 20)).expect("open");
+                s.append(all.iter().map(String::as_str)).expect("append");
+            }
+            let seq = files(dir.path())[0]
+                .0
+                .trim_end_matches(".seg")
+                .parse::<u64>()
+                .expect("seq");
+            let bad = if bad == "1 999999 3" {
+                format!("{seq} 999999 3")
+            } else {
+                bad.to_string()
+            };
+            fs::write(dir.path().join("cursor"), &bad).expect("write");
+            let mut s = Spool::open(dir.path(), opts(1 << 20))
+                .unwrap_or_else(|e| panic!("cursor {bad:?} must not stop the spool: {e}"));
+            assert_eq!(s.stats().cursor_resets, 1, "cursor {bad:?}");
+            assert_eq!(drain(&mut s, 7), all, "cursor {bad:?}: everything replays");
+        }
+    }
+
+    #[test]
+    fn cursor_between_records_replays_from_the_record_before() {
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(Spool::open(dir.path(), opts(1 << 20)).expect("open"));
-        fs::write(dir.path().join("cursor"), "garbage").expect("write");
-        let e = Spool::open(dir.path(), opts(1 << 20)).expect_err("bad cursor");
-        assert!(e.to_string().contains("cursor"), "{e}");
+        let all = lines(0..10);
+        let seq;
+        {
+            let mut s = Spool::open(dir.path(), opts(1 << 20)).expect("open");
+            s.append(all.iter().map(String::as_str)).expect("append");
+            seq = s.active().seq;
+        }
+        let rec = (12 + all[0].len()) as u64;
+        // Three records acknowledged, the offset a few bytes into the fourth, a wrong index.
+        fs::write(
+            dir.path().join("cursor"),
+            format!("{seq} {} 77", 3 * rec + 5),
+        )
+        .expect("w");
+        let mut s = Spool::open(dir.path(), opts(1 << 20)).expect("reopen");
+        assert_eq!(s.stats().backlog, 7);
+        assert_eq!(drain(&mut s, 4), all[3..].to_vec());
+    }
+
+    #[test]
+    fn damaged_records_mid_segment_are_skipped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = lines(100..400);
+        let o = SpoolOptions {
+            max_bytes: 1 << 20,
+            segment_bytes: 2 << 10,
+            fsync: FsyncPolicy::Never,
+        };
+        {
+            let mut s = Spool::open(dir.path(), o.clone()).expect("open");
+            for chunk in all.chunks(10) {
+                s.append(chunk.iter().map(String::as_str)).expect("append");
+            }
+        }
+        let segs = files(dir.path());
+        assert!(segs.len() >= 3, "{segs:?}");
+        let holding = |needle: &str| {
+            segs.iter()
+                .position(|(n, _)| {
+                    let b = fs::read(dir.path().join(n)).expect("read");
+                    b.windows(needle.len()).any(|w| w == needle.as_bytes())
+                })
+                .expect("a segment holds the line")
+        };
+        let (a, b) = (holding("v=102i"), holding("v=250i"));
+        assert_ne!(a, b, "damage in two segments");
+        flip(&dir.path().join(&segs[a].0), "v=102i");
+        flip(&dir.path().join(&segs[b].0), "v=250i");
+        let mut s = Spool::open(dir.path(), o).expect("reopen");
+        assert_eq!(s.stats().corrupt, 2);
+        assert_eq!(s.stats().backlog, 298);
+        let want: Vec<String> = all
+            .iter()
+            .filter(|l| !l.contains("v=102i") && !l.contains("v=250i"))
+            .cloned()
+            .collect();
+        assert_eq!(drain(&mut s, 64), want);
+        assert_eq!(s.stats().corrupt, 2, "counted once");
+        drop(s);
+        assert_eq!(files(dir.path()).len(), 1, "acknowledged segments deleted");
+    }
+
+    #[test]
+    fn damage_after_open_is_skipped_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = lines(0..50);
+        let mut s = Spool::open(dir.path(), opts(1 << 20)).expect("open");
+        let o = SpoolOptions {
+            segment_bytes: 1 << 20,
+            ..opts(1 << 20)
+        };
+        s.opts = o;
+        s.append(all.iter().map(String::as_str)).expect("append");
+        flip(&seg_path(dir.path(), s.active().seq), "v=20i");
+        let want: Vec<String> = all
+            .iter()
+            .filter(|l| !l.contains("v=20i"))
+            .cloned()
+            .collect();
+        assert_eq!(drain(&mut s, 8), want);
+        assert_eq!(s.stats().corrupt, 1);
+        assert_eq!(s.stats().backlog, 0);
+    }
+
+    #[test]
+    fn legacy_segments_without_markers_are_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = lines(0..30);
+        let mut bytes = Vec::new();
+        for l in &all {
+            bytes.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(l.as_bytes()).to_le_bytes());
+            bytes.extend_from_slice(l.as_bytes());
+        }
+        fs::write(seg_path(dir.path(), 7), &bytes).expect("write");
+        flip(&seg_path(dir.path(), 7), "v=11i");
+        let mut s = Spool::open(dir.path(), opts(1 << 20)).expect("open");
+        assert_eq!(s.stats().corrupt, 1);
+        let want: Vec<String> = all
+            .iter()
+            .filter(|l| !l.contains("v=11i"))
+            .cloned()
+            .collect();
+        assert_eq!(drain(&mut s, 8), want);
+        s.append(["new v=1i 1\n"]).expect("append");
+        assert_eq!(drain(&mut s, 8), ["new v=1i 1\n"]);
+    }
+
+    #[test]
+    fn acknowledged_data_does_not_stay_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // One large segment, as the old 64 MiB default: the active segment must still be
+        // given up once everything in it is acknowledged.
+        let o = SpoolOptions {
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            fsync: FsyncPolicy::Never,
+        };
+        let mut s = Spool::open(dir.path(), o).expect("open");
+        let all = lines(0..5000);
+        for chunk in all.chunks(100) {
+            s.append(chunk.iter().map(String::as_str)).expect("append");
+            drain(&mut s, 1000);
+        }
+        let on_disk: u64 = files(dir.path()).iter().map(|f| f.1).sum();
+        assert!(
+            on_disk < ROLL_ACKED_BYTES + 8192,
+            "{on_disk} bytes left on disk"
+        );
+        assert_eq!(s.stats().backlog, 0);
+    }
+
+    #[test]
+    fn acknowledged_data_is_freed_while_points_keep_arriving() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = SpoolOptions {
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            fsync: FsyncPolicy::Never,
+        };
+        let mut s = Spool::open(dir.path(), o).expect("open");
+        let all = lines(0..20_000);
+        let mut chunks = all.chunks(100);
+        s.append(chunks.next().expect("chunk").iter().map(String::as_str))
+            .expect("append");
+        // Each batch is acknowledged after more points arrived: the cursor never reaches
+        // the end of the active segment.
+        for chunk in chunks {
+            let b = s.read_batch(1000).expect("read");
+            s.append(chunk.iter().map(String::as_str)).expect("append");
+            s.commit(b.end.expect("end")).expect("commit");
+            let on_disk: u64 = files(dir.path()).iter().map(|f| f.1).sum();
+            assert!(
+                on_disk < 2 * ROLL_ACKED_BYTES + 8192,
+                "{on_disk} bytes on disk"
+            );
+        }
+        assert_eq!(drain(&mut s, 1000).len(), 100);
+    }
+
+    #[test]
+    fn failed_append_deletes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path(), opts(4096)).expect("open");
+        let all = lines(0..40);
+        for l in &all {
+            s.append([l.as_str()]).expect("append");
+        }
+        let before = s.stats();
+        assert!(before.backlog > 0);
+        s.fail_after = Some(0);
+        let big = lines(1000..1200);
+        s.append(big.iter().map(String::as_str))
+            .expect_err("the hook fails the append");
+        assert_eq!(s.stats(), before, "a failed append changes nothing");
     }
 }
