@@ -308,6 +308,23 @@ impl Controller {
         self.gpus = next;
     }
 
+    /// The lowest slowdown threshold of the GPUs this controller drives, if it knows any.
+    pub fn lowest_slowdown(&self) -> Option<f64> {
+        self.gpus
+            .values()
+            .filter_map(|g| g.st.as_ref())
+            .map(|s| s.slowdown.get())
+            .reduce(f64::min)
+    }
+
+    /// Checks a reloaded `[control]` against the GPUs this controller drives, with the same
+    /// rule as the MQTT command path; the error names the key. Called before
+    /// [`Controller::reconfigure`], which then cannot raise the set point past it.
+    pub fn check_reload(&self, cfg: &ControlConfig) -> Result<(), String> {
+        cfg.check_setpoint(cfg.setpoint, self.lowest_slowdown())
+            .map_err(|e| format!("control.setpoint: {e}"))
+    }
+
     /// SIGHUP reload without a bump: loops keep their outputs, the set point follows the file
     /// only where the file changed it (an operator's set point survives an unrelated reload).
     pub fn reconfigure(&mut self, cfg: &ControlConfig) {
@@ -315,6 +332,13 @@ impl Controller {
             self.setpoint = cfg.setpoint;
         }
         self.setpoint = self.setpoint.clamp(cfg.setpoint_min, cfg.setpoint_max);
+        // An operator's set point kept across the reload obeys the new margin too.
+        if let Some(slowdown) = self.lowest_slowdown() {
+            let ceiling = slowdown - cfg.slowdown_margin_k;
+            if self.setpoint > ceiling {
+                self.setpoint = ceiling.max(cfg.setpoint_min);
+            }
+        }
         self.cfg = cfg.clone();
         for c in &mut self.cdus {
             c.pid.set_params(pump_params(cfg, &c.setup));
@@ -363,22 +387,8 @@ impl Controller {
         match cmd {
             Command::SetSetpoint { celsius } => {
                 let c = *celsius;
-                let (lo, hi) = (self.cfg.setpoint_min, self.cfg.setpoint_max);
-                if !(c.is_finite() && c >= lo && c <= hi) {
-                    return reject(format!("set point {c} °C is outside {lo}..={hi} °C"));
-                }
-                let slowdown = self
-                    .gpus
-                    .values()
-                    .filter_map(|g| g.st.as_ref())
-                    .map(|s| s.slowdown.get())
-                    .fold(f64::INFINITY, f64::min);
-                let ceiling = slowdown - self.cfg.slowdown_margin_k;
-                if c > ceiling {
-                    return reject(format!(
-                        "set point {c} °C is above {ceiling} °C: the lowest GPU slowdown threshold ({slowdown} °C) minus the {} K margin",
-                        self.cfg.slowdown_margin_k
-                    ));
+                if let Err(reason) = self.cfg.check_setpoint(c, self.lowest_slowdown()) {
+                    return reject(reason);
                 }
                 self.setpoint = c;
                 CommandOutcome::Accepted

@@ -4,6 +4,7 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod notify;
+pub mod preflight;
 pub mod probe;
 pub mod run;
 pub mod serve;

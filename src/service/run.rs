@@ -44,6 +44,7 @@ pub struct RunOptions {
 /// maps the roles the control loop needs. Used by `check-config`, `run` and reload.
 pub fn load_profiles(cfg: &Config) -> Result<LoadedProfiles, crate::config::ConfigError> {
     let dir = cfg.resolve(&cfg.site.profiles_dir);
+    crate::service::preflight::check_profiles_dir(cfg, &dir)?;
     let gpu = GpuProfiles::load_dir(&dir.join("gpu"))?;
     let mut cdu = BTreeMap::new();
     for (i, c) in cfg.cdus.iter().enumerate() {
@@ -79,6 +80,7 @@ pub fn load_profiles(cfg: &Config) -> Result<LoadedProfiles, crate::config::Conf
             });
         }
     }
+    crate::service::preflight::check_setpoint(cfg, &gpu)?;
     Ok(LoadedProfiles { gpu, cdu })
 }
 
@@ -171,6 +173,7 @@ impl Daemon {
         };
         let gpus = open_gpus(&cfg, &host, &profiles.gpu, sim.as_ref())?;
         let inventory = gpus.as_ref().map(|g| g.inventory()).unwrap_or_default();
+        crate::service::preflight::check_setpoint_for_gpus(&cfg, &inventory)?;
         let cdus = cfg
             .cdus
             .iter()
@@ -537,6 +540,9 @@ impl Daemon {
             "the CDUs, the hosts they cool, or their profiles' roles or pump limits changed; \
              restart to apply (a reload may change addresses, timeouts and [control])"
         );
+        self.controller
+            .check_reload(&new.control)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if new.site.host != self.cfg.site.host
             || new.site.state_dir != self.cfg.site.state_dir
             || format!("{:?}", new.gpus) != format!("{:?}", self.cfg.gpus)
