@@ -2,8 +2,12 @@
 //! and then failed later or misbehaved: each case runs the real binary and checks the exit
 //! status (78, EX_CONFIG) and that the message names the file and the key.
 
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
 #[path = "support/sim_daemon.rs"]
 mod sim_daemon;
+#[path = "support/victoria.rs"]
+mod victoria;
 
 use sim_daemon::{free_port, sim_config_text, TempDir};
 use std::path::{Path, PathBuf};
@@ -205,4 +209,266 @@ fn control_characters_in_topic_prefix_are_shown_escaped() {
     ));
     let out = check_config(&cfg);
     assert_refused(&out, &cfg, &["mqtt.topic_prefix", r#""a\0b""#]);
+}
+
+// ---- issue 14: check-config finds what run would fail on -----------------------------------
+
+fn run_binary(args: &[&str], cfg: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run coolantd")
+}
+
+#[test]
+fn missing_secret_files_are_refused_by_check_config_and_run() {
+    let site = Site::new("secrets");
+    let token = site.dir.0.join("influx-token");
+    let cfg = site.write(&format!(
+        "{}\n[influx]\nurl = \"http://127.0.0.1:1\"\nbucket = \"b\"\ntoken_file = {:?}\n",
+        site.base,
+        token.display().to_string()
+    ));
+    assert_refused(
+        &check_config(&cfg),
+        &cfg,
+        &["influx.token_file", &token.display().to_string()],
+    );
+    // `run` refuses it the same way and exits 78, before any output is driven.
+    assert_refused(
+        &run_binary(&["run", "--dry-run"], &cfg),
+        &cfg,
+        &["influx.token_file"],
+    );
+    std::fs::write(&token, "secret\n").expect("write token");
+    assert_ok(&check_config(&cfg));
+
+    let pw = site.dir.0.join("mqtt-password");
+    let cfg = site.write(&format!(
+        "{}\n[mqtt]\nhost = \"127.0.0.1\"\nusername = \"u\"\npassword_file = {:?}\n",
+        site.base,
+        pw.display().to_string()
+    ));
+    assert_refused(&check_config(&cfg), &cfg, &["mqtt.password_file"]);
+}
+
+#[test]
+fn cdu_only_mode_without_gpu_input_is_refused() {
+    let site = Site::new("cdu-only");
+    // The shipped default requires GPU input: failsafe 30 s after start, pump at 100 %.
+    let cfg = site.with(&[("backend = \"simulated\"", "backend = \"none\"")]);
+    assert_refused(
+        &check_config(&cfg),
+        &cfg,
+        &["control.plausibility.gpu_required", "failsafe"],
+    );
+    assert_refused(
+        &run_binary(&["run", "--dry-run"], &cfg),
+        &cfg,
+        &["gpu_required"],
+    );
+    // Without it, nothing is controlled: the pump would hold its start speed forever.
+    let cfg = site.write(&format!(
+        "{}\n[control.plausibility]\ngpu_required = false\n",
+        site.base
+            .replacen("backend = \"simulated\"", "backend = \"none\"", 1)
+    ));
+    assert_refused(
+        &check_config(&cfg),
+        &cfg,
+        &["gpus.backend", "nothing is controlled"],
+    );
+}
+
+#[test]
+fn check_config_says_dry_run_or_what_it_will_write() {
+    let site = Site::new("verdict");
+    let live = check_config(&site.write(&site.base));
+    assert_ok(&live);
+    let out = String::from_utf8_lossy(&live.stdout).to_string();
+    let last = out.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "LIVE: will write cdu-sim pump_speed_cmd (holding 0), cdu-sim watchdog (holding 1) \
+         and the power limits of 8 GPUs",
+        "{out}"
+    );
+    let dry = check_config(&site.with(&[("[site]\n", "[site]\ndry_run = true\n")]));
+    assert_ok(&dry);
+    let out = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(
+        out.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("DRY RUN:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_option_is_accepted_everywhere_and_the_positional_form_still_works() {
+    let site = Site::new("cli");
+    let cfg = site.write(&site.base);
+    let new = run_binary(&["check-config"], &cfg);
+    assert_ok(&new);
+    assert!(new.stderr.is_empty(), "{}", text(&new));
+    let old = check_config(&cfg);
+    assert_ok(&old);
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("deprecated"),
+        "{}",
+        text(&old)
+    );
+    // Every command takes --config (and -c); help succeeds for each with it.
+    for cmd in ["run", "check-config", "probe", "sim", "restore"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--help"])
+            .output()
+            .expect("help");
+        assert_ok(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("--config"),
+            "{cmd}: {}",
+            text(&out)
+        );
+    }
+}
+
+/// True when this machine has an NVIDIA driver: then `backend = "nvml"` would open real
+/// GPUs, which this test must not do.
+fn have_nvidia_driver() -> bool {
+    Path::new("/dev/nvidiactl").exists()
+        || [
+            "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+            "/usr/lib64/libnvidia-ml.so.1",
+        ]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
+
+#[test]
+fn run_without_nvml_exits_78_with_one_clear_message() {
+    if have_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let site = Site::new("no-nvml");
+    let cfg = site.with(&[("backend = \"simulated\"", "backend = \"nvml\"")]);
+    let out = run_binary(&["run", "--dry-run"], &cfg);
+    assert_refused(&out, &cfg, &["gpus.backend", "NVIDIA driver", "sim.toml"]);
+    let all = text(&out);
+    assert_eq!(
+        all.matches("NVML is not available").count(),
+        1,
+        "printed once: {all}"
+    );
+    assert_eq!(
+        all.matches("configuration refused").count(),
+        1,
+        "printed once: {all}"
+    );
+}
+
+/// The first line of `text` that starts with `prefix`.
+fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starts with {prefix:?}"))
+}
+
+/// Waits until something accepts TCP connections on `port`.
+fn wait_listening(port: u16) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn connect_reports_each_cdu_broker_and_database() {
+    let site = Site::new("connect");
+    let broker = mosquitto::Mosquitto::start();
+    let vm = victoria::Victoria::start();
+    let cdu_port = free_port();
+    let text_for = |cdu: u16, mqtt: u16, db: &str| {
+        let t = site.base.replace(
+            line_starting(&site.base, "address = "),
+            &format!("address = \"127.0.0.1:{cdu}\""),
+        );
+        format!(
+            "{t}\n[influx]\nurl = \"{db}\"\nbucket = \"b\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt}\n"
+        )
+    };
+    // Everything down: each peer is reported, and the exit status is 69 (EX_UNAVAILABLE).
+    let dead = free_port();
+    let cfg = site.write(&text_for(
+        dead,
+        free_port(),
+        &format!("http://127.0.0.1:{}", free_port()),
+    ));
+    let out = run_binary(&["check-config", "--connect"], &cfg);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{all}");
+    for what in [
+        "connect: cdu[0] cdu-sim",
+        "connect: influx",
+        "connect: mqtt",
+    ] {
+        assert!(
+            all.lines()
+                .any(|l| l.starts_with(what) && l.contains("FAILED")),
+            "{what} FAILED expected: {all}"
+        );
+    }
+
+    // A simulated CDU served by `coolantd sim` (the real binary), the real broker and database.
+    let sim_cfg = site.dir.0.join("sim.toml");
+    std::fs::write(
+        &sim_cfg,
+        site.base.replace(
+            line_starting(&site.base, "listen = "),
+            &format!("listen = \"127.0.0.1:{cdu_port}\""),
+        ),
+    )
+    .expect("write sim config");
+    let _sim = Kill(
+        Command::new(BIN)
+            .args(["sim", "--config"])
+            .arg(&sim_cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start coolantd sim"),
+    );
+    wait_listening(cdu_port);
+    let cfg = site.write(&text_for(cdu_port, broker.port(), &vm.url()));
+    let out = run_binary(&["check-config", "--connect"], &cfg);
+    let all = text(&out);
+    assert_ok(&out);
+    for what in [
+        "connect: cdu[0] cdu-sim",
+        "connect: influx",
+        "connect: mqtt",
+    ] {
+        assert!(
+            all.lines()
+                .any(|l| l.starts_with(what) && l.contains(": OK")),
+            "{what} OK expected: {all}"
+        );
+    }
 }

@@ -109,7 +109,12 @@ pub fn open_gpus(
                 let facts_for = |board: &str| -> Option<BoardFacts> {
                     profiles.board_facts_for(board, cfg.gpus.default_profile.as_deref())
                 };
-                let backend = crate::collect::nvml::NvmlBackend::open(nvml, host, &cfg.gpus.indices, &facts_for)?;
+                let backend = crate::collect::nvml::NvmlBackend::open(
+                    nvml,
+                    host,
+                    &cfg.gpus.indices,
+                    &facts_for,
+                )?;
                 Ok(Some(Arc::new(backend)))
             }
             Err(e) if cfg.gpus.fallback_to_simulated => {
@@ -119,9 +124,21 @@ pub fn open_gpus(
                 tracing::warn!(error = %e, "NVML is not available; running on SIMULATED GPUs as gpus.fallback_to_simulated allows");
                 Ok(Some(sim.gpus()))
             }
-            Err(e) => Err(anyhow::anyhow!(
-                "{e}. To try coolantd without GPUs use config/sim.toml, or set gpus.fallback_to_simulated = true"
-            )),
+            // A host without a working driver is a configuration to fix, not a fault a
+            // restart cures: a ConfigError makes `run` exit 78 and systemd stop.
+            Err(e) => Err(crate::config::ConfigError {
+                file: cfg.path.clone(),
+                issues: vec![crate::config::ConfigIssue {
+                    key: "gpus.backend".into(),
+                    expected: format!(
+                        "NVML for backend = \"nvml\", but {e}. Install the NVIDIA driver \
+                         (nvidia-smi must work), or rehearse without GPUs: \
+                         coolantd run --config /usr/share/doc/coolantd/examples/sim.toml \
+                         (gpus.backend = \"simulated\" with a [simulator] section)"
+                    ),
+                }],
+            }
+            .into()),
         },
     }
 }
@@ -163,6 +180,7 @@ impl Daemon {
         let host = cfg.site.host_name();
         let dry_run = cfg.site.dry_run || opts.dry_run;
         let profiles = load_profiles(&cfg)?;
+        crate::service::preflight::check_startup(&cfg, opts.sinks)?;
         let sim = match &cfg.simulator {
             Some(sc) => Some(
                 SimRuntime::start(sc, &cfg, &host, &profiles.gpu, opts.sim_autostep)
