@@ -54,6 +54,14 @@ enum Cmd {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the running daemon's state, read from its HTTP endpoint (`[http] listen`).
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print the `/status` JSON document instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore the GPU power limits an earlier run recorded (used by ExecStopPost=). Does
     /// nothing when control.power_cap.on_shutdown = "hold", unless --force is given.
     Restore {
@@ -100,6 +108,7 @@ fn main() -> ExitCode {
         | Cmd::Probe { config, .. }
         | Cmd::Sim { config }
         | Cmd::Restore { config, .. }
+        | Cmd::Status { config, .. }
         | Cmd::CheckConfig { config, .. } => config,
     };
     let cfg = match Config::load(config_path) {
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
             }
             Cmd::Probe { json, .. } => service::probe::probe(cfg, json).await,
             Cmd::Sim { .. } => service::probe::sim_only(cfg).await,
+            Cmd::Status { json, .. } => service::status::status(&cfg, json).await,
             Cmd::Restore { .. } | Cmd::CheckConfig { .. } => Ok(()),
         }
     });

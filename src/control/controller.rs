@@ -720,7 +720,8 @@ impl Controller {
             .collect();
         let sp = self.setpoint;
         let age = cfg.max_sample_age_ms as f64 / 1000.0;
-        // The controlled variable from this CDU's GPUs.
+        // The controlled variable from this CDU's GPUs, and the GPU it came from.
+        let mut driver: Option<String> = None;
         let (controlled, gpus_lost, hot) = {
             let hosts = &self.cdus[i].setup.hosts;
             let mine = self.gpus.iter().filter(|(k, _)| hosts.contains(&k.host));
@@ -729,6 +730,9 @@ impl Controller {
             let mut hot = Vec::new();
             for (k, g) in mine {
                 if let Some(v) = g.equiv {
+                    if controlled.is_none_or(|m| v > m) {
+                        driver = Some(k.to_string());
+                    }
                     controlled = Some(controlled.map_or(v, |m| m.max(v)));
                 }
                 if g.lost.is_some() && g.st.is_some() {
@@ -947,6 +951,44 @@ impl Controller {
             }
         }
         let t = c.pid.terms();
+        let reason = match state {
+            ControlState::Emergency => format!(
+                "emergency: pump at its maximum{}",
+                if hot.is_empty() {
+                    " (leak)".to_string()
+                } else {
+                    format!(" ({} at the slowdown threshold)", hot.join(", "))
+                }
+            ),
+            ControlState::Boot => "booting: start speed until every required input is valid".into(),
+            ControlState::Failsafe => format!(
+                "failsafe ({}): at least the failsafe speed",
+                c.causes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ if local => "the CDU is in local mode: following its own speed".into(),
+            _ if manual.is_some() => "manual mode: the operator's speed".into(),
+            _ => match (controlled, &driver) {
+                (Some(pv), Some(gpu)) => format!(
+                    "PID: hottest GPU {gpu} at {pv:.1} °C ({}), set point {sp:.1} °C, error {:+.1} K; \
+                     P {:+.1} I {:+.1} D {:+.1} FF {:+.1}",
+                    match cfg.controlled_variable {
+                        ControlledVariable::Core => "core",
+                        ControlledVariable::HbmMargin => "HBM as core-equivalent",
+                        ControlledVariable::Max => "core or HBM-equivalent, the higher",
+                    },
+                    pv - sp,
+                    t.p,
+                    t.i,
+                    t.d,
+                    t.ff
+                ),
+                _ => "no GPU temperature: holding the last output".into(),
+            },
+        };
         loops.push(LoopReport {
             name: format!("pump:{name}"),
             setpoint: sp,
@@ -956,6 +998,7 @@ impl Controller {
             d: t.d,
             ff: t.ff,
             output: cmd,
+            reason,
         });
 
         // Dew point: the CDU owns its supply set point; we warn and report the floor.
@@ -973,6 +1016,10 @@ impl Controller {
                     d: 0.0,
                     ff: 0.0,
                     output: td,
+                    reason: format!(
+                        "room dew point {td:.1} °C (Magnus) + {} K margin: the lowest safe supply temperature",
+                        cfg.supervisor.dew_point_margin_k
+                    ),
                 });
                 if supply.is_some_and(|s| s < floor) {
                     dew_alarm = Some(format!(
@@ -1060,11 +1107,7 @@ impl Controller {
             );
         }
         if state == ControlState::Failsafe {
-            let why: Vec<String> = self.cdus[i]
-                .causes
-                .iter()
-                .map(|c| format!("{c:?}"))
-                .collect();
+            let why: Vec<String> = self.cdus[i].causes.iter().map(|c| c.to_string()).collect();
             let boot = if boot_timed_out {
                 " (inputs never became valid after start)"
             } else {
@@ -1199,6 +1242,35 @@ impl Controller {
                 cap.force_write = false;
             }
             let t = cap.pid.terms();
+            let reason = if g.hot || leak {
+                format!(
+                    "emergency ({}): the GPU's minimum limit",
+                    if leak {
+                        "leak"
+                    } else {
+                        "at the slowdown threshold"
+                    }
+                )
+            } else {
+                match (state, pv) {
+                    (ControlState::Boot, _) => "booting: limit held".to_string(),
+                    (ControlState::Failsafe, None) => format!(
+                        "failsafe with the GPU temperature unknown: {}% of the original limit",
+                        pc.failsafe_percent
+                    ),
+                    (_, Some(pv)) if saturated => format!(
+                        "pump spent: {key} at {pv:.1} °C, cap set point {sp_cap:.1} °C, error {:+.1} K; \
+                         P {:+.1} I {:+.1}",
+                        pv - sp_cap,
+                        t.p,
+                        t.i
+                    ),
+                    (_, Some(pv)) => format!(
+                        "pump has headroom ({key} at {pv:.1} °C): limit returning towards the original"
+                    ),
+                    (_, None) => "no temperature for this GPU: limit held".to_string(),
+                }
+            };
             loops.push(LoopReport {
                 name: format!("power:{key}"),
                 setpoint: sp_cap,
@@ -1208,6 +1280,7 @@ impl Controller {
                 d: t.d,
                 ff: t.ff,
                 output: desired,
+                reason,
             });
             if let Some(e) = cap.external {
                 warn(&mut self.alarms, suppress, now, format!("power_limit_external:{key}"), Severity::Warning, format!(

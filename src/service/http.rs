@@ -12,7 +12,7 @@
 //! has a lifetime limit, so a slow or hostile client cannot pile up tasks.
 
 use crate::config::Issues;
-use crate::model::{FieldValue, Point, Snapshot};
+use crate::model::{ControlState, FieldValue, Point, Snapshot};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Body, Method, Request, Response, StatusCode};
@@ -144,6 +144,7 @@ pub struct Health {
     last_tick_duration_ns: AtomicU64,
     max_tick_duration_ns: AtomicU64,
     ready: AtomicBool,
+    stopping: AtomicBool,
 }
 
 /// What `/healthz` decides, with the reason for a failure.
@@ -172,6 +173,7 @@ impl Health {
             last_tick_duration_ns: AtomicU64::new(0),
             max_tick_duration_ns: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -204,6 +206,16 @@ impl Health {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the daemon as leaving: `/readyz` says so instead of reporting the last state.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Healthy ticks recorded so far.
@@ -372,14 +384,20 @@ fn respond(
     }
 }
 
-/// Why the daemon is not ready, or `None` when it is.
+/// Why the daemon is not ready, or `None` when it is. The first words name the situation
+/// (`booting`, `failsafe`, `emergency`, `no inputs`, `stopping`), then the causes.
 fn not_ready_reason(snap: &Snapshot, health: &Health, now: Instant) -> Option<String> {
+    if health.is_stopping() {
+        return Some("stopping: outputs are going to their safe state".into());
+    }
     if !health.is_ready() {
-        return Some("daemon is starting or stopping".into());
+        return Some("booting: the first control tick has not completed".into());
     }
     match health.liveness(now) {
         Liveness::Alive => {}
-        Liveness::NoTickYet => return Some("control loop has not completed a tick yet".into()),
+        Liveness::NoTickYet => {
+            return Some("booting: the control loop has not completed a tick yet".into())
+        }
         Liveness::Stale { age, .. } => {
             return Some(format!(
                 "control loop stuck: last healthy tick {:.1} s ago",
@@ -390,16 +408,31 @@ fn not_ready_reason(snap: &Snapshot, health: &Health, now: Instant) -> Option<St
     if snap.ready {
         return None;
     }
-    let mut reason = format!(
-        "not every required input is valid (control state: {})",
-        snap.state
-    );
+    if snap.cdus.is_empty() && snap.gpus.is_empty() {
+        return Some("no inputs: no GPU and no CDU reading".into());
+    }
+    let headline_alarm = |prefix: &str| {
+        snap.alarms
+            .iter()
+            .filter(|a| a.cause_present && a.id.starts_with(prefix))
+            .map(|a| a.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut reason = match snap.state {
+        ControlState::Boot => "booting: waiting for every required input to be valid".to_string(),
+        ControlState::Failsafe => format!("failsafe: {}", headline_alarm("failsafe:")),
+        ControlState::Emergency => "emergency".to_string(),
+        other => format!("not every required input is valid (control state: {other})"),
+    };
     for cdu in &snap.cdus {
         for fault in &cdu.faults {
             let _ = write!(reason, "; cdu {}: {fault}", cdu.name);
         }
     }
-    for alarm in snap.alarms.iter().filter(|a| a.cause_present) {
+    for alarm in snap.alarms.iter().filter(|a| {
+        a.cause_present && !(snap.state == ControlState::Failsafe && a.id.starts_with("failsafe:"))
+    }) {
         let _ = write!(reason, "; alarm {}: {}", alarm.id, alarm.message);
     }
     Some(reason)

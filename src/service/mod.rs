@@ -9,3 +9,4 @@ pub mod probe;
 pub mod run;
 pub mod serve;
 pub mod sink_alarms;
+pub mod status;

@@ -346,7 +346,7 @@ impl Daemon {
         let mut ordered: Vec<&Actuation> = out.actuations.iter().collect();
         ordered.sort_by_key(|a| !matches!(a, Actuation::SetPowerCap { .. }));
         for a in ordered {
-            let result = self.apply(a).await;
+            let result = self.apply(a, decision_reason(&out.loops, a)).await;
             if let Err(e) = &result {
                 tracing::warn!(action = %a, error = %e, "actuation failed");
             }
@@ -438,10 +438,14 @@ impl Daemon {
         }
     }
 
-    /// Applies one actuation, or only logs it in dry-run mode.
-    async fn apply(&mut self, a: &Actuation) -> Result<(), String> {
+    /// Applies one actuation, or in dry-run mode only logs it, once, with why. Watchdog
+    /// feeds are routine (one per tick) and go to debug level.
+    async fn apply(&mut self, a: &Actuation, reason: &str) -> Result<(), String> {
         if self.dry_run {
-            tracing::info!(action = %a, "would {a}");
+            match a {
+                Actuation::FeedWatchdog { .. } => tracing::debug!("would {a}"),
+                _ => tracing::info!(reason, "would {a}"),
+            }
             return Ok(());
         }
         match a {
@@ -512,7 +516,7 @@ impl Daemon {
             if matches!(a, Actuation::SetPowerCap { .. }) && restore_limits {
                 continue;
             }
-            if let Err(e) = self.apply(&a).await {
+            if let Err(e) = self.apply(&a, "shutting down: the safe output").await {
                 tracing::error!(action = %a, error = %e, "could not apply the safe output");
             }
         }
@@ -627,6 +631,20 @@ impl Daemon {
     pub fn host(&self) -> &str {
         &self.host
     }
+}
+
+/// The reason the control core gave for the loop behind an actuation.
+fn decision_reason<'a>(loops: &'a [crate::model::LoopReport], a: &Actuation) -> &'a str {
+    let name = match a {
+        Actuation::SetPumpSpeed { cdu, .. } | Actuation::FeedWatchdog { cdu, .. } => {
+            format!("pump:{cdu}")
+        }
+        Actuation::SetPowerCap { gpu, .. } => format!("power:{gpu}"),
+    };
+    loops
+        .iter()
+        .find(|l| l.name == name)
+        .map_or("", |l| l.reason.as_str())
 }
 
 /// Restores every recorded limit it can, forgetting each one restored.

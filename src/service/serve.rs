@@ -32,6 +32,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let cfg = Config::load(config_path)?;
+    // The text the running configuration came from, so a reload can say what changed.
+    let mut config_text = std::fs::read_to_string(config_path).unwrap_or_default();
     let period = cfg.control.period();
     let time_scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
     let restore_on_exit = cfg.control.restore_limits_on_exit();
@@ -81,8 +83,17 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 if ready_sent {
                     tell(notifier.reloading());
                 }
+                let new_text = std::fs::read_to_string(config_path).unwrap_or_default();
                 match Config::load(config_path).map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
-                    Ok(()) => tracing::info!(file = %config_path.display(), "configuration reloaded"),
+                    Ok(()) => {
+                        let changes = crate::config::changed_keys(&config_text, &new_text);
+                        if changes.is_empty() {
+                            tracing::info!(file = %config_path.display(), "configuration reloaded: nothing changed");
+                        } else {
+                            tracing::info!(file = %config_path.display(), changes = %changes.join("; "), "configuration reloaded: {} change(s)", changes.len());
+                        }
+                        config_text = new_text;
+                    }
                     Err(e) => tracing::error!(file = %config_path.display(), error = %e, "reload refused; the running configuration stays"),
                 }
                 if ready_sent {
@@ -95,7 +106,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 let snap = daemon.tick(now).await;
                 let took = t0.elapsed();
                 health.tick(took);
-                health.set_ready(snap.ready);
+                // The loop is up; whether the inputs are valid is `snap.ready`, which
+                // `/readyz` reads from the snapshot with its reason.
+                health.set_ready(true);
                 // A tick that completes is a healthy loop; the watchdog is only fed after one,
                 // so a hung loop gets the daemon restarted by systemd.
                 tell(notifier.watchdog());
@@ -126,6 +139,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
+    health.set_stopping();
     tell(notifier.stopping());
     daemon.leave_safely(restore_on_exit).await;
     if let Some(t) = http_task {

@@ -410,6 +410,7 @@ pub fn catalog() -> Vec<MeasurementSchema> {
             d: 0.0,
             ff: 0.0,
             output: 50.0,
+            reason: String::new(),
         }],
         events: vec![],
         active_alarms: vec![alarm.clone()],
