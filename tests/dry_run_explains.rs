@@ -243,3 +243,103 @@ fn reload_logs_exactly_what_changed() {
     assert!(line.contains("1 change(s)"), "{line}");
     assert!(line.contains("control.setpoint: 55.0 → 56.5"), "{line}");
 }
+
+// ---- /metrics and / as a Prometheus user expects them ----------------------------------------
+
+/// Parses exposition text with the reference parser (Debian's python3-prometheus-client) and
+/// returns (name, type, help) per family.
+fn prometheus_families(text: &str) -> Vec<(String, String, String)> {
+    use std::io::Write;
+    const SCRIPT: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for f in text_string_to_metric_families(sys.stdin.read()):
+    print(f.name + "\t" + f.type + "\t" + f.documentation)
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parser output");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, '\t');
+            Some((
+                it.next()?.to_string(),
+                it.next()?.to_string(),
+                it.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_have_documented_help_counter_types_and_build_info() {
+    // An InfluxDB sink towards a port nobody serves, so the sink's own counters exist.
+    let d = Run::start(
+        "metrics",
+        &["--dry-run"],
+        &[],
+        &format!(
+            "[influx]\nurl = \"http://127.0.0.1:{}\"\nbucket = \"b\"\n",
+            free_port()
+        ),
+    );
+    let (_, body) = d.wait_http("/metrics", |c, b| {
+        c == 200 && b.contains("telemetry_written")
+    });
+    let fams = prometheus_families(&body);
+    let get = |name: &str| {
+        fams.iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no family {name} in:\n{body}"))
+            .clone()
+    };
+    // HELP is the documented meaning with its unit, not boilerplate.
+    assert_eq!(get("gpu_core_temp_c").2, "GPU core temperature [°C]");
+    assert_eq!(get("gpu_core_temp_c").1, "gauge");
+    assert!(
+        get("control_d_term").2.starts_with("Derivative term"),
+        "{:?}",
+        get("control_d_term")
+    );
+    for (n, _, help) in &fams {
+        assert!(!help.starts_with("coolantd measurement"), "{n}: {help}");
+    }
+    // Counters are typed as counters (the parser strips no suffix: names stay as written).
+    for name in ["telemetry_written", "telemetry_dropped", "coolantd_ticks"] {
+        assert_eq!(get(name).1, "counter", "{name}");
+    }
+    assert_eq!(get("telemetry_backlog").1, "gauge");
+    assert!(
+        body.contains(&format!(
+            "coolantd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    // `/` lists the endpoints; an unknown path answers 404 with the same list.
+    let (code, root) = http_get(d.http, "/");
+    assert_eq!(code, 200, "{root}");
+    for e in ["/healthz", "/readyz", "/metrics", "/status"] {
+        assert!(root.contains(e), "{e} missing: {root}");
+    }
+    let (code, nf) = http_get(d.http, "/nope");
+    assert_eq!(code, 404);
+    assert!(nf.contains("/metrics"), "{nf}");
+}

@@ -323,9 +323,12 @@ fn respond(
     health: &Health,
 ) -> Response<Body> {
     let path = req.uri().path();
-    let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/status");
+    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics" | "/status");
     if !known {
-        return text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}\n\n{ENDPOINTS}"),
+        );
     }
     // HEAD is answered like GET; hyper leaves the body out.
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -341,6 +344,7 @@ fn respond(
     // Clone the Arc and release the channel's read lock before doing any work.
     let snap: Arc<Snapshot> = snapshot.borrow().clone();
     match path {
+        "/" => text(StatusCode::OK, ENDPOINTS),
         "/healthz" => match health.liveness(now) {
             Liveness::Alive => text(StatusCode::OK, "ok\n"),
             Liveness::NoTickYet => text(
@@ -383,6 +387,13 @@ fn respond(
         },
     }
 }
+
+/// What `/` answers (and a 404 repeats): the endpoints and what each is for.
+const ENDPOINTS: &str = "coolantd endpoints:\n\
+    /healthz  200 while the control loop ticks (liveness)\n\
+    /readyz   200 when every required input is valid; otherwise 503 and why\n\
+    /metrics  Prometheus text format (names and meanings: docs/metrics.md)\n\
+    /status   the whole state as JSON (also: coolantd status)\n";
 
 /// Why the daemon is not ready, or `None` when it is. The first words name the situation
 /// (`booting`, `failsafe`, `emergency`, `no inputs`, `stopping`), then the causes.
@@ -564,22 +575,25 @@ fn add_point(families: &mut BTreeMap<String, Family>, p: &Point) {
         if let Some(s) = extra {
             labels.push(("value".into(), s));
         }
+        // The meaning and unit documented in docs/metrics.md, where every field is listed.
         let help = || {
-            escape_help(&format!(
-                "coolantd measurement {} field {}{}",
-                p.measurement,
-                field,
-                if matches!(value, FieldValue::Str(_)) {
-                    " (string value in label `value`)"
-                } else {
-                    ""
-                }
-            ))
+            let doc = crate::sink::schema::field_help(&p.measurement, field)
+                .unwrap_or_else(|| format!("measurement {} field {field}", p.measurement));
+            escape_help(&if matches!(value, FieldValue::Str(_)) {
+                format!("{doc} (string value in label `value`)")
+            } else {
+                doc
+            })
+        };
+        let kind = if crate::sink::schema::is_counter(&p.measurement, field) {
+            "counter"
+        } else {
+            "gauge"
         };
         add_sample(
             families,
             name,
-            "gauge",
+            kind,
             help,
             render_labels(&labels),
             v,
@@ -652,6 +666,16 @@ pub fn render_metrics(snap: &Snapshot, health: Option<&Health>, now: Instant) ->
             ));
         }
     }
+    // The running version, as the usual `*_build_info` gauge with the value 1.
+    add_sample(
+        &mut families,
+        "coolantd_build_info".to_string(),
+        "gauge",
+        || "coolantd version, always 1".to_string(),
+        render_labels(&[("version".into(), env!("CARGO_PKG_VERSION").into())]),
+        1.0,
+        0,
+    );
     for (name, kind, help, value) in own {
         // A point family of the same name wins; the daemon's own value is then left out
         // rather than producing a duplicate family the scraper would reject.
