@@ -381,7 +381,16 @@ pub async fn connect(
         let n = sample.registers.len();
         // The [simulator] serves this CDU only while `run` (or `sim`) runs.
         let own_sim = cfg.simulator.as_ref().is_some_and(|s| s.listen == place);
-        let result = if own_sim && bad.len() == n {
+        // Only a connection that fails counts as "not started yet"; a device that answers
+        // with an exception (a wrong unit id, an unmapped register) is a real finding.
+        let not_listening = sample.registers.iter().all(|r| {
+            matches!(
+                r.value,
+                Err(crate::model::SensorFault::Transport { .. }
+                    | crate::model::SensorFault::Timeout)
+            )
+        });
+        let result = if own_sim && not_listening && n > 0 {
             Ok(format!(
                 "not answering now; this configuration's [simulator] serves it once \
                  `coolantd run` starts ({})",
