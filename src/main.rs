@@ -1,6 +1,6 @@
 //! The `coolantd` command line.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use coolantd::config::Config;
 use coolantd::service;
 use std::path::PathBuf;
@@ -54,6 +54,12 @@ enum Cmd {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Write the man pages (coolantd.1 and one per command) into DIR (packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Print a shell completion script for SHELL (packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
     /// Print the running daemon's state, read from its HTTP endpoint (`[http] listen`).
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -85,6 +91,19 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::GenerateMan { dir } => return generate_man(dir),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "coolantd",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     if let Cmd::Restore { config, force } = &cli.cmd {
         return restore(config, *force);
     }
@@ -110,6 +129,7 @@ fn main() -> ExitCode {
         | Cmd::Restore { config, .. }
         | Cmd::Status { config, .. }
         | Cmd::CheckConfig { config, .. } => config,
+        Cmd::GenerateMan { .. } | Cmd::Completions { .. } => return ExitCode::SUCCESS,
     };
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
@@ -146,7 +166,10 @@ fn main() -> ExitCode {
             Cmd::Probe { json, .. } => service::probe::probe(cfg, json).await,
             Cmd::Sim { .. } => service::probe::sim_only(cfg).await,
             Cmd::Status { json, .. } => service::status::status(&cfg, json).await,
-            Cmd::Restore { .. } | Cmd::CheckConfig { .. } => Ok(()),
+            Cmd::Restore { .. }
+            | Cmd::CheckConfig { .. }
+            | Cmd::GenerateMan { .. }
+            | Cmd::Completions { .. } => Ok(()),
         }
     });
     // A blocking NVML call or DNS lookup still running must not hold the exit past what
@@ -171,6 +194,36 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
                 eprintln!("coolantd: {e:#}");
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// `coolantd generate-man DIR`: coolantd.1 and coolantd-<command>.1 for each visible command.
+fn generate_man(dir: &std::path::Path) -> ExitCode {
+    let write = |name: String, cmd: clap::Command| -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)
+    };
+    let result = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let top = Cli::command();
+        write("coolantd".into(), top.clone())?;
+        for sub in top.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let name = format!("coolantd-{}", sub.get_name());
+            let page = sub
+                .clone()
+                .display_name(name.clone())
+                .bin_name(format!("coolantd {}", sub.get_name()));
+            write(name, page)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coolantd: writing man pages to {}: {e}", dir.display());
+            ExitCode::FAILURE
         }
     }
 }
