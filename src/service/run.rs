@@ -134,7 +134,8 @@ pub fn open_gpus(
                         "NVML for backend = \"nvml\", but {e}. Install the NVIDIA driver \
                          (nvidia-smi must work), or rehearse without GPUs: \
                          coolantd run --config /usr/share/doc/coolantd/examples/sim.toml \
-                         (gpus.backend = \"simulated\" with a [simulator] section)"
+                         (config/sim.toml in the source tree: gpus.backend = \"simulated\" \
+                         with a [simulator] section)"
                     ),
                 }],
             }
