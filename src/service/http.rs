@@ -388,6 +388,27 @@ fn respond(
     }
 }
 
+/// Register faults (`name: why`) with the same cause folded into one entry, so that a CDU
+/// that cannot be reached reads as one cause, not one line per register.
+pub fn summarize_faults(faults: &[String]) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for f in faults {
+        let (name, why) = f.split_once(": ").unwrap_or(("", f.as_str()));
+        match groups.iter_mut().find(|(w, _)| w == why) {
+            Some((_, names)) => names.push(name.to_string()),
+            None => groups.push((why.to_string(), vec![name.to_string()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(why, names)| match names.as_slice() {
+            [one] if !one.is_empty() => format!("{one}: {why}"),
+            [_] => why,
+            many => format!("{} registers ({}, …): {why}", many.len(), many[0]),
+        })
+        .collect()
+}
+
 /// What `/` answers (and a 404 repeats): the endpoints and what each is for.
 const ENDPOINTS: &str = "coolantd endpoints:\n\
     /healthz  200 while the control loop ticks (liveness)\n\
@@ -437,7 +458,7 @@ fn not_ready_reason(snap: &Snapshot, health: &Health, now: Instant) -> Option<St
         other => format!("not every required input is valid (control state: {other})"),
     };
     for cdu in &snap.cdus {
-        for fault in &cdu.faults {
+        for fault in summarize_faults(&cdu.faults) {
             let _ = write!(reason, "; cdu {}: {fault}", cdu.name);
         }
     }
@@ -718,6 +739,23 @@ fn bool_f64(b: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_with_one_cause_are_folded() {
+        let f = |s: &str| s.to_string();
+        let faults = [
+            f("supply_temp: transport error: refused"),
+            f("flow: transport error: refused"),
+            f("leak: timed out"),
+        ];
+        assert_eq!(
+            summarize_faults(&faults),
+            vec![
+                f("2 registers (supply_temp, …): transport error: refused"),
+                f("leak: timed out")
+            ]
+        );
+    }
 
     #[test]
     fn listen_address_is_validated() {

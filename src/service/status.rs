@@ -94,7 +94,10 @@ pub fn summary(s: &Snapshot, ready: &str) -> String {
             if c.faults.is_empty() {
                 String::new()
             } else {
-                format!(" | faults: {}", c.faults.join("; "))
+                format!(
+                    " | faults: {}",
+                    crate::service::http::summarize_faults(&c.faults).join("; ")
+                )
             }
         );
     }
