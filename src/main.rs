@@ -1,6 +1,6 @@
 //! The `coolantd` command line.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use coolantd::config::Config;
 use coolantd::service;
 use std::path::PathBuf;
@@ -21,20 +21,29 @@ struct Cli {
 enum Cmd {
     /// Run the daemon: collectors → control → pumps and power caps, metrics to the sinks.
     Run {
-        #[arg(long, short, default_value = "/etc/coolantd/config.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Decide and publish everything, write nothing to any GPU or CDU.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Validate a configuration file and every firmware profile it names.
+    /// Validate a configuration file, every firmware profile and secret file it names, and
+    /// say whether it is a dry run or what it will write. Exit 78 when refused, 69 when
+    /// --connect cannot reach a peer.
     CheckConfig {
-        /// The configuration file.
-        file: PathBuf,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Deprecated: the configuration file as a positional argument; use --config.
+        #[arg(hide = true, conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Also read every CDU once (Modbus, no write), connect to the MQTT broker, ask the
+        /// database for its health and, with gpus.backend = "nvml", open NVML.
+        #[arg(long)]
+        connect: bool,
     },
     /// Read every GPU and every configured CDU sensor once and print them. Never writes.
     Probe {
-        #[arg(long, short, default_value = "/etc/coolantd/config.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -42,13 +51,27 @@ enum Cmd {
     },
     /// Run the plant simulator alone: simulated GPUs and a simulated CDU on Modbus TCP.
     Sim {
-        #[arg(long, short)]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Write the man pages (coolantd.1 and one per command) into DIR (packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Print a shell completion script for SHELL (packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the running daemon's state, read from its HTTP endpoint (`[http] listen`).
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print the `/status` JSON document instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Restore the GPU power limits an earlier run recorded (used by ExecStopPost=). Does
     /// nothing when control.power_cap.on_shutdown = "hold", unless --force is given.
     Restore {
-        #[arg(long, short, default_value = "/etc/coolantd/config.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Restore even when the configuration says to hold the limits (for an operator).
         #[arg(long)]
@@ -56,23 +79,57 @@ enum Cmd {
     },
 }
 
+/// Where the package installs the configuration.
+const DEFAULT_CONFIG: &str = "/etc/coolantd/config.toml";
+
+/// sysexits(3) EX_UNAVAILABLE: `check-config --connect` could not reach a peer.
+const EX_UNAVAILABLE: u8 = 69;
+
 /// sysexits(3) EX_CONFIG: the unit's `RestartPreventExitStatus=78` stops systemd from
 /// restarting a daemon whose configuration is broken.
 const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::GenerateMan { dir } => return generate_man(dir),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "coolantd",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     if let Cmd::Restore { config, force } = &cli.cmd {
         return restore(config, *force);
     }
-    // Configuration errors are printed before logging is set up: check-config must be
-    // readable on a terminal and in ExecStartPre's journal output alike.
+    if let Cmd::CheckConfig {
+        config,
+        file,
+        connect,
+    } = &cli.cmd
+    {
+        if file.is_some() {
+            eprintln!(
+                "coolantd: note: `check-config FILE` is deprecated; use `check-config --config FILE`"
+            );
+        }
+        return check_config(file.as_ref().unwrap_or(config), *connect);
+    }
+    // Configuration errors are printed before logging is set up: they must be readable on a
+    // terminal and in the journal alike.
     let config_path = match &cli.cmd {
         Cmd::Run { config, .. }
         | Cmd::Probe { config, .. }
         | Cmd::Sim { config }
-        | Cmd::Restore { config, .. } => config,
-        Cmd::CheckConfig { file } => file,
+        | Cmd::Restore { config, .. }
+        | Cmd::Status { config, .. }
+        | Cmd::CheckConfig { config, .. } => config,
+        Cmd::GenerateMan { .. } | Cmd::Completions { .. } => return ExitCode::SUCCESS,
     };
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
@@ -81,24 +138,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if let Cmd::CheckConfig { .. } = cli.cmd {
-        return match service::run::load_profiles(&cfg) {
-            Ok(p) => {
-                println!(
-                    "{}: OK ({} CDU(s), {} GPU profile(s), control period {} ms)",
-                    config_path.display(),
-                    cfg.cdus.len(),
-                    p.gpu.len(),
-                    cfg.control.period().as_millis()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("coolantd: configuration refused:\n{e}");
-                ExitCode::from(EX_CONFIG)
-            }
-        };
-    }
     service::logging::init(&cfg.logging);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -126,7 +165,11 @@ fn main() -> ExitCode {
             }
             Cmd::Probe { json, .. } => service::probe::probe(cfg, json).await,
             Cmd::Sim { .. } => service::probe::sim_only(cfg).await,
-            Cmd::Restore { .. } | Cmd::CheckConfig { .. } => Ok(()),
+            Cmd::Status { json, .. } => service::status::status(&cfg, json).await,
+            Cmd::Restore { .. }
+            | Cmd::CheckConfig { .. }
+            | Cmd::GenerateMan { .. }
+            | Cmd::Completions { .. } => Ok(()),
         }
     });
     // A blocking NVML call or DNS lookup still running must not hold the exit past what
@@ -142,7 +185,8 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Printed once, on stderr, which the journal records too: logging it as well
+            // showed every start-up failure twice.
             if e.chain().any(|c| c.is::<coolantd::config::ConfigError>()) {
                 eprintln!("coolantd: configuration refused:\n{e:#}");
                 ExitCode::from(EX_CONFIG)
@@ -151,6 +195,100 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// `coolantd generate-man DIR`: coolantd.1 and coolantd-<command>.1 for each visible command.
+fn generate_man(dir: &std::path::Path) -> ExitCode {
+    let write = |name: String, cmd: clap::Command| -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)
+    };
+    let result = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let top = Cli::command();
+        write("coolantd".into(), top.clone())?;
+        for sub in top.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let name = format!("coolantd-{}", sub.get_name());
+            let page = sub
+                .clone()
+                .display_name(name.clone())
+                .bin_name(format!("coolantd {}", sub.get_name()));
+            write(name, page)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coolantd: writing man pages to {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `coolantd check-config`: everything `run` checks before it starts anything, the notes
+/// worth a look, with `--connect` every peer tried once, and a last line saying DRY RUN or
+/// what will be written.
+fn check_config(path: &std::path::Path, connect: bool) -> ExitCode {
+    use service::preflight;
+    let refused = |e: &dyn std::fmt::Display| {
+        eprintln!("coolantd: configuration refused:\n{e}");
+        ExitCode::from(EX_CONFIG)
+    };
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return refused(&e),
+    };
+    let profiles = match service::run::load_profiles(&cfg) {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
+    };
+    if let Err(e) = preflight::check_startup(&cfg, true) {
+        return refused(&e);
+    }
+    println!(
+        "{}: OK ({} CDU(s), {} GPU profile(s), control period {} ms)",
+        path.display(),
+        cfg.cdus.len(),
+        profiles.gpu.len(),
+        cfg.control.period().as_millis()
+    );
+    for n in preflight::notes(&cfg) {
+        println!("note: {n}");
+    }
+    let mut unreachable = false;
+    let mut gpu_count = None;
+    if connect {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("coolantd: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (reached, count) = rt.block_on(preflight::connect(&cfg, &profiles));
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        gpu_count = count;
+        for r in reached {
+            match r.result {
+                Ok(what) => println!("connect: {}: OK, {what}", r.what),
+                Err(why) => {
+                    unreachable = true;
+                    println!("connect: {}: FAILED, {why}", r.what);
+                }
+            }
+        }
+    }
+    println!("{}", preflight::verdict(&cfg, &profiles, gpu_count));
+    if unreachable {
+        ExitCode::from(EX_UNAVAILABLE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -559,6 +559,11 @@ pub struct LoopReport {
     pub d: f64,
     pub ff: f64,
     pub output: f64,
+    /// Why the output is what it is, in words: the state that overrides the PID, or the
+    /// input that drove it (which GPU, its value, the set point and the terms). Logged
+    /// with each decision a dry run would make.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// Everything the control core decided in one tick.

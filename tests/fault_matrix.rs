@@ -781,7 +781,7 @@ async fn nvml_errors_and_gpu_disappearing() {
     .await;
     let id = format!("failsafe:{CDU}");
     assert!(
-        alarm_message(&s, &id).contains("GpuTemperaturesUnknown"),
+        alarm_message(&s, &id).contains("GPU temperatures unknown"),
         "{:?}",
         s.alarms
     );

@@ -157,14 +157,37 @@ async fn endpoints_answer_with_the_right_status_codes() {
 
     let (code, body) = get(&c, &format!("{}/readyz", s.base)).await;
     assert_eq!(code, 503);
-    assert!(body.contains("starting"), "{body}");
+    assert!(body.starts_with("booting:"), "{body}");
 
     s.health.set_ready(true);
     let (code, body) = get(&c, &format!("{}/readyz", s.base)).await;
     assert_eq!(code, 503, "snapshot is not ready: {body}");
-    assert!(body.contains("control state: boot"), "{body}");
+    assert!(
+        body.starts_with("booting: waiting for every required input"),
+        "{body}"
+    );
     assert!(body.contains("flow (40005): timed out"), "{body}");
     assert!(body.contains("sensor:cdu-a/flow"), "{body}");
+
+    // In failsafe the reason is the failsafe and its cause, not "starting".
+    let mut failsafe = snapshot(false);
+    failsafe.state = ControlState::Failsafe;
+    failsafe.alarms.push(Alarm {
+        id: "failsafe:cdu-a".into(),
+        severity: Severity::Critical,
+        message: "cdu-a in failsafe: GPU temperatures unknown".into(),
+        raised_at: Duration::from_secs(30),
+        latched: false,
+        acknowledged: false,
+        cause_present: true,
+    });
+    s.tx.send_replace(Arc::new(failsafe));
+    let (code, body) = get(&c, &format!("{}/readyz", s.base)).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("failsafe: cdu-a in failsafe: GPU temperatures unknown"),
+        "{body}"
+    );
 
     s.tx.send_replace(Arc::new(snapshot(true)));
     let (code, body) = get(&c, &format!("{}/readyz", s.base)).await;

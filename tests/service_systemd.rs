@@ -130,7 +130,7 @@ fn unit_has_the_settings_the_daemon_relies_on() {
     );
     assert_eq!(
         one("ExecStartPre"),
-        "/usr/bin/coolantd check-config /etc/coolantd/config.toml"
+        "/usr/bin/coolantd check-config --config /etc/coolantd/config.toml"
     );
     assert_eq!(
         one("ExecStopPost"),
@@ -138,7 +138,7 @@ fn unit_has_the_settings_the_daemon_relies_on() {
     );
     let reload = one("ExecReload");
     assert!(
-        reload.contains("check-config /etc/coolantd/config.toml && /bin/kill -HUP"),
+        reload.contains("check-config --config /etc/coolantd/config.toml && /bin/kill -HUP"),
         "{reload}"
     );
     assert_eq!(one("StateDirectory"), "coolantd");

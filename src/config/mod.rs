@@ -255,5 +255,66 @@ impl Config {
     }
 }
 
+/// What changed between two versions of a configuration file, one entry per dotted key
+/// (`control.setpoint: 55.0 → 60.0`, `cdu[0].address: added …`), for the reload log line.
+/// Secret values (`token`, `password`) are never shown. Text that does not parse gives an
+/// empty list: a reload of such a file is refused before this is asked.
+pub fn changed_keys(old: &str, new: &str) -> Vec<String> {
+    fn flatten(
+        prefix: &str,
+        v: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            toml::Value::Array(a) if a.iter().all(toml::Value::is_table) && !a.is_empty() => {
+                for (i, v) in a.iter().enumerate() {
+                    flatten(&format!("{prefix}[{i}]"), v, out);
+                }
+            }
+            other => {
+                let last = prefix.rsplit('.').next().unwrap_or(prefix);
+                let shown = if matches!(last, "token" | "password") {
+                    "(secret)".to_string()
+                } else {
+                    other.to_string()
+                };
+                out.insert(prefix.to_string(), shown);
+            }
+        }
+    }
+    let parse = |t: &str| {
+        let mut m = std::collections::BTreeMap::new();
+        if let Ok(v) = t.parse::<toml::Table>() {
+            flatten("", &toml::Value::Table(v), &mut m);
+        }
+        m
+    };
+    let (a, b) = (parse(old), parse(new));
+    let mut out = Vec::new();
+    for (k, va) in &a {
+        match b.get(k) {
+            Some(vb) if vb != va => out.push(format!("{k}: {va} → {vb}")),
+            Some(_) => {}
+            None => out.push(format!("{k}: {va} → (removed)")),
+        }
+    }
+    for (k, vb) in &b {
+        if !a.contains_key(k) {
+            out.push(format!("{k}: (added) {vb}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

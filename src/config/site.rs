@@ -64,7 +64,8 @@ fn check_name(v: &str, key: &str, issues: &mut Issues) {
     issues.check(
         ok,
         key,
-        format!("1 to 64 characters of letters, digits, '-', '_' or '.', got `{v}`"),
+        // Debug formatting shows a control character escaped instead of invisibly.
+        format!("1 to 64 characters of letters, digits, '-', '_' or '.', got {v:?}"),
     );
 }
 

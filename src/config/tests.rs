@@ -160,3 +160,20 @@ fn two_cdus_on_one_serial_device_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn changed_keys_lists_each_change_and_hides_secrets() {
+    let old = "[site]\nname = \"a\"\n[control]\nsetpoint = 55.0\n[[cdu]]\naddress = \"h:1\"\n[mqtt]\npassword = \"x\"\n";
+    let new = "[site]\nname = \"a\"\n[control]\nsetpoint = 60.0\nperiod_ms = 500\n[[cdu]]\naddress = \"h:2\"\n[mqtt]\npassword = \"y\"\n";
+    let c = super::changed_keys(old, new);
+    assert_eq!(
+        c,
+        vec![
+            "cdu[0].address: \"h:1\" → \"h:2\"".to_string(),
+            "control.setpoint: 55.0 → 60.0".to_string(),
+            "control.period_ms: (added) 500".to_string(),
+        ],
+        "{c:?}"
+    );
+    assert!(super::changed_keys(old, old).is_empty());
+}

@@ -302,6 +302,29 @@ impl Default for SupervisorConfig {
 }
 
 impl ControlConfig {
+    /// The one rule for a set point, shared by the configuration (`check-config`, `run`,
+    /// reload) and the MQTT command path: within `setpoint_min..=setpoint_max`, and at most
+    /// the lowest slowdown threshold of the GPUs it drives minus `slowdown_margin_k`. A set
+    /// point above that walks the GPUs into their own thermal slowdown and the emergency
+    /// path, cycling. `lowest_slowdown` is `None` when no GPU is known, which leaves only
+    /// the range. The error says what was expected, for a message naming the key or command.
+    pub fn check_setpoint(&self, celsius: f64, lowest_slowdown: Option<f64>) -> Result<(), String> {
+        let (lo, hi) = (self.setpoint_min, self.setpoint_max);
+        if !(celsius.is_finite() && celsius >= lo && celsius <= hi) {
+            return Err(format!("set point {celsius} °C is outside {lo}..={hi} °C"));
+        }
+        if let Some(slowdown) = lowest_slowdown {
+            let ceiling = slowdown - self.slowdown_margin_k;
+            if celsius > ceiling {
+                return Err(format!(
+                    "set point {celsius} °C is above {ceiling} °C: the lowest GPU slowdown threshold ({slowdown} °C) minus the {} K margin (control.slowdown_margin_k)",
+                    self.slowdown_margin_k
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The control period.
     pub fn period(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.period_ms)

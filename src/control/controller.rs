@@ -308,6 +308,23 @@ impl Controller {
         self.gpus = next;
     }
 
+    /// The lowest slowdown threshold of the GPUs this controller drives, if it knows any.
+    pub fn lowest_slowdown(&self) -> Option<f64> {
+        self.gpus
+            .values()
+            .filter_map(|g| g.st.as_ref())
+            .map(|s| s.slowdown.get())
+            .reduce(f64::min)
+    }
+
+    /// Checks a reloaded `[control]` against the GPUs this controller drives, with the same
+    /// rule as the MQTT command path; the error names the key. Called before
+    /// [`Controller::reconfigure`], which then cannot raise the set point past it.
+    pub fn check_reload(&self, cfg: &ControlConfig) -> Result<(), String> {
+        cfg.check_setpoint(cfg.setpoint, self.lowest_slowdown())
+            .map_err(|e| format!("control.setpoint: {e}"))
+    }
+
     /// SIGHUP reload without a bump: loops keep their outputs, the set point follows the file
     /// only where the file changed it (an operator's set point survives an unrelated reload).
     pub fn reconfigure(&mut self, cfg: &ControlConfig) {
@@ -315,6 +332,13 @@ impl Controller {
             self.setpoint = cfg.setpoint;
         }
         self.setpoint = self.setpoint.clamp(cfg.setpoint_min, cfg.setpoint_max);
+        // An operator's set point kept across the reload obeys the new margin too.
+        if let Some(slowdown) = self.lowest_slowdown() {
+            let ceiling = slowdown - cfg.slowdown_margin_k;
+            if self.setpoint > ceiling {
+                self.setpoint = ceiling.max(cfg.setpoint_min);
+            }
+        }
         self.cfg = cfg.clone();
         for c in &mut self.cdus {
             c.pid.set_params(pump_params(cfg, &c.setup));
@@ -363,22 +387,8 @@ impl Controller {
         match cmd {
             Command::SetSetpoint { celsius } => {
                 let c = *celsius;
-                let (lo, hi) = (self.cfg.setpoint_min, self.cfg.setpoint_max);
-                if !(c.is_finite() && c >= lo && c <= hi) {
-                    return reject(format!("set point {c} °C is outside {lo}..={hi} °C"));
-                }
-                let slowdown = self
-                    .gpus
-                    .values()
-                    .filter_map(|g| g.st.as_ref())
-                    .map(|s| s.slowdown.get())
-                    .fold(f64::INFINITY, f64::min);
-                let ceiling = slowdown - self.cfg.slowdown_margin_k;
-                if c > ceiling {
-                    return reject(format!(
-                        "set point {c} °C is above {ceiling} °C: the lowest GPU slowdown threshold ({slowdown} °C) minus the {} K margin",
-                        self.cfg.slowdown_margin_k
-                    ));
+                if let Err(reason) = self.cfg.check_setpoint(c, self.lowest_slowdown()) {
+                    return reject(reason);
                 }
                 self.setpoint = c;
                 CommandOutcome::Accepted
@@ -710,7 +720,8 @@ impl Controller {
             .collect();
         let sp = self.setpoint;
         let age = cfg.max_sample_age_ms as f64 / 1000.0;
-        // The controlled variable from this CDU's GPUs.
+        // The controlled variable from this CDU's GPUs, and the GPU it came from.
+        let mut driver: Option<String> = None;
         let (controlled, gpus_lost, hot) = {
             let hosts = &self.cdus[i].setup.hosts;
             let mine = self.gpus.iter().filter(|(k, _)| hosts.contains(&k.host));
@@ -719,6 +730,9 @@ impl Controller {
             let mut hot = Vec::new();
             for (k, g) in mine {
                 if let Some(v) = g.equiv {
+                    if controlled.is_none_or(|m| v > m) {
+                        driver = Some(k.to_string());
+                    }
                     controlled = Some(controlled.map_or(v, |m| m.max(v)));
                 }
                 if g.lost.is_some() && g.st.is_some() {
@@ -937,6 +951,44 @@ impl Controller {
             }
         }
         let t = c.pid.terms();
+        let reason = match state {
+            ControlState::Emergency => format!(
+                "emergency: pump at its maximum{}",
+                if hot.is_empty() {
+                    " (leak)".to_string()
+                } else {
+                    format!(" ({} at the slowdown threshold)", hot.join(", "))
+                }
+            ),
+            ControlState::Boot => "booting: start speed until every required input is valid".into(),
+            ControlState::Failsafe => format!(
+                "failsafe ({}): at least the failsafe speed",
+                c.causes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ if local => "the CDU is in local mode: following its own speed".into(),
+            _ if manual.is_some() => "manual mode: the operator's speed".into(),
+            _ => match (controlled, &driver) {
+                (Some(pv), Some(gpu)) => format!(
+                    "PID: hottest GPU {gpu} at {pv:.1} °C ({}), set point {sp:.1} °C, error {:+.1} K; \
+                     P {:+.1} I {:+.1} D {:+.1} FF {:+.1}",
+                    match cfg.controlled_variable {
+                        ControlledVariable::Core => "core",
+                        ControlledVariable::HbmMargin => "HBM as core-equivalent",
+                        ControlledVariable::Max => "core or HBM-equivalent, the higher",
+                    },
+                    pv - sp,
+                    t.p,
+                    t.i,
+                    t.d,
+                    t.ff
+                ),
+                _ => "no GPU temperature: holding the last output".into(),
+            },
+        };
         loops.push(LoopReport {
             name: format!("pump:{name}"),
             setpoint: sp,
@@ -946,6 +998,7 @@ impl Controller {
             d: t.d,
             ff: t.ff,
             output: cmd,
+            reason,
         });
 
         // Dew point: the CDU owns its supply set point; we warn and report the floor.
@@ -963,6 +1016,10 @@ impl Controller {
                     d: 0.0,
                     ff: 0.0,
                     output: td,
+                    reason: format!(
+                        "room dew point {td:.1} °C (Magnus) + {} K margin: the lowest safe supply temperature",
+                        cfg.supervisor.dew_point_margin_k
+                    ),
                 });
                 if supply.is_some_and(|s| s < floor) {
                     dew_alarm = Some(format!(
@@ -1050,11 +1107,7 @@ impl Controller {
             );
         }
         if state == ControlState::Failsafe {
-            let why: Vec<String> = self.cdus[i]
-                .causes
-                .iter()
-                .map(|c| format!("{c:?}"))
-                .collect();
+            let why: Vec<String> = self.cdus[i].causes.iter().map(|c| c.to_string()).collect();
             let boot = if boot_timed_out {
                 " (inputs never became valid after start)"
             } else {
@@ -1189,6 +1242,35 @@ impl Controller {
                 cap.force_write = false;
             }
             let t = cap.pid.terms();
+            let reason = if g.hot || leak {
+                format!(
+                    "emergency ({}): the GPU's minimum limit",
+                    if leak {
+                        "leak"
+                    } else {
+                        "at the slowdown threshold"
+                    }
+                )
+            } else {
+                match (state, pv) {
+                    (ControlState::Boot, _) => "booting: limit held".to_string(),
+                    (ControlState::Failsafe, None) => format!(
+                        "failsafe with the GPU temperature unknown: {}% of the original limit",
+                        pc.failsafe_percent
+                    ),
+                    (_, Some(pv)) if saturated => format!(
+                        "pump spent: {key} at {pv:.1} °C, cap set point {sp_cap:.1} °C, error {:+.1} K; \
+                         P {:+.1} I {:+.1}",
+                        pv - sp_cap,
+                        t.p,
+                        t.i
+                    ),
+                    (_, Some(pv)) => format!(
+                        "pump has headroom ({key} at {pv:.1} °C): limit returning towards the original"
+                    ),
+                    (_, None) => "no temperature for this GPU: limit held".to_string(),
+                }
+            };
             loops.push(LoopReport {
                 name: format!("power:{key}"),
                 setpoint: sp_cap,
@@ -1198,6 +1280,7 @@ impl Controller {
                 d: t.d,
                 ff: t.ff,
                 output: desired,
+                reason,
             });
             if let Some(e) = cap.external {
                 warn(&mut self.alarms, suppress, now, format!("power_limit_external:{key}"), Severity::Warning, format!(

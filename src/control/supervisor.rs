@@ -50,6 +50,17 @@ pub enum FailsafeCause {
     PumpWrite,
 }
 
+impl std::fmt::Display for FailsafeCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailsafeCause::GpuTemperaturesUnknown => f.write_str("GPU temperatures unknown"),
+            FailsafeCause::RequiredInput(r) => write!(f, "required input {r} lost"),
+            FailsafeCause::Unreachable => f.write_str("CDU unreachable"),
+            FailsafeCause::PumpWrite => f.write_str("pump speed writes failing"),
+        }
+    }
+}
+
 /// What the controller saw this tick, condensed for the state machine.
 #[derive(Debug, Clone, Default)]
 pub struct Causes {

@@ -91,6 +91,19 @@ impl DataType {
         )
     }
 
+    /// The raw values the type can hold (what `encode` accepts after rounding integers).
+    pub fn raw_range(self) -> (f64, f64) {
+        match self {
+            DataType::Int16 => (-32768.0, 32767.0),
+            DataType::Uint16 => (0.0, 65535.0),
+            DataType::Int32 => (-2_147_483_648.0, 2_147_483_647.0),
+            DataType::Uint32 => (0.0, 4_294_967_295.0),
+            DataType::Float32 => (-f64::from(f32::MAX), f64::from(f32::MAX)),
+            DataType::Float64 => (f64::MIN, f64::MAX),
+            DataType::Bit => (0.0, 1.0),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DataType::Int16 => "INT16",
@@ -563,6 +576,33 @@ fn validate_register(r: &Register, at: &dyn Fn(&str) -> String, issues: &mut Iss
                 lo >= plo && hi <= phi,
                 at("limits"),
                 format!("limits inside the plausible range [{plo}, {phi}], got [{lo}, {hi}]"),
+            );
+        }
+        // Every value a write may carry must fit the register once scaled, or the write
+        // fails at run time on every tick; raw = (value - offset) / scale is monotonic, so
+        // the two ends decide.
+        let scale = r.scale();
+        if r.data_type != DataType::Bit && scale.is_finite() && scale != 0.0 {
+            let (rlo, rhi) = r.data_type.raw_range();
+            let raw = |v: f64| {
+                let x = (v - r.offset()) / scale;
+                if r.data_type.is_integer() {
+                    x.round()
+                } else {
+                    x
+                }
+            };
+            let (a, b) = (raw(lo), raw(hi));
+            issues.check(
+                !(lo.is_finite() && hi.is_finite())
+                    || (a >= rlo && a <= rhi && b >= rlo && b <= rhi),
+                at("limits"),
+                format!(
+                    "limits whose raw values (value - offset) / scale fit a {} ({rlo}..={rhi}), \
+                     but [{lo}, {hi}] with scale {scale} and offset {} gives [{a}, {b}]",
+                    r.data_type.as_str(),
+                    r.offset()
+                ),
             );
         }
     }

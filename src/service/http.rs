@@ -19,7 +19,7 @@
 //! (`coolantd_http_connections_shed_total`, `…_timed_out_total`) and logged rate-limited.
 
 use crate::config::Issues;
-use crate::model::{FieldValue, Point, Snapshot};
+use crate::model::{ControlState, FieldValue, Point, Snapshot};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Body, Method, Request, Response, StatusCode};
@@ -172,6 +172,7 @@ pub struct Health {
     http_shed: AtomicU64,
     /// HTTP connections closed for a slow request head or silence.
     http_timed_out: AtomicU64,
+    stopping: AtomicBool,
 }
 
 /// What `/healthz` decides, with the reason for a failure.
@@ -201,6 +202,7 @@ impl Health {
             ready: AtomicBool::new(false),
             http_shed: AtomicU64::new(0),
             http_timed_out: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -239,6 +241,16 @@ impl Health {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the daemon as leaving: `/readyz` says so instead of reporting the last state.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Healthy ticks recorded so far.
@@ -568,9 +580,12 @@ fn respond(
     health: &Health,
 ) -> Response<Body> {
     let path = req.uri().path();
-    let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/status");
+    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics" | "/status");
     if !known {
-        return text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}\n\n{ENDPOINTS}"),
+        );
     }
     // HEAD is answered like GET; hyper leaves the body out.
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -586,6 +601,7 @@ fn respond(
     // Clone the Arc and release the channel's read lock before doing any work.
     let snap: Arc<Snapshot> = snapshot.borrow().clone();
     match path {
+        "/" => text(StatusCode::OK, ENDPOINTS),
         "/healthz" => match health.liveness(now) {
             Liveness::Alive => text(StatusCode::OK, "ok\n"),
             Liveness::NoTickYet => text(
@@ -629,14 +645,48 @@ fn respond(
     }
 }
 
-/// Why the daemon is not ready, or `None` when it is.
+/// Register faults (`name: why`) with the same cause folded into one entry, so that a CDU
+/// that cannot be reached reads as one cause, not one line per register.
+pub fn summarize_faults(faults: &[String]) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for f in faults {
+        let (name, why) = f.split_once(": ").unwrap_or(("", f.as_str()));
+        match groups.iter_mut().find(|(w, _)| w == why) {
+            Some((_, names)) => names.push(name.to_string()),
+            None => groups.push((why.to_string(), vec![name.to_string()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(why, names)| match names.as_slice() {
+            [one] if !one.is_empty() => format!("{one}: {why}"),
+            [_] => why,
+            many => format!("{} registers ({}, …): {why}", many.len(), many[0]),
+        })
+        .collect()
+}
+
+/// What `/` answers (and a 404 repeats): the endpoints and what each is for.
+const ENDPOINTS: &str = "coolantd endpoints:\n\
+    /healthz  200 while the control loop ticks (liveness)\n\
+    /readyz   200 when every required input is valid; otherwise 503 and why\n\
+    /metrics  Prometheus text format (names and meanings: docs/metrics.md)\n\
+    /status   the whole state as JSON (also: coolantd status)\n";
+
+/// Why the daemon is not ready, or `None` when it is. The first words name the situation
+/// (`booting`, `failsafe`, `emergency`, `no inputs`, `stopping`), then the causes.
 fn not_ready_reason(snap: &Snapshot, health: &Health, now: Instant) -> Option<String> {
+    if health.is_stopping() {
+        return Some("stopping: outputs are going to their safe state".into());
+    }
     if !health.is_ready() {
-        return Some("daemon is starting or stopping".into());
+        return Some("booting: the first control tick has not completed".into());
     }
     match health.liveness(now) {
         Liveness::Alive => {}
-        Liveness::NoTickYet => return Some("control loop has not completed a tick yet".into()),
+        Liveness::NoTickYet => {
+            return Some("booting: the control loop has not completed a tick yet".into())
+        }
         Liveness::Stale { age, .. } => {
             return Some(format!(
                 "control loop stuck: last healthy tick {:.1} s ago",
@@ -647,16 +697,31 @@ fn not_ready_reason(snap: &Snapshot, health: &Health, now: Instant) -> Option<St
     if snap.ready {
         return None;
     }
-    let mut reason = format!(
-        "not every required input is valid (control state: {})",
-        snap.state
-    );
+    if snap.cdus.is_empty() && snap.gpus.is_empty() {
+        return Some("no inputs: no GPU and no CDU reading".into());
+    }
+    let headline_alarm = |prefix: &str| {
+        snap.alarms
+            .iter()
+            .filter(|a| a.cause_present && a.id.starts_with(prefix))
+            .map(|a| a.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut reason = match snap.state {
+        ControlState::Boot => "booting: waiting for every required input to be valid".to_string(),
+        ControlState::Failsafe => format!("failsafe: {}", headline_alarm("failsafe:")),
+        ControlState::Emergency => "emergency".to_string(),
+        other => format!("not every required input is valid (control state: {other})"),
+    };
     for cdu in &snap.cdus {
-        for fault in &cdu.faults {
+        for fault in summarize_faults(&cdu.faults) {
             let _ = write!(reason, "; cdu {}: {fault}", cdu.name);
         }
     }
-    for alarm in snap.alarms.iter().filter(|a| a.cause_present) {
+    for alarm in snap.alarms.iter().filter(|a| {
+        a.cause_present && !(snap.state == ControlState::Failsafe && a.id.starts_with("failsafe:"))
+    }) {
         let _ = write!(reason, "; alarm {}: {}", alarm.id, alarm.message);
     }
     Some(reason)
@@ -788,22 +853,25 @@ fn add_point(families: &mut BTreeMap<String, Family>, p: &Point) {
         if let Some(s) = extra {
             labels.push(("value".into(), s));
         }
+        // The meaning and unit documented in docs/metrics.md, where every field is listed.
         let help = || {
-            escape_help(&format!(
-                "coolantd measurement {} field {}{}",
-                p.measurement,
-                field,
-                if matches!(value, FieldValue::Str(_)) {
-                    " (string value in label `value`)"
-                } else {
-                    ""
-                }
-            ))
+            let doc = crate::sink::schema::field_help(&p.measurement, field)
+                .unwrap_or_else(|| format!("measurement {} field {field}", p.measurement));
+            escape_help(&if matches!(value, FieldValue::Str(_)) {
+                format!("{doc} (string value in label `value`)")
+            } else {
+                doc
+            })
+        };
+        let kind = if crate::sink::schema::is_counter(&p.measurement, field) {
+            "counter"
+        } else {
+            "gauge"
         };
         add_sample(
             families,
             name,
-            "gauge",
+            kind,
             help,
             render_labels(&labels),
             v,
@@ -890,6 +958,16 @@ pub fn render_metrics(snap: &Snapshot, health: Option<&Health>, now: Instant) ->
             ));
         }
     }
+    // The running version, as the usual `*_build_info` gauge with the value 1.
+    add_sample(
+        &mut families,
+        "coolantd_build_info".to_string(),
+        "gauge",
+        || "coolantd version, always 1".to_string(),
+        render_labels(&[("version".into(), env!("CARGO_PKG_VERSION").into())]),
+        1.0,
+        0,
+    );
     for (name, kind, help, value) in own {
         // A point family of the same name wins; the daemon's own value is then left out
         // rather than producing a duplicate family the scraper would reject.
@@ -932,6 +1010,23 @@ fn bool_f64(b: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_with_one_cause_are_folded() {
+        let f = |s: &str| s.to_string();
+        let faults = [
+            f("supply_temp: transport error: refused"),
+            f("flow: transport error: refused"),
+            f("leak: timed out"),
+        ];
+        assert_eq!(
+            summarize_faults(&faults),
+            vec![
+                f("2 registers (supply_temp, …): transport error: refused"),
+                f("leak: timed out")
+            ]
+        );
+    }
 
     #[test]
     fn listen_address_is_validated() {

@@ -266,7 +266,12 @@ where
         .with_env_filter(filter)
         .with_writer(writer);
     match style {
-        Style::Terminal => Box::new(builder.with_ansi(true).finish()),
+        Style::Terminal => Box::new(
+            builder
+                .with_ansi(true)
+                .event_format(ClearLine(Format::default().with_ansi(true)))
+                .finish(),
+        ),
         Style::Plain => Box::new(builder.with_ansi(false).finish()),
         Style::Json => Box::new(
             builder
@@ -308,6 +313,30 @@ where
             Level::DEBUG | Level::TRACE => 7,
         };
         write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// On a terminal the service loop keeps a live status line without a newline
+/// (`service::serve`); each log line first returns to column 0 and erases it, so the two
+/// are never glued together. The status line is redrawn on the next tick.
+struct ClearLine(Format<Full>);
+
+/// Carriage return and "erase entire line" (ECMA-48 EL with parameter 2).
+pub const CLEAR_LINE: &str = "\r\x1b[2K";
+
+impl<S, N> FormatEvent<S, N> for ClearLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        writer.write_str(CLEAR_LINE)?;
         self.0.format_event(ctx, writer, event)
     }
 }
@@ -445,5 +474,14 @@ mod tests {
         let s = capture(Style::Plain, "info");
         assert!(s.contains("flow sensor timed out"), "{s}");
         assert!(!s.contains('\x1b'), "{s}");
+    }
+
+    #[test]
+    fn terminal_lines_first_erase_the_status_line() {
+        // A status line drawn without a newline, then a log line: the log line must start
+        // by returning to column 0 and erasing it, or the two end up glued on one line.
+        let s = capture(Style::Terminal, "info");
+        assert!(s.starts_with(CLEAR_LINE), "{s:?}");
+        assert_eq!(s.matches(CLEAR_LINE).count(), 1, "{s:?}");
     }
 }

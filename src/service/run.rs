@@ -46,6 +46,7 @@ pub struct RunOptions {
 /// maps the roles the control loop needs. Used by `check-config`, `run` and reload.
 pub fn load_profiles(cfg: &Config) -> Result<LoadedProfiles, crate::config::ConfigError> {
     let dir = cfg.resolve(&cfg.site.profiles_dir);
+    crate::service::preflight::check_profiles_dir(cfg, &dir)?;
     let gpu = GpuProfiles::load_dir(&dir.join("gpu"))?;
     let mut cdu = BTreeMap::new();
     for (i, c) in cfg.cdus.iter().enumerate() {
@@ -82,6 +83,7 @@ pub fn load_profiles(cfg: &Config) -> Result<LoadedProfiles, crate::config::Conf
             });
         }
     }
+    crate::service::preflight::check_setpoint(cfg, &gpu)?;
     Ok(LoadedProfiles { gpu, cdu })
 }
 
@@ -155,7 +157,12 @@ pub fn open_gpus(
                 let facts_for = |board: &str| -> Option<BoardFacts> {
                     profiles.board_facts_for(board, cfg.gpus.default_profile.as_deref())
                 };
-                let backend = crate::collect::nvml::NvmlBackend::open(nvml, host, &cfg.gpus.indices, &facts_for)?;
+                let backend = crate::collect::nvml::NvmlBackend::open(
+                    nvml,
+                    host,
+                    &cfg.gpus.indices,
+                    &facts_for,
+                )?;
                 Ok(Some(Arc::new(backend)))
             }
             Err(e) if cfg.gpus.fallback_to_simulated => {
@@ -165,9 +172,22 @@ pub fn open_gpus(
                 tracing::warn!(error = %e, "NVML is not available; running on SIMULATED GPUs as gpus.fallback_to_simulated allows");
                 Ok(Some(sim.gpus()))
             }
-            Err(e) => Err(anyhow::anyhow!(
-                "{e}. To try coolantd without GPUs use config/sim.toml, or set gpus.fallback_to_simulated = true"
-            )),
+            // A host without a working driver is a configuration to fix, not a fault a
+            // restart cures: a ConfigError makes `run` exit 78 and systemd stop.
+            Err(e) => Err(crate::config::ConfigError {
+                file: cfg.path.clone(),
+                issues: vec![crate::config::ConfigIssue {
+                    key: "gpus.backend".into(),
+                    expected: format!(
+                        "NVML for backend = \"nvml\", but {e}. Install the NVIDIA driver \
+                         (nvidia-smi must work), or rehearse without GPUs: \
+                         coolantd run --config /usr/share/doc/coolantd/examples/sim.toml \
+                         (config/sim.toml in the source tree: gpus.backend = \"simulated\" \
+                         with a [simulator] section)"
+                    ),
+                }],
+            }
+            .into()),
         },
     }
 }
@@ -221,6 +241,7 @@ impl Daemon {
         let host = cfg.site.host_name();
         let dry_run = cfg.site.dry_run || opts.dry_run;
         let profiles = load_profiles(&cfg)?;
+        crate::service::preflight::check_startup(&cfg, opts.sinks)?;
         let sim = match &cfg.simulator {
             Some(sc) => Some(
                 SimRuntime::start(sc, &cfg, &host, &profiles.gpu, opts.sim_autostep)
@@ -234,6 +255,7 @@ impl Daemon {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let links = spawn_links(&cfg, &profiles, 0, &reports_tx);
         let link_state = links.iter().map(|_| LinkState::default()).collect();
+        crate::service::preflight::check_setpoint_for_gpus(&cfg, &inventory)?;
         let controller = Controller::new(
             &cfg.control,
             cdu_setups(&cfg, &host, &profiles),
@@ -443,7 +465,11 @@ impl Daemon {
         ordered.sort_by_key(|a| !matches!(a, Actuation::SetPowerCap { .. }));
         for a in ordered {
             if self.dry_run {
-                tracing::info!(action = %a, "would {a}");
+                // Each decision once, with why; watchdog feeds are routine (one per tick).
+                match a {
+                    Actuation::FeedWatchdog { .. } => tracing::debug!("would {a}"),
+                    _ => tracing::info!(reason = decision_reason(&out.loops, a), "would {a}"),
+                }
                 self.outcomes.push(ActuationOutcome {
                     actuation: a.clone(),
                     at: now,
@@ -816,7 +842,7 @@ impl Daemon {
                 continue;
             }
             if dry_run {
-                tracing::info!(action = %a, "would {a}");
+                tracing::info!(reason = "shutting down: the safe output", "would {a}");
             } else if let Err(e) = self.apply_cap(&a) {
                 tracing::error!(action = %a, error = %e, "could not apply the safe output");
             }
@@ -863,6 +889,9 @@ impl Daemon {
             "the CDUs, the hosts they cool, or their profiles' roles or pump limits changed; \
              restart to apply (a reload may change addresses, timeouts and [control])"
         );
+        self.controller
+            .check_reload(&new.control)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if new.site.host != self.cfg.site.host
             || new.site.state_dir != self.cfg.site.state_dir
             || format!("{:?}", new.gpus) != format!("{:?}", self.cfg.gpus)
@@ -929,6 +958,20 @@ impl Daemon {
     pub fn host(&self) -> &str {
         &self.host
     }
+}
+
+/// The reason the control core gave for the loop behind an actuation.
+fn decision_reason<'a>(loops: &'a [crate::model::LoopReport], a: &Actuation) -> &'a str {
+    let name = match a {
+        Actuation::SetPumpSpeed { cdu, .. } | Actuation::FeedWatchdog { cdu, .. } => {
+            format!("pump:{cdu}")
+        }
+        Actuation::SetPowerCap { gpu, .. } => format!("power:{gpu}"),
+    };
+    loops
+        .iter()
+        .find(|l| l.name == name)
+        .map_or("", |l| l.reason.as_str())
 }
 
 /// Restores every recorded limit it can, forgetting each one restored.

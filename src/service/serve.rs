@@ -70,6 +70,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
     let watchdog = super::notify::watchdog_interval();
     fits_watchdog(&cfg, watchdog)?;
+    // The text the running configuration came from, so a reload can say what changed.
+    let mut config_text = std::fs::read_to_string(config_path).unwrap_or_default();
     let time_scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
     let restore_on_exit = cfg.control.restore_limits_on_exit();
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
@@ -117,10 +119,17 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 if ready_sent {
                     tell(notifier.reloading());
                 }
+                let new_text = std::fs::read_to_string(config_path).unwrap_or_default();
                 let loaded = Config::load(config_path).and_then(|c| fits_watchdog(&c, watchdog).map(|()| c));
                 match loaded.map_err(anyhow::Error::from).and_then(|c| daemon.reload(c)) {
                     Ok(()) => {
-                        tracing::info!(file = %config_path.display(), "configuration reloaded");
+                        let changes = crate::config::changed_keys(&config_text, &new_text);
+                        if changes.is_empty() {
+                            tracing::info!(file = %config_path.display(), "configuration reloaded: nothing changed");
+                        } else {
+                            tracing::info!(file = %config_path.display(), changes = %changes.join("; "), "configuration reloaded: {} change(s)", changes.len());
+                        }
+                        config_text = new_text;
                         // control.period_ms changes live: a new timer from now on, so the
                         // next tick comes one new period after the reload.
                         let new_period = daemon.wall_period();
@@ -147,7 +156,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 let snap = daemon.tick(now).await;
                 let took = t0.elapsed();
                 health.tick(took);
-                health.set_ready(snap.ready);
+                // The loop is up; whether the inputs are valid is `snap.ready`, which
+                // `/readyz` reads from the snapshot with its reason.
+                health.set_ready(true);
                 // A tick that completes is a healthy loop; the watchdog is only fed after one,
                 // so a hung loop gets the daemon restarted by systemd.
                 tell(notifier.watchdog());
@@ -175,6 +186,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
+    health.set_stopping();
     tell(notifier.stopping());
     daemon.leave_safely(restore_on_exit).await;
     if let Some(t) = http_task {

@@ -21,6 +21,8 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 /// One connection's view of the simulated CDU.
 struct CduService {
+    /// The Modbus unit id this CDU answers to; requests for any other id are refused.
+    unit_id: u8,
     profile: Arc<CduProfile>,
     state: Arc<Mutex<dyn CduState>>,
 }
@@ -32,6 +34,17 @@ impl tokio_modbus::server::Service for CduService {
     type Future = Ready<Result<Response, ExceptionCode>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
+        // A wrong unit id in a site's configuration must show up in a rehearsal: answer it
+        // the way a Modbus TCP gateway answers for a unit that is not there (exception 0x0B,
+        // Gateway Target Device Failed to Respond), instead of serving any id.
+        if req.slave != self.unit_id {
+            tracing::debug!(
+                asked = req.slave,
+                unit_id = self.unit_id,
+                "simulated CDU: request for another unit id refused"
+            );
+            return ready(Err(ExceptionCode::GatewayTargetDevice));
+        }
         ready(self.handle(req.request))
     }
 }
@@ -235,9 +248,11 @@ fn check_count(start: u16, count: u16, max: u16) -> Result<(), ExceptionCode> {
     Ok(())
 }
 
-/// Serves `state` through `profile` on `listener` until the task is aborted.
+/// Serves `state` through `profile` on `listener`, answering unit id `unit_id` only, until
+/// the task is aborted.
 pub async fn serve(
     listener: TcpListener,
+    unit_id: u8,
     profile: Arc<CduProfile>,
     state: Arc<Mutex<dyn CduState>>,
 ) -> std::io::Result<()> {
@@ -245,6 +260,7 @@ pub async fn serve(
     let on_connected = move |stream, peer: SocketAddr| {
         tracing::debug!(%peer, "Modbus client connected to the simulated CDU");
         let service = CduService {
+            unit_id,
             profile: Arc::clone(&profile),
             state: Arc::clone(&state),
         };
@@ -256,17 +272,27 @@ pub async fn serve(
     server.serve(&on_connected, on_process_error).await
 }
 
-/// Binds `addr` (for example `127.0.0.1:0`) and serves the simulated CDU on a task. Returns
-/// the bound address and the task; abort the task to stop the server.
+/// Binds `addr` (for example `127.0.0.1:0`) and serves the simulated CDU as unit id 1 on a
+/// task. Returns the bound address and the task; abort the task to stop the server.
 pub async fn spawn(
     addr: &str,
+    profile: Arc<CduProfile>,
+    state: Arc<Mutex<dyn CduState>>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    spawn_unit(addr, 1, profile, state).await
+}
+
+/// Like [`spawn`], answering unit id `unit_id` only (`simulator.unit_id`).
+pub async fn spawn_unit(
+    addr: &str,
+    unit_id: u8,
     profile: Arc<CduProfile>,
     state: Arc<Mutex<dyn CduState>>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = serve(listener, profile, state).await {
+        if let Err(e) = serve(listener, unit_id, profile, state).await {
             tracing::warn!(error = %e, address = %local, "simulated CDU server stopped");
         }
     });

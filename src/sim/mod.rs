@@ -61,6 +61,9 @@ pub struct SimConfig {
     pub cdu_profile: String,
     /// Modbus TCP address of the simulated CDU.
     pub listen: String,
+    /// The Modbus unit id the simulated CDU answers to; any other id gets exception 0x0B
+    /// (gateway target device failed to respond), so a wrong `[[cdu]] unit_id` shows up.
+    pub unit_id: u8,
     /// Facility water supply temperature. 25 °C sits inside ASHRAE liquid-cooling class W27
     /// (facility supply up to 27 °C).
     pub facility_water_c: f64,
@@ -110,6 +113,7 @@ impl Default for SimConfig {
             gpu_profile: "h200-sxm".into(),
             cdu_profile: "sim-cdu".into(),
             listen: "127.0.0.1:5020".into(),
+            unit_id: 1,
             facility_water_c: 25.0,
             supply_setpoint_c: 30.0,
             valve_fixed_pct: None,
@@ -176,6 +180,11 @@ impl SimConfig {
                 "an `ip:port` address such as 127.0.0.1:5020, got `{}`",
                 self.listen
             ),
+        );
+        issues.check(
+            (1..=247).contains(&self.unit_id),
+            k("unit_id"),
+            format!("a Modbus unit id between 1 and 247, got {}", self.unit_id),
         );
         issues.range(
             self.facility_water_c,

@@ -21,6 +21,7 @@ pub struct SimRuntime {
     cdu_profile: Arc<CduProfile>,
     stepper: Option<JoinHandle<()>>,
     addr: SocketAddr,
+    unit_id: u8,
     time_scale: f64,
 }
 
@@ -48,14 +49,15 @@ impl SimRuntime {
         let cdu_profile = Arc::new(CduProfile::load(&cdu_path)?);
         let plant = Arc::new(Mutex::new(build_plant(sc, gp, host)));
         let state: Arc<Mutex<dyn CduState>> = plant.clone();
-        let (addr, server) = cdu_server::spawn(&sc.listen, cdu_profile.clone(), state)
-            .await
-            .with_context(|| {
-                format!(
-                    "simulator.listen: cannot serve the simulated CDU on {}",
-                    sc.listen
-                )
-            })?;
+        let (addr, server) =
+            cdu_server::spawn_unit(&sc.listen, sc.unit_id, cdu_profile.clone(), state)
+                .await
+                .with_context(|| {
+                    format!(
+                        "simulator.listen: cannot serve the simulated CDU on {}",
+                        sc.listen
+                    )
+                })?;
         tracing::info!(modbus = %addr, gpus = gp.name, time_scale = sc.time_scale, "plant simulator started");
         let stepper = autostep.then(|| spawn_stepper(plant.clone(), sc.step(), sc.time_scale));
         let gpus = Arc::new(SimGpus::new(plant.clone(), None));
@@ -66,6 +68,7 @@ impl SimRuntime {
             cdu_profile,
             stepper,
             addr,
+            unit_id: sc.unit_id,
             time_scale: sc.time_scale,
         })
     }
@@ -125,8 +128,13 @@ impl SimRuntime {
             return Ok(());
         }
         let state: Arc<Mutex<dyn CduState>> = self.plant.clone();
-        let (_, task) =
-            cdu_server::spawn(&self.addr.to_string(), self.cdu_profile.clone(), state).await?;
+        let (_, task) = cdu_server::spawn_unit(
+            &self.addr.to_string(),
+            self.unit_id,
+            self.cdu_profile.clone(),
+            state,
+        )
+        .await?;
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(())
     }

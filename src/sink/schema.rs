@@ -352,6 +352,74 @@ pub fn telemetry_point(ctx: &Ctx, stats: &crate::sink::influx::SinkStats, time_n
         .field("retries", int(stats.retries))
 }
 
+/// Fields that only grow while the daemon (or the GPU driver) runs: Prometheus counters.
+/// Everything else is a gauge.
+pub const COUNTERS: [(&str, &str); 9] = [
+    (GPU, "energy_j"),
+    (GPU, "violation_power_ns"),
+    (GPU, "violation_thermal_ns"),
+    (GPU, "ecc_corrected"),
+    (TELEMETRY, "written"),
+    (TELEMETRY, "dropped"),
+    (TELEMETRY, "rejected"),
+    (TELEMETRY, "corrupt"),
+    (TELEMETRY, "retries"),
+];
+
+/// Whether `measurement`'s `field` is a counter (see [`COUNTERS`]).
+pub fn is_counter(measurement: &str, field: &str) -> bool {
+    COUNTERS
+        .iter()
+        .any(|(m, f)| *m == measurement && *f == field)
+}
+
+/// The metric documentation, compiled in: the one place each field's meaning is written.
+const METRICS_DOC: &str = include_str!("../../docs/metrics.md");
+
+/// What a field means, with its unit, from `docs/metrics.md` (the tables under each
+/// `` ## `measurement` `` heading): the HELP text of `/metrics`. `None` for a field the
+/// documentation does not list (a test keeps that from happening).
+pub fn field_help(measurement: &str, field: &str) -> Option<String> {
+    static TABLE: std::sync::OnceLock<BTreeMap<(String, String), String>> =
+        std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| parse_field_docs(METRICS_DOC))
+        .get(&(measurement.to_string(), field.to_string()))
+        .cloned()
+}
+
+/// Reads `| `field` | type | unit | meaning |` rows, keyed by the measurement of the
+/// enclosing `` ## `name` `` section.
+fn parse_field_docs(doc: &str) -> BTreeMap<(String, String), String> {
+    let mut out = BTreeMap::new();
+    let mut measurement: Option<String> = None;
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            measurement = h
+                .strip_prefix('`')
+                .and_then(|r| r.split_once('`'))
+                .map(|(m, _)| m.to_string());
+            continue;
+        }
+        let Some(m) = &measurement else { continue };
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // ["", field, type, unit, meaning, ""]
+        if cells.len() != 6 || !cells[1].starts_with('`') {
+            continue;
+        }
+        let field = cells[1].trim_matches('`');
+        let unit = cells[3];
+        let meaning = cells[4].replace('`', "");
+        let help = if unit.is_empty() {
+            meaning
+        } else {
+            format!("{} [{unit}]", meaning.trim_end_matches('.'))
+        };
+        out.insert((m.clone(), field.to_string()), help);
+    }
+    out
+}
+
 /// One measurement as written: its tag keys and fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeasurementSchema {
@@ -452,6 +520,7 @@ pub fn catalog() -> Vec<MeasurementSchema> {
             d: 0.0,
             ff: 0.0,
             output: 50.0,
+            reason: String::new(),
         }],
         events: vec![],
         active_alarms: vec![alarm.clone()],
@@ -664,5 +733,31 @@ mod tests {
         let control = &c[4];
         assert!(control.tags.contains(&"loop".to_string()));
         assert_eq!(control.fields.get("state"), Some(&FieldKind::Str));
+    }
+
+    #[test]
+    fn every_field_has_help_text_from_the_docs() {
+        for m in catalog() {
+            for f in m.fields.keys() {
+                let help = field_help(&m.name, f);
+                assert!(
+                    help.as_deref().is_some_and(|h| !h.is_empty()),
+                    "{}.{f} has no row in docs/metrics.md",
+                    m.name
+                );
+            }
+        }
+        assert_eq!(
+            field_help(GPU, "core_temp_c").as_deref(),
+            Some("GPU core temperature [°C]")
+        );
+        for (m, f) in COUNTERS {
+            assert!(
+                catalog()
+                    .iter()
+                    .any(|x| x.name == m && x.fields.contains_key(f)),
+                "{m}.{f} is not written"
+            );
+        }
     }
 }

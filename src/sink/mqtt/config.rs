@@ -211,8 +211,11 @@ impl MqttConfig {
         issues.check(
             topic_path_ok(&self.topic_prefix),
             format!("{key}.topic_prefix"),
+            // Debug formatting escapes a NUL or other control character, which would
+            // otherwise vanish from the message on a terminal.
             format!(
-                "topic levels without `+`, `#`, empty levels or a leading/trailing `/`, got `{}`",
+                "topic levels without `+`, `#`, control characters, empty levels or a \
+                 leading/trailing `/`, got {:?}",
                 self.topic_prefix
             ),
         );
@@ -244,7 +247,8 @@ impl MqttConfig {
             topic_path_ok(&self.discovery_prefix),
             format!("{key}.discovery_prefix"),
             format!(
-                "topic levels without `+`, `#`, empty levels or a leading/trailing `/`, got `{}`",
+                "topic levels without `+`, `#`, control characters, empty levels or a \
+                 leading/trailing `/`, got {:?}",
                 self.discovery_prefix
             ),
         );

@@ -428,6 +428,50 @@ impl MqttSink {
     }
 }
 
+/// `check-config --connect`: connects once with the configured credentials and TLS, waits
+/// for the broker's CONNACK and disconnects cleanly. It uses its own client id, so a running
+/// daemon is not kicked off, and its own will topic (`<base>/check-config`), so the daemon's
+/// availability is never touched; a clean disconnect discards the will anyway.
+pub async fn check_connect(
+    cfg: &MqttConfig,
+    site: &str,
+    host: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let password = read_password(cfg).map_err(|e| e.to_string())?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls_config(t).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let topics = Topics::new(&cfg.topic_prefix, site, host);
+    let (client, mut eventloop) = client::build(client::Connect {
+        cfg,
+        client_id: format!("coolantd-check-config-{host}-{}", std::process::id()),
+        will_topic: format!("{}/check-config", topics.base),
+        will_payload: OFFLINE,
+        password,
+        tls,
+    });
+    let handshake = async {
+        loop {
+            match eventloop.poll().await? {
+                Incoming::ConnAck => break,
+                _ => continue,
+            }
+        }
+        client.disconnect().await?;
+        loop {
+            match eventloop.poll().await {
+                Ok(Incoming::DisconnectSent) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| format!("no CONNACK within {} s", timeout.as_secs()))?
+}
+
 fn read_password(cfg: &MqttConfig) -> Result<Option<String>, SinkError> {
     if let Some(p) = &cfg.password {
         return Ok(Some(p.clone()));
