@@ -120,5 +120,6 @@ if [ -n "${NVML_REPLAY_LOG:-}" ]; then
 fi
 
 echo "== fast-path cost"
-"${bench_lib[@]}" cargo bench --quiet --bench nvml_fast_path 2>&1 | grep nvml_fast_path
+# The replay records nothing here: the figures are the call paths, not the log writes.
+env -u NVML_REPLAY_LOG "${bench_lib[@]}" cargo bench --quiet --bench nvml_fast_path 2>&1 | grep nvml_fast_path
 echo "device-check: done ($work)"
