@@ -324,9 +324,30 @@ pub struct MeasurementSchema {
     pub fields: BTreeMap<String, FieldKind>,
 }
 
-/// Every measurement, tag and field coolantd writes, derived by running the functions above on
-/// fully populated samples (so it cannot drift from what is written).
-pub fn catalog() -> Vec<MeasurementSchema> {
+/// The unit of a field, read from its name's suffix (the convention above), as a short
+/// symbol for consumers that show units (Sparkplug's `engUnit` property). `None` for
+/// unitless fields (counts, flags, codes, words).
+pub fn field_unit(field: &str) -> Option<&'static str> {
+    const SUFFIXES: [(&str, &str); 9] = [
+        ("_c", "°C"),
+        ("_k", "K"),
+        ("_w", "W"),
+        ("_mhz", "MHz"),
+        ("_pct", "%"),
+        ("_lpm", "l/min"),
+        ("_kpa", "kPa"),
+        ("_j", "J"),
+        ("_ns", "ns"),
+    ];
+    SUFFIXES
+        .iter()
+        .find(|(suffix, _)| field.ends_with(suffix))
+        .map(|(_, unit)| *unit)
+}
+
+/// Fully populated sample points of every kind coolantd writes: the source of [`catalog`]
+/// and of the metric definitions Sparkplug announces in its birth certificates.
+pub fn sample_points() -> Vec<Point> {
     use crate::model::*;
     use crate::units::*;
     use std::time::Duration;
@@ -440,7 +461,13 @@ pub fn catalog() -> Vec<MeasurementSchema> {
         &crate::sink::influx::SinkStats::default(),
         0,
     ));
+    points
+}
 
+/// Every measurement, tag and field coolantd writes, derived by running the functions above on
+/// fully populated samples (so it cannot drift from what is written).
+pub fn catalog() -> Vec<MeasurementSchema> {
+    let points = sample_points();
     let mut out: Vec<MeasurementSchema> = Vec::new();
     for p in points {
         let idx = match out.iter().position(|m| m.name == p.measurement) {
