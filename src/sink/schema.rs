@@ -126,13 +126,24 @@ pub fn gpu_point(ctx: &Ctx, st: &GpuStatic, s: &GpuSample, time_ns: i64) -> Poin
     int(p, "pstate", s.pstate.map(i64::from))
 }
 
+/// The fields of [`gpu_slow_point`]. They arrive at the slow cadence, so a tick without them
+/// says nothing about their values (consumers that keep a current value, like Sparkplug,
+/// hold the last one).
+pub const GPU_SLOW_FIELDS: [&str; 4] = [
+    "energy_j",
+    "violation_power_ns",
+    "violation_thermal_ns",
+    "ecc_corrected",
+];
+
 /// The slow GPU counters (measurement `gpu`, written at the slow cadence).
 pub fn gpu_slow_point(ctx: &Ctx, st: &GpuStatic, s: &GpuSlowSample, time_ns: i64) -> Point {
     let mut p = gpu_tags(ctx, st, time_ns);
-    p = f(p, "energy_j", s.energy.map(|j| j.get()));
-    p = int(p, "violation_power_ns", counter(s.violation_power_ns));
-    p = int(p, "violation_thermal_ns", counter(s.violation_thermal_ns));
-    int(p, "ecc_corrected", counter(s.ecc_corrected))
+    let [energy, power_ns, thermal_ns, ecc] = GPU_SLOW_FIELDS;
+    p = f(p, energy, s.energy.map(|j| j.get()));
+    p = int(p, power_ns, counter(s.violation_power_ns));
+    p = int(p, thermal_ns, counter(s.violation_thermal_ns));
+    int(p, ecc, counter(s.ecc_corrected))
 }
 
 /// Role → field name in measurement `coolant`.

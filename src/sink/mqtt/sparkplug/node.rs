@@ -458,7 +458,17 @@ impl EdgeNode {
                 );
             }
             if let Some(t) = self.devices.get_mut(d) {
-                t.now = values.clone();
+                let mut values = values.clone();
+                // The slow GPU counters come every few ticks: hold their last values.
+                for field in schema::GPU_SLOW_FIELDS {
+                    let name = metric_name(schema::GPU, field);
+                    if let (Some(v), std::collections::btree_map::Entry::Vacant(e)) =
+                        (t.now.get(&name), values.entry(name.clone()))
+                    {
+                        e.insert(v.clone());
+                    }
+                }
+                t.now = values;
             }
         }
         let gone: Vec<String> = self
@@ -1031,6 +1041,40 @@ mod tests {
         );
         let (topic, nb) = decode(&out[0]);
         assert_eq!((topic.as_str(), nb.seq), ("spBv1.0/g/NBIRTH/n", Some(0)));
+    }
+
+    #[test]
+    fn slow_gpu_counters_hold_their_last_value_between_slow_reads() {
+        let gpu = |core: f64, energy: Option<f64>| {
+            let mut s = snap(50.0);
+            let mut p = Point::new(schema::GPU, 0)
+                .tag("host", "h")
+                .tag("gpu", "0")
+                .field("core_temp_c", FieldValue::Float(core));
+            if let Some(e) = energy {
+                p = p.field("energy_j", FieldValue::Float(e));
+            }
+            s.points.push(p);
+            s
+        };
+        let mut n = node();
+        let t0 = Instant::now();
+        n.on_snapshot(&gpu(60.0, Some(1.0)), t0);
+        n.on_connected(0);
+        let out = n.on_snapshot(&gpu(61.0, None), t0);
+        let ddata: Vec<Payload> = out
+            .iter()
+            .map(decode)
+            .filter(|(t, _)| t == "spBv1.0/g/DDATA/n/gpu0")
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(ddata.len(), 1, "{out:?}");
+        assert_eq!(
+            ddata[0].metrics.len(),
+            1,
+            "only the core temperature changed"
+        );
+        assert_eq!(ddata[0].metrics[0].value, Some(proto::Value::Double(61.0)));
     }
 
     #[test]
