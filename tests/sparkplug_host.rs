@@ -176,7 +176,7 @@ fn ncmd(name: &str, datatype: &str, value: Value) -> Value {
 #[test]
 fn pysparkplug_host_decodes_births_data_death_and_commands_apply() {
     let Some(python) = venv_python() else { return };
-    let broker = Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let reply_topic = format!("coolantd/sim/{NODE}/command/reply");
     let mut host = Host::start(&python, broker.port(), &reply_topic);
     host.wait_for("ready line", |v| v["type"] == "ready");
@@ -334,6 +334,25 @@ fn pysparkplug_host_decodes_births_data_death_and_commands_apply() {
     host.wait_for("NBIRTH after Rebirth", |v| is(v, "NBIRTH"));
     host.wait_for("NDATA after the rebirth", |v| is(v, "NDATA"));
 
+    // The broker restarts (forgetting everything): a new session, a new bdSeq in its will
+    // and in its NBIRTH, after the host's STATE (the host reconnects and republishes it).
+    broker.restart();
+    let reborn = host.wait_for("NBIRTH of the next session", |v| is(v, "NBIRTH"));
+    let next_bd_seq = metric(&reborn, "bdSeq").expect("bdSeq")["value"].clone();
+    assert_ne!(next_bd_seq, bd_seq, "a new session keeps bdSeq: {reborn}");
+    host.wait_for("DDATA in the next session", |v| is(v, "DDATA"));
+
+    // Killed without a goodbye: the broker delivers the will, the NDEATH with this bdSeq.
+    daemon.kill().expect("SIGKILL the daemon");
+    let _ = daemon.wait();
+    let death = host.wait_for("NDEATH", |v| is(v, "NDEATH"));
+    assert_eq!(
+        death["bd_seq"],
+        next_bd_seq,
+        "{death}\ndaemon log:\n{}",
+        daemon_log()
+    );
+
     // Every message of the node counts seq up by one (mod 256), from 0 at each NBIRTH.
     let mut prev: Option<u64> = None;
     for v in &host.seen {
@@ -349,15 +368,4 @@ fn pysparkplug_host_decodes_births_data_death_and_commands_apply() {
         }
         prev = Some(seq);
     }
-
-    // Killed without a goodbye: the broker delivers the will, the NDEATH with this bdSeq.
-    daemon.kill().expect("SIGKILL the daemon");
-    let _ = daemon.wait();
-    let death = host.wait_for("NDEATH", |v| is(v, "NDEATH"));
-    assert_eq!(
-        death["bd_seq"],
-        bd_seq,
-        "{death}\ndaemon log:\n{}",
-        daemon_log()
-    );
 }

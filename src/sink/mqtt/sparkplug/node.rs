@@ -360,6 +360,9 @@ impl EdgeNode {
     pub fn on_connected(&mut self, bd_seq: u8) -> Vec<Out> {
         self.session = Some(bd_seq);
         self.born = false;
+        // Every session waits for the primary host's STATE again (the broker sends the
+        // retained one on subscription): it may have gone while the session was down.
+        self.waiting_for_host = self.topics.state.is_some();
         self.try_birth()
     }
 
@@ -679,7 +682,7 @@ impl EdgeNode {
             if name == REBIRTH {
                 if value == serde_json::Value::Bool(true) {
                     info!("Sparkplug rebirth requested");
-                    out.extend(self.births());
+                    out.extend(self.try_birth());
                 } else {
                     out.extend(self.record_result(
                         format!("rejected: {label}: {REBIRTH} takes the Boolean true"),
@@ -1097,6 +1100,14 @@ mod tests {
         assert!(n
             .on_message("spBv1.0/STATE/scada", st(true, 5).as_bytes(), t0)
             .is_empty());
+        let out = n.on_message("spBv1.0/STATE/scada", st(true, 30).as_bytes(), t0);
+        assert_eq!(decode(&out[0]).0, "spBv1.0/g/NBIRTH/n");
+        // A new session waits for the host's (retained) STATE again.
+        n.on_disconnected();
+        assert!(
+            n.on_connected(1).is_empty(),
+            "no birth before STATE in a new session"
+        );
         let out = n.on_message("spBv1.0/STATE/scada", st(true, 30).as_bytes(), t0);
         assert_eq!(decode(&out[0]).0, "spBv1.0/g/NBIRTH/n");
     }
