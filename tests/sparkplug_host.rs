@@ -7,8 +7,10 @@
 //! type and unit; data that decodes against the births' aliases; `seq` counting without a
 //! gap; no birth before the primary host is online, a new birth when it returns and on a
 //! rebirth request; an NCMD set point applied and reflected in the next NDATA; an invalid
-//! one refused with the same reason the JSON command path gives; and the NDEATH with the
-//! birth's bdSeq when the daemon is SIGKILLed.
+//! one refused with the same reason the JSON command path gives; manual mode and a pump
+//! speed applied (the CDU's DDATA follows); an acknowledgement of an inactive alarm refused;
+//! a new bdSeq after the broker restarts; and the NDEATH with the birth's bdSeq when the
+//! daemon is SIGKILLed.
 //!
 //! The virtual environment comes from scripts/test.sh (`target/spb-venv`, pysparkplug
 //! pinned). Without it the test is skipped with a message, except under CI=true, where it
@@ -316,6 +318,32 @@ fn pysparkplug_host_decodes_births_data_death_and_commands_apply() {
         metric(&refused, "control/setpoint_c").is_none(),
         "the refused set point changed the set point: {refused}"
     );
+
+    // Manual mode and a pump speed: applied, and the CDU's pump follows in its DDATA.
+    host.send(ncmd("control/mode", "STRING", json!("manual")));
+    host.wait_for("NDATA with manual mode", |v| {
+        is(v, "NDATA") && metric(v, "control/mode").is_some_and(|m| m["value"] == "manual")
+    });
+    host.send(ncmd("Node Control/Pump Speed", "DOUBLE", json!(70.0)));
+    host.wait_for("NDATA with the pump speed", |v| {
+        is(v, "NDATA") && metric(v, "Node Control/Pump Speed").is_some_and(|m| m["value"] == 70.0)
+    });
+    host.wait_for("the CDU's pump command at 70 %", |v| {
+        is(v, "DDATA")
+            && v["device"] == "cdu-sim"
+            && metric(v, "coolant/pump_command_pct")
+                .and_then(|m| m["value"].as_f64())
+                .is_some_and(|p| (p - 70.0).abs() < 0.5)
+    });
+    // Acknowledging an alarm that is not active: refused by the core, as over JSON.
+    host.send(ncmd("Node Control/Ack Alarm", "STRING", json!("leak:nope")));
+    host.wait_for("the refused acknowledgement", |v| {
+        last_command(v).is_some_and(|t| t.ends_with("no active alarm `leak:nope`"))
+    });
+    host.send(ncmd("control/mode", "STRING", json!("auto")));
+    host.wait_for("NDATA with auto mode", |v| {
+        is(v, "NDATA") && metric(v, "control/mode").is_some_and(|m| m["value"] == "auto")
+    });
 
     // The primary host goes away and comes back: a new birth, same session (bdSeq).
     host.send(json!({"state": false}));
