@@ -441,7 +441,7 @@ impl Daemon {
                 let outcome = self.controller.command(now, &req.command);
                 tracing::info!(command = ?req.command, metric = ?req.correlation_id, outcome = ?outcome, "operator command (Sparkplug NCMD)");
                 if let Some(s) = &self.sparkplug {
-                    s.reply(req.correlation_id.as_deref(), &outcome);
+                    s.reply(&req, &outcome);
                 }
             }
         }

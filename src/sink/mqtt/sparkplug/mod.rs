@@ -20,16 +20,18 @@ pub use node::{BdSeq, EdgeNode, Out, Topics};
 
 use super::client::{self, Client, EventLoop, Incoming};
 use super::{CommandRequest, MqttConfig, SinkError};
-use crate::model::{CommandOutcome, Snapshot};
+use crate::model::{Command, CommandOutcome, Snapshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-/// Events from the poller; a full queue drops incoming messages (counted in the log), never
-/// connection changes' successors: the state is re-synced on the next CONNACK.
-const EVENT_QUEUE: usize = 256;
+/// Incoming messages waiting for the node task; more are dropped (logged, rate-limited).
+/// Connection changes are never dropped, and the poller never waits for the node task: the
+/// node task may be waiting for rumqttc, which only the poller drains.
+const MESSAGE_QUEUE: usize = 256;
 /// Command outcomes waiting for the node task.
 const OUTCOME_QUEUE: usize = 64;
 /// Commands waiting for the controller (as for the native command topic).
@@ -46,7 +48,7 @@ enum Event {
 /// The Sparkplug edge node of one daemon. Every method returns at once.
 pub struct SparkplugSink {
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
-    outcomes: mpsc::Sender<(String, CommandOutcome)>,
+    outcomes: mpsc::Sender<(String, Command, CommandOutcome)>,
     closing: watch::Sender<bool>,
     node_task: JoinHandle<()>,
     poller: JoinHandle<()>,
@@ -102,7 +104,9 @@ impl SparkplugSink {
             password,
             tls,
         });
-        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        // Unbounded for connection changes; messages are bounded by `queued`.
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let (snap_tx, snap_rx) = watch::channel(None);
         let (out_tx, out_rx) = mpsc::channel(OUTCOME_QUEUE);
         let (close_tx, close_rx) = watch::channel(false);
@@ -112,9 +116,9 @@ impl SparkplugSink {
             bd,
             death_topic,
             ev_tx,
+            queued.clone(),
             close_rx.clone(),
-            cfg.reconnect_min(),
-            cfg.reconnect_max(),
+            (cfg.reconnect_min(), cfg.reconnect_max()),
         ));
         let edge = EdgeNode::new(topics, cfg.telemetry_period());
         let node_task = runtime.spawn(node_loop(
@@ -122,6 +126,7 @@ impl SparkplugSink {
             edge,
             cfg.commands_enabled,
             ev_rx,
+            queued,
             snap_rx,
             out_rx,
             close_rx,
@@ -146,9 +151,14 @@ impl SparkplugSink {
 
     /// The core's answer to a command from [`Self::start`]'s receiver: shown in the node
     /// metric `Node Control/Last Command`.
-    pub fn reply(&self, label: Option<&str>, outcome: &CommandOutcome) {
-        let label = label.unwrap_or("command").to_string();
-        if self.outcomes.try_send((label, outcome.clone())).is_err() {
+    pub fn reply(&self, req: &CommandRequest, outcome: &CommandOutcome) {
+        let label = req
+            .correlation_id
+            .as_deref()
+            .unwrap_or("command")
+            .to_string();
+        let item = (label, req.command.clone(), outcome.clone());
+        if self.outcomes.try_send(item).is_err() {
             crate::log_limited!(
                 warn,
                 "Sparkplug command outcome queue full, outcome not shown"
@@ -186,9 +196,10 @@ async fn node_loop(
     client: Client,
     mut edge: EdgeNode,
     commands_enabled: bool,
-    mut events: mpsc::Receiver<Event>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    queued: Arc<AtomicUsize>,
     mut snaps: watch::Receiver<Option<Arc<Snapshot>>>,
-    mut outcomes: mpsc::Receiver<(String, CommandOutcome)>,
+    mut outcomes: mpsc::Receiver<(String, Command, CommandOutcome)>,
     mut closing: watch::Receiver<bool>,
     commands: Option<mpsc::Sender<CommandRequest>>,
 ) {
@@ -208,6 +219,7 @@ async fn node_loop(
                     Vec::new()
                 }
                 Some(Event::Message { topic, payload }) => {
+                    queued.fetch_sub(1, Ordering::SeqCst);
                     if !commands_enabled && topic != edge.topics().state.clone().unwrap_or_default() {
                         Vec::new()
                     } else {
@@ -226,7 +238,10 @@ async fn node_loop(
                     None => Vec::new(),
                 }
             }
-            Some((label, outcome)) = outcomes.recv() => edge.on_outcome(&label, &outcome, now),
+            Some((label, command, outcome)) = outcomes.recv() => {
+                edge.on_outcome(&label, &command, &outcome);
+                Vec::new()
+            }
             _ = closing.changed() => {
                 if let Some(b) = bd_seq {
                     let death = client::Message {
@@ -265,17 +280,17 @@ async fn node_loop(
                     let Some(tx) = &commands else { continue };
                     let req = CommandRequest {
                         correlation_id: Some(label.clone()),
-                        command,
+                        command: command.clone(),
                     };
                     if tx.try_send(req).is_err() {
                         edge.on_outcome(
                             &label,
+                            &command,
                             &CommandOutcome::Rejected {
                                 reason: format!(
                                     "busy: {COMMAND_QUEUE} commands are already waiting for the controller"
                                 ),
                             },
-                            now,
                         );
                     }
                 }
@@ -304,10 +319,10 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     mut bd: BdSeq,
     death_topic: String,
-    events: mpsc::Sender<Event>,
+    events: mpsc::UnboundedSender<Event>,
+    queued: Arc<AtomicUsize>,
     closing: watch::Receiver<bool>,
-    backoff_min: Duration,
-    backoff_max: Duration,
+    (backoff_min, backoff_max): (Duration, Duration),
 ) {
     let mut delay = backoff_min;
     let mut up_since: Option<Instant> = None;
@@ -316,12 +331,10 @@ async fn poll_loop(
             Ok(Incoming::ConnAck) => {
                 up_since = Some(Instant::now());
                 info!(bd_seq = bd.current(), "Sparkplug session up");
-                // A lost connection event would leave the node unborn; wait for room.
                 if events
                     .send(Event::Connected {
                         bd_seq: bd.current(),
                     })
-                    .await
                     .is_err()
                 {
                     return;
@@ -332,8 +345,13 @@ async fn poll_loop(
                     crate::log_limited!(warn, "Sparkplug message too large, ignored", topic = %topic, bytes = payload.len());
                     continue;
                 }
-                if events.try_send(Event::Message { topic, payload }).is_err() {
-                    crate::log_limited!(warn, "Sparkplug message queue full, message dropped");
+                if queued.load(Ordering::SeqCst) >= MESSAGE_QUEUE {
+                    crate::log_limited!(warn, "Sparkplug message queue full, message dropped", topic = %topic);
+                    continue;
+                }
+                queued.fetch_add(1, Ordering::SeqCst);
+                if events.send(Event::Message { topic, payload }).is_err() {
+                    return;
                 }
             }
             Ok(Incoming::DisconnectSent) => return,
@@ -342,7 +360,7 @@ async fn poll_loop(
                 if *closing.borrow() {
                     return;
                 }
-                let _ = events.send(Event::Disconnected).await;
+                let _ = events.send(Event::Disconnected);
                 // Every new session gets a new bdSeq, registered in its will.
                 let next = bd.advance();
                 eventloop.set_last_will(&death_topic, node::death_payload(next, unix_ms()), false);

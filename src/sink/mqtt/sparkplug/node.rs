@@ -13,7 +13,7 @@
 
 use super::config::device_id;
 use super::proto::{self, datatype, Payload, PropertyScalar, PropertySet, PropertyValue};
-use crate::model::{Command, CommandOutcome, FieldValue, Point, Snapshot};
+use crate::model::{Command, CommandOutcome, FieldValue, Mode, Point, Snapshot};
 use crate::sink::schema;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -446,6 +446,10 @@ impl EdgeNode {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         node_now.extend(keep);
+        // The manual pump speed means nothing in automatic mode, however that was entered.
+        if snap.mode == Mode::Auto {
+            node_now.remove(PUMP_SPEED);
+        }
         let ids: Vec<&str> = snap.alarms.iter().map(|a| a.id.as_str()).collect();
         node_now.insert(ACTIVE_ALARMS.into(), FieldValue::Str(ids.join(",")));
         self.node.now = node_now;
@@ -718,27 +722,18 @@ impl EdgeNode {
     }
 
     /// The core's answer to a command: shown in `Node Control/Last Command`, published at
-    /// once with the values the command changed (on the next snapshot).
-    pub fn on_outcome(&mut self, label: &str, outcome: &CommandOutcome, now: Instant) -> Vec<Out> {
+    /// once together with what the command changed, with the next snapshot.
+    pub fn on_outcome(&mut self, label: &str, command: &Command, outcome: &CommandOutcome) {
         let text = match outcome {
             CommandOutcome::Accepted => format!("accepted: {label}"),
             CommandOutcome::Rejected { reason } => format!("rejected: {label}: {reason}"),
         };
-        if let (CommandOutcome::Accepted, Some(v)) = (outcome, label.strip_prefix(PUMP_SPEED)) {
-            if let Ok(p) = v.trim_start_matches(" = ").parse::<f64>() {
-                self.node
-                    .now
-                    .insert(PUMP_SPEED.into(), FieldValue::Float(p));
-            }
-        }
-        if outcome == &CommandOutcome::Accepted && label.starts_with(MODE) && label.contains("auto")
-        {
-            self.node.now.remove(PUMP_SPEED);
+        if let (CommandOutcome::Accepted, Command::SetPumpSpeed { percent }) = (outcome, command) {
+            self.node
+                .now
+                .insert(PUMP_SPEED.into(), FieldValue::Float(*percent));
         }
         self.set_result(text);
-        // Published with the next snapshot, which carries the command's effect too.
-        let _ = now;
-        Vec::new()
     }
 
     fn set_result(&mut self, text: String) {
@@ -830,7 +825,7 @@ fn json_value(m: &proto::Metric) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ControlState, Mode};
+    use crate::model::ControlState;
 
     fn snap(setpoint: f64) -> Snapshot {
         let tick = crate::model::TickOutput {
