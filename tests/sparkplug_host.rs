@@ -197,16 +197,25 @@ fn pysparkplug_host_decodes_births_data_death_and_commands_apply() {
     let config = dir.0.join("site.toml");
     std::fs::write(&config, text).expect("write the configuration");
     let log = dir.0.join("daemon.log");
-    let mut daemon = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("daemon log"))
-        .spawn()
-        .expect("start coolantd run");
+    let start = || {
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("daemon log"),
+            )
+            .spawn()
+            .expect("start coolantd run")
+    };
+    let mut daemon = Daemon(start());
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // Birth: NBIRTH with seq 0, bdSeq and every node metric typed; units in properties.
@@ -371,8 +380,8 @@ fn pysparkplug_host_decodes_births_data_death_and_commands_apply() {
     host.wait_for("DDATA in the next session", |v| is(v, "DDATA"));
 
     // Killed without a goodbye: the broker delivers the will, the NDEATH with this bdSeq.
-    daemon.kill().expect("SIGKILL the daemon");
-    let _ = daemon.wait();
+    daemon.0.kill().expect("SIGKILL the daemon");
+    let _ = daemon.0.wait();
     let death = host.wait_for("NDEATH", |v| is(v, "NDEATH"));
     assert_eq!(
         death["bd_seq"],
@@ -395,5 +404,31 @@ fn pysparkplug_host_decodes_births_data_death_and_commands_apply() {
             assert_eq!(seq, (p + 1) % 256, "seq gap before {v}");
         }
         prev = Some(seq);
+    }
+
+    // A clean stop (SIGTERM) publishes the NDEATH itself: a clean DISCONNECT suppresses the
+    // will. A new process starts bdSeq again at 0.
+    let mut daemon = Daemon(start());
+    let nbirth = host.wait_for("NBIRTH of the restarted daemon", |v| is(v, "NBIRTH"));
+    let bd_seq = metric(&nbirth, "bdSeq").expect("bdSeq")["value"].clone();
+    assert_eq!(bd_seq, 0, "{nbirth}");
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let death = host.wait_for("NDEATH on a clean stop", |v| is(v, "NDEATH"));
+    assert_eq!(death["bd_seq"], bd_seq, "{death}");
+    let code = daemon.0.wait().expect("the daemon exits");
+    assert!(code.success(), "{code}\n{}", daemon_log());
+}
+
+/// The daemon's process; killed on drop if the test fails before stopping it.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -50,7 +50,8 @@ pub struct SparkplugSink {
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     outcomes: mpsc::Sender<(String, Command, CommandOutcome)>,
     closing: watch::Sender<bool>,
-    node_task: JoinHandle<()>,
+    /// Returns whether it said goodbye (NDEATH and DISCONNECT went to rumqttc).
+    node_task: JoinHandle<bool>,
     poller: JoinHandle<()>,
 }
 
@@ -174,16 +175,19 @@ impl SparkplugSink {
             mut poller,
             ..
         } = self;
-        if tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut node_task)
-            .await
-            .is_err()
-        {
-            warn!("Sparkplug node did not finish within the shutdown timeout");
-            node_task.abort();
-        }
-        if tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut poller)
-            .await
-            .is_err()
+        let said_goodbye = match tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut node_task).await {
+            Ok(r) => r.unwrap_or(false),
+            Err(_) => {
+                warn!("Sparkplug node did not finish within the shutdown timeout");
+                node_task.abort();
+                false
+            }
+        };
+        // Without a session there is no DISCONNECT to wait for: stop reconnecting at once.
+        if !said_goodbye
+            || tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut poller)
+                .await
+                .is_err()
         {
             poller.abort();
         }
@@ -202,7 +206,7 @@ async fn node_loop(
     mut outcomes: mpsc::Receiver<(String, Command, CommandOutcome)>,
     mut closing: watch::Receiver<bool>,
     commands: Option<mpsc::Sender<CommandRequest>>,
-) {
+) -> bool {
     let mut bd_seq: Option<u8> = None;
     loop {
         let now = Instant::now();
@@ -226,11 +230,11 @@ async fn node_loop(
                         edge.on_message(&topic, &payload, now)
                     }
                 }
-                None => return,
+                None => return false,
             },
             r = snaps.changed() => {
                 if r.is_err() {
-                    return;
+                    return false;
                 }
                 let snap = snaps.borrow_and_update().clone();
                 match snap {
@@ -256,9 +260,11 @@ async fn node_loop(
                     }
                     if let Err(e) = client.disconnect().await {
                         warn!(error = %e, "could not disconnect the Sparkplug session");
+                        return false;
                     }
+                    return true;
                 }
-                return;
+                return false;
             }
         };
         for o in out {
