@@ -176,23 +176,30 @@ fn owner(p: &Point, host: &str) -> Option<Owner> {
         schema::GPU => {
             let index = tag("gpu")?;
             let gpu_host = tag("host").unwrap_or(host);
-            Some(Owner::Device(if gpu_host == host {
+            let id = if gpu_host == host {
                 format!("gpu{index}")
             } else {
                 device_id(&format!("{gpu_host}-gpu{index}"))
-            }))
+            };
+            Some(Owner::Device(id, Kind::Gpu))
         }
-        schema::COOLANT => Some(Owner::Device(device_id(tag("cdu")?))),
+        schema::COOLANT => Some(Owner::Device(device_id(tag("cdu")?), Kind::Cdu)),
         schema::CONTROL if tag("loop").is_none() => Some(Owner::Node),
         schema::TELEMETRY => Some(Owner::Node),
         _ => None,
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Gpu,
+    Cdu,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Owner {
     Node,
-    Device(String),
+    Device(String, Kind),
 }
 
 /// Every telemetry metric of a kind (`gpu`, `coolant`, node), from the schema's fully
@@ -325,12 +332,13 @@ impl EdgeNode {
         a
     }
 
-    fn defs(&mut self, device: Option<&str>) -> Vec<Def> {
+    fn defs(&mut self, device: Option<(&str, Kind)>) -> Vec<Def> {
         let template = match device {
             None => self.node_template.clone(),
-            Some(d) if d.starts_with("gpu") || d.contains("-gpu") => self.gpu_template.clone(),
-            Some(_) => self.cdu_template.clone(),
+            Some((_, Kind::Gpu)) => self.gpu_template.clone(),
+            Some((_, Kind::Cdu)) => self.cdu_template.clone(),
         };
+        let device = device.map(|(d, _)| d);
         template
             .into_iter()
             .map(|(name, dt)| {
@@ -422,7 +430,7 @@ impl EdgeNode {
     /// device and DDEATH for one that is gone.
     pub fn on_snapshot(&mut self, snap: &Snapshot, now: Instant) -> Vec<Out> {
         self.time_ms = u64::try_from(snap.time_ns / 1_000_000).unwrap_or(0);
-        let mut seen: BTreeMap<String, BTreeMap<String, FieldValue>> = BTreeMap::new();
+        let mut seen: BTreeMap<String, (Kind, BTreeMap<String, FieldValue>)> = BTreeMap::new();
         let mut node_now: BTreeMap<String, FieldValue> = BTreeMap::new();
         for p in &snap.points {
             let Some(owner) = owner(p, &snap.host) else {
@@ -430,7 +438,7 @@ impl EdgeNode {
             };
             let target = match owner {
                 Owner::Node => &mut node_now,
-                Owner::Device(d) => seen.entry(d).or_default(),
+                Owner::Device(d, kind) => &mut seen.entry(d).or_insert((kind, BTreeMap::new())).1,
             };
             for (field, v) in &p.fields {
                 target.insert(metric_name(&p.measurement, field), v.clone());
@@ -453,9 +461,9 @@ impl EdgeNode {
         let ids: Vec<&str> = snap.alarms.iter().map(|a| a.id.as_str()).collect();
         node_now.insert(ACTIVE_ALARMS.into(), FieldValue::Str(ids.join(",")));
         self.node.now = node_now;
-        for (d, values) in &seen {
+        for (d, (kind, values)) in &seen {
             if !self.devices.contains_key(d) {
-                let defs = self.defs(Some(d));
+                let defs = self.defs(Some((d, *kind)));
                 self.devices.insert(
                     d.clone(),
                     Table {
