@@ -21,6 +21,7 @@ use crate::service::loop_alarms::LoopAlarms;
 use crate::service::sink_alarms::SinkAlarms;
 use crate::sim::SimRuntime;
 use crate::sink::influx::InfluxSink;
+use crate::sink::mqtt::sparkplug::SparkplugSink;
 use crate::sink::mqtt::{CommandRequest, MqttSink};
 use crate::sink::schema::{self, Ctx};
 use crate::units::{Percent, Watts};
@@ -219,6 +220,9 @@ pub struct Daemon {
     influx: Option<InfluxSink>,
     mqtt: Option<MqttSink>,
     commands: Option<mpsc::Receiver<CommandRequest>>,
+    /// The Sparkplug B edge node (`[mqtt.sparkplug]`) and its commands (NCMD).
+    sparkplug: Option<SparkplugSink>,
+    sparkplug_commands: Option<mpsc::Receiver<CommandRequest>>,
     slow: Arc<Mutex<Vec<GpuSlowSample>>>,
     slow_task: Option<tokio::task::JoinHandle<()>>,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
@@ -281,6 +285,8 @@ impl Daemon {
                 restore_recorded(store, g.as_ref(), &inventory);
             }
         }
+        let mut sparkplug = None;
+        let mut sparkplug_commands = None;
         let (influx, mqtt, commands) = if opts.sinks {
             let influx = match &cfg.influx {
                 Some(ic) => Some(
@@ -298,6 +304,16 @@ impl Daemon {
                 }
                 None => (None, None),
             };
+            if let Some((mc, spb)) = cfg
+                .mqtt
+                .as_ref()
+                .and_then(|mc| Some((mc, mc.sparkplug.as_ref().filter(|s| s.enabled)?)))
+            {
+                let (s, rx) = SparkplugSink::start(&mc.resolved(cfg.base_dir()), spb, &host)
+                    .context("starting the Sparkplug B edge node")?;
+                sparkplug = Some(s);
+                sparkplug_commands = Some(rx);
+            }
             (influx, mqtt, commands)
         } else {
             (None, None, None)
@@ -333,6 +349,8 @@ impl Daemon {
             influx,
             mqtt,
             commands,
+            sparkplug,
+            sparkplug_commands,
             slow,
             slow_task,
             snapshot_tx,
@@ -627,6 +645,9 @@ impl Daemon {
             }
             m.publish_snapshot(&snap);
         }
+        if let Some(s) = &self.sparkplug {
+            s.publish_snapshot(&snap);
+        }
         self.snapshot_tx.send_replace(snap.clone());
         self.last = Some(snap.clone());
         let took = t0.elapsed();
@@ -743,14 +764,23 @@ impl Daemon {
     }
 
     fn handle_commands(&mut self, now: Mono) {
-        let Some(rx) = self.commands.as_mut() else {
-            return;
-        };
-        while let Ok(req) = rx.try_recv() {
-            let outcome = self.controller.command(now, &req.command);
-            tracing::info!(command = ?req.command, correlation_id = ?req.correlation_id, outcome = ?outcome, "operator command");
-            if let Some(m) = &self.mqtt {
-                m.reply(req.correlation_id.as_deref(), &outcome);
+        if let Some(rx) = self.commands.as_mut() {
+            while let Ok(req) = rx.try_recv() {
+                let outcome = self.controller.command(now, &req.command);
+                tracing::info!(command = ?req.command, correlation_id = ?req.correlation_id, outcome = ?outcome, "operator command");
+                if let Some(m) = &self.mqtt {
+                    m.reply(req.correlation_id.as_deref(), &outcome);
+                }
+            }
+        }
+        // Sparkplug NCMDs go to the same core method, so they are judged by the same rules.
+        if let Some(rx) = self.sparkplug_commands.as_mut() {
+            while let Ok(req) = rx.try_recv() {
+                let outcome = self.controller.command(now, &req.command);
+                tracing::info!(command = ?req.command, metric = ?req.correlation_id, outcome = ?outcome, "operator command (Sparkplug NCMD)");
+                if let Some(s) = &self.sparkplug {
+                    s.reply(&req, &outcome);
+                }
             }
         }
     }
@@ -861,6 +891,9 @@ impl Daemon {
         }
         if let Some(m) = self.mqtt.take() {
             m.shutdown().await;
+        }
+        if let Some(s) = self.sparkplug.take() {
+            s.shutdown().await;
         }
         if let Some(i) = self.influx.take() {
             i.shutdown(deadline).await;

@@ -128,13 +128,24 @@ pub fn gpu_point(ctx: &Ctx, st: &GpuStatic, s: &GpuSample, time_ns: i64) -> Poin
     int(p, "pstate", s.pstate.map(i64::from))
 }
 
+/// The fields of [`gpu_slow_point`]. They arrive at the slow cadence, so a tick without them
+/// says nothing about their values (consumers that keep a current value, like Sparkplug,
+/// hold the last one).
+pub const GPU_SLOW_FIELDS: [&str; 4] = [
+    "energy_j",
+    "violation_power_ns",
+    "violation_thermal_ns",
+    "ecc_corrected",
+];
+
 /// The slow GPU counters (measurement `gpu`, written at the slow cadence).
 pub fn gpu_slow_point(ctx: &Ctx, st: &GpuStatic, s: &GpuSlowSample, time_ns: i64) -> Point {
     let mut p = gpu_tags(ctx, st, time_ns);
-    p = f(p, "energy_j", s.energy.map(|j| j.get()));
-    p = int(p, "violation_power_ns", counter(s.violation_power_ns));
-    p = int(p, "violation_thermal_ns", counter(s.violation_thermal_ns));
-    int(p, "ecc_corrected", counter(s.ecc_corrected))
+    let [energy, power_ns, thermal_ns, ecc] = GPU_SLOW_FIELDS;
+    p = f(p, energy, s.energy.map(|j| j.get()));
+    p = int(p, power_ns, counter(s.violation_power_ns));
+    p = int(p, thermal_ns, counter(s.violation_thermal_ns));
+    int(p, ecc, counter(s.ecc_corrected))
 }
 
 /// Role → field name in measurement `coolant`.
@@ -428,9 +439,30 @@ pub struct MeasurementSchema {
     pub fields: BTreeMap<String, FieldKind>,
 }
 
-/// Every measurement, tag and field coolantd writes, derived by running the functions above on
-/// fully populated samples (so it cannot drift from what is written).
-pub fn catalog() -> Vec<MeasurementSchema> {
+/// The unit of a field, read from its name's suffix (the convention above), as a short
+/// symbol for consumers that show units (Sparkplug's `engUnit` property). `None` for
+/// unitless fields (counts, flags, codes, words).
+pub fn field_unit(field: &str) -> Option<&'static str> {
+    const SUFFIXES: [(&str, &str); 9] = [
+        ("_c", "°C"),
+        ("_k", "K"),
+        ("_w", "W"),
+        ("_mhz", "MHz"),
+        ("_pct", "%"),
+        ("_lpm", "l/min"),
+        ("_kpa", "kPa"),
+        ("_j", "J"),
+        ("_ns", "ns"),
+    ];
+    SUFFIXES
+        .iter()
+        .find(|(suffix, _)| field.ends_with(suffix))
+        .map(|(_, unit)| *unit)
+}
+
+/// Fully populated sample points of every kind coolantd writes: the source of [`catalog`]
+/// and of the metric definitions Sparkplug announces in its birth certificates.
+pub fn sample_points() -> Vec<Point> {
     use crate::model::*;
     use crate::units::*;
     use std::time::Duration;
@@ -571,7 +603,13 @@ pub fn catalog() -> Vec<MeasurementSchema> {
         },
         0,
     ));
+    points
+}
 
+/// Every measurement, tag and field coolantd writes, derived by running the functions above on
+/// fully populated samples (so it cannot drift from what is written).
+pub fn catalog() -> Vec<MeasurementSchema> {
+    let points = sample_points();
     let mut out: Vec<MeasurementSchema> = Vec::new();
     for p in points {
         let idx = match out.iter().position(|m| m.name == p.measurement) {

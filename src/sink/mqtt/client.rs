@@ -71,7 +71,9 @@ pub struct Connect<'a> {
     pub cfg: &'a MqttConfig,
     pub client_id: String,
     pub will_topic: String,
-    pub will_payload: &'static str,
+    pub will_payload: Vec<u8>,
+    /// The native sink's `offline` is retained; Sparkplug's NDEATH must not be.
+    pub will_retain: bool,
     pub password: Option<String>,
     pub tls: Option<rumqttc::TlsConfiguration>,
 }
@@ -95,7 +97,7 @@ pub fn build(c: Connect<'_>) -> (Client, EventLoop) {
                     c.will_topic,
                     c.will_payload,
                     rumqttc::QoS::AtLeastOnce,
-                    true,
+                    c.will_retain,
                 ));
             if let Some(u) = &cfg.username {
                 o.set_credentials(u.clone(), c.password.unwrap_or_default());
@@ -117,7 +119,7 @@ pub fn build(c: Connect<'_>) -> (Client, EventLoop) {
                     c.will_topic,
                     c.will_payload,
                     r5::mqttbytes::QoS::AtLeastOnce,
-                    true,
+                    c.will_retain,
                     None,
                 ));
             if let Some(u) = &cfg.username {
@@ -161,6 +163,24 @@ impl Client {
         }
     }
 
+    /// Publishes a binary payload (Sparkplug's protobuf): over MQTT 5 without the UTF-8
+    /// payload format indicator that [`Client::publish`] sets.
+    pub async fn publish_binary(&self, m: Message) -> Result<(), String> {
+        match self {
+            Client::V4(_) => self.publish(m).await,
+            Client::V5(c) => {
+                let qos = if m.reliable {
+                    r5::mqttbytes::QoS::AtLeastOnce
+                } else {
+                    r5::mqttbytes::QoS::AtMostOnce
+                };
+                c.publish(m.topic, qos, m.retain, m.payload)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     pub async fn subscribe(&self, topic: &str) -> Result<(), String> {
         match self {
             Client::V4(c) => c
@@ -183,6 +203,30 @@ impl Client {
 }
 
 impl EventLoop {
+    /// Replaces the will registered by the next connection attempt (Sparkplug's NDEATH
+    /// carries a new bdSeq per session).
+    pub fn set_last_will(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
+        match self {
+            EventLoop::V4(el) => {
+                el.mqtt_options.set_last_will(rumqttc::LastWill::new(
+                    topic,
+                    payload,
+                    rumqttc::QoS::AtLeastOnce,
+                    retain,
+                ));
+            }
+            EventLoop::V5(el) => {
+                el.options.set_last_will(r5::mqttbytes::v5::LastWill::new(
+                    topic,
+                    payload,
+                    r5::mqttbytes::QoS::AtLeastOnce,
+                    retain,
+                    None,
+                ));
+            }
+        }
+    }
+
     pub async fn poll(&mut self) -> Result<Incoming, String> {
         match self {
             EventLoop::V4(el) => {

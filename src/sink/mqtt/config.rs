@@ -86,6 +86,9 @@ pub struct MqttConfig {
     /// Home Assistant's discovery prefix.
     #[serde(default = "default_discovery_prefix")]
     pub discovery_prefix: String,
+    /// `[mqtt.sparkplug]`: a Sparkplug B edge node beside the native topics.
+    #[serde(default)]
+    pub sparkplug: Option<super::sparkplug::SparkplugConfig>,
 }
 
 fn default_keep_alive_s() -> u64 {
@@ -133,6 +136,7 @@ impl fmt::Debug for MqttConfig {
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("discovery", &self.discovery)
             .field("discovery_prefix", &self.discovery_prefix)
+            .field("sparkplug", &self.sparkplug)
             .finish()
     }
 }
@@ -169,6 +173,7 @@ impl MqttConfig {
             reconnect_max_ms: default_reconnect_max_ms(),
             discovery: false,
             discovery_prefix: default_discovery_prefix(),
+            sparkplug: None,
         }
     }
 
@@ -278,6 +283,9 @@ impl MqttConfig {
                 format!("{key}.password_env"),
                 format!("the name of an environment variable, got `{var}`"),
             );
+        }
+        if let Some(s) = &self.sparkplug {
+            s.validate(&format!("{key}.sparkplug"), issues);
         }
         if let Some(tls) = &self.tls {
             issues.check(

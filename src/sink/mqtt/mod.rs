@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod discovery;
 mod payload;
+pub mod sparkplug;
 
 pub use config::{MqttConfig, MqttProtocol, MqttTlsConfig};
 pub use payload::{parse_command, BadCommand, Topics, OFFLINE, ONLINE};
@@ -253,7 +254,8 @@ impl MqttSink {
             cfg,
             client_id,
             will_topic: topics.availability.clone(),
-            will_payload: OFFLINE,
+            will_payload: OFFLINE.into(),
+            will_retain: true,
             password,
             tls,
         });
@@ -448,7 +450,8 @@ pub async fn check_connect(
         cfg,
         client_id: format!("coolantd-check-config-{host}-{}", std::process::id()),
         will_topic: format!("{}/check-config", topics.base),
-        will_payload: OFFLINE,
+        will_payload: OFFLINE.as_bytes().to_vec(),
+        will_retain: false,
         password,
         tls,
     });
@@ -472,7 +475,7 @@ pub async fn check_connect(
         .map_err(|_| format!("no CONNACK within {} s", timeout.as_secs()))?
 }
 
-fn read_password(cfg: &MqttConfig) -> Result<Option<String>, SinkError> {
+pub(super) fn read_password(cfg: &MqttConfig) -> Result<Option<String>, SinkError> {
     if let Some(p) = &cfg.password {
         return Ok(Some(p.clone()));
     }
@@ -513,7 +516,7 @@ fn read_pem(
     Ok(bytes)
 }
 
-fn tls_config(t: &MqttTlsConfig) -> Result<rumqttc::TlsConfiguration, SinkError> {
+pub(super) fn tls_config(t: &MqttTlsConfig) -> Result<rumqttc::TlsConfiguration, SinkError> {
     // rumqttc builds its rustls config with the process-wide crypto provider; install ring
     // once. An error only means a provider is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
