@@ -46,4 +46,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo build -p nvml-replay"
 cargo build -p nvml-replay --quiet
 echo "== cargo test"
+# The NVML fast-path bench runs once as a smoke test here; without a GPU it reads the replay
+# library (a GPU host runs it against the driver through scripts/device-check.sh).
+if [ -z "${COOLANTD_BENCH_NVML_LIB:-}" ] && ! ldconfig -p 2>/dev/null | grep -q libnvidia-ml.so.1; then
+  export COOLANTD_BENCH_NVML_LIB="$PWD/target/debug/libnvml_replay.so"
+fi
 cargo test --workspace --all-targets --no-fail-fast

@@ -93,7 +93,7 @@ async fn without_nvml_the_daemon_refuses_unless_fallback_is_allowed() {
     let msg = format!("{err:#}");
     assert!(msg.contains("NVML is not available"), "{msg}");
     assert!(
-        msg.contains("fallback_to_simulated"),
+        msg.contains("sim.toml"),
         "the message says how to run without GPUs: {msg}"
     );
 
