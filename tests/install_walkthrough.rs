@@ -304,6 +304,12 @@ fn man_pages_and_completions_come_from_the_command_line() {
         assert!(page.contains(".TH coolantd-"), "{cmd}: not a man page");
         assert!(page.contains("config"), "{cmd}: --config missing");
     }
+    // The deprecated positional FILE of check-config is hidden from its synopsis too.
+    let page = std::fs::read_to_string(dir.0.join("coolantd-check-config.1")).expect("page");
+    assert!(
+        !page.contains("FILE"),
+        "a hidden argument in the page:\n{page}"
+    );
     assert!(dir.0.join("coolantd.1").exists());
     assert!(
         !dir.0.join("coolantd-generate-man.1").exists(),
