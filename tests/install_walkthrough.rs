@@ -293,7 +293,10 @@ fn documented_first_deployment() {
         .expect("start the rehearsal");
     let t0 = Instant::now();
     while http_get(p.http, "/readyz").0 != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "rehearsal never ready");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "rehearsal never ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let o = p.run("coolantd status --config /etc/coolantd/config.toml");

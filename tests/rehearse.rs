@@ -177,6 +177,10 @@ fn rehearsal_writes_to_the_simulator_and_never_contacts_the_configured_cdu() {
         "the rehearsal says loudly what it simulates in place of what:\n{text}"
     );
     assert!(
+        text.contains("REHEARSAL (simulated CDUs and GPUs)"),
+        "the status line marks the rehearsal:\n{text}"
+    );
+    assert!(
         !dir.0.join("state").join("limits.json").exists(),
         "a rehearsal records no power limits in the production state folder"
     );
