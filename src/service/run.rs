@@ -184,10 +184,13 @@ pub fn open_gpus(
                     key: "gpus.backend".into(),
                     expected: format!(
                         "NVML for backend = \"nvml\", but {e}. Install the NVIDIA driver \
-                         (nvidia-smi must work), or rehearse without GPUs: \
-                         coolantd run --config /usr/share/doc/coolantd/examples/sim.toml \
-                         (config/sim.toml in the source tree: gpus.backend = \"simulated\" \
-                         with a [simulator] section)"
+                         (nvidia-smi must work); or rehearse this configuration on simulated \
+                         GPUs and CDUs: coolantd run --config {} --rehearse; or try coolantd \
+                         without GPUs: coolantd run --config \
+                         /usr/share/doc/coolantd/examples/sim.toml (config/sim.toml in the \
+                         source tree: gpus.backend = \"simulated\" with a [simulator] section; \
+                         gpus.fallback_to_simulated = true falls back to it for demos)",
+                        cfg.path.display()
                     ),
                 }],
             }
