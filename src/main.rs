@@ -26,6 +26,12 @@ enum Cmd {
         /// Decide and publish everything, write nothing to any GPU or CDU.
         #[arg(long)]
         dry_run: bool,
+        /// Rehearse this exact configuration on the simulator: each CDU is simulated from its
+        /// profile and unit id on a loopback port, the GPUs are simulated boards of the
+        /// configured profile; pump speeds and power caps are written to the simulator only.
+        /// No configured CDU address is contacted and NVML is not opened.
+        #[arg(long, conflicts_with = "dry_run")]
+        rehearse: bool,
     },
     /// Validate a configuration file, every firmware profile and secret file it names, and
     /// say whether it is a dry run or what it will write. Exit 78 when refused, 69 when
@@ -152,13 +158,18 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Run { config, dry_run } => {
+            Cmd::Run {
+                config,
+                dry_run,
+                rehearse,
+            } => {
                 service::serve::run(
                     &config,
                     service::run::RunOptions {
                         dry_run,
                         sim_autostep: true,
                         sinks: true,
+                        rehearse,
                     },
                 )
                 .await
@@ -202,7 +213,7 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 fn generate_man(dir: &std::path::Path) -> ExitCode {
     let write = |name: String, cmd: clap::Command| -> std::io::Result<()> {
         let mut buf = Vec::new();
-        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        clap_mangen::Man::new(without_hidden_positionals(cmd)).render(&mut buf)?;
         std::fs::write(dir.join(format!("{name}.1")), buf)
     };
     let result = (|| -> std::io::Result<()> {
@@ -226,6 +237,19 @@ fn generate_man(dir: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap_mangen leaves hidden options out of a page's synopsis but not hidden positionals
+/// (check-config's deprecated `FILE`). Rendered as a hidden option, such an argument is left
+/// out like the others; the command line itself still takes it positionally.
+fn without_hidden_positionals(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        if a.is_hide_set() && a.is_positional() {
+            a.long("hidden-positional")
+        } else {
+            a
+        }
+    })
 }
 
 /// `coolantd check-config`: everything `run` checks before it starts anything, the notes

@@ -269,6 +269,48 @@ fn documented_first_deployment() {
         "a SIGTERM leaves the dry run cleanly"
     );
 
+    // 5b. Rehearse before going live: the shipped config on the simulator. Without a board
+    // it is refused naming the key the docs tell the operator to set; with it, it runs live
+    // on the simulator (no DRY RUN) and leaves cleanly.
+    let rehearse = "sudo coolantd run --config /etc/coolantd/config.toml --rehearse";
+    let o = p.run(rehearse);
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+    assert!(text(&o).contains("gpus.default_profile"), "{}", text(&o));
+    assert!(install_md().contains("`default_profile` in `[gpus]`"));
+    p.edit(|t| {
+        t.replacen(
+            "backend = \"nvml\"",
+            "backend = \"nvml\"\ndefault_profile = \"h200-sxm\"",
+            1,
+        )
+    });
+    let mut run = p
+        .command(rehearse)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the rehearsal");
+    let t0 = Instant::now();
+    while http_get(p.http, "/readyz").0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "rehearsal never ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = p.run("coolantd status --config /etc/coolantd/config.toml");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("DRY RUN"), "{}", text(&o));
+    assert!(text(&o).contains("cdu-r12"), "{}", text(&o));
+    let killed = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert_eq!(run.wait().expect("wait").code(), Some(0));
+    std::fs::write(&p.etc, &shipped).expect("restore");
+
     // 6. Going live: the last line names what will be written, as documented.
     p.edit(|t| t.replacen("\ndry_run = true", "\ndry_run = false", 1));
     let o = p.run(check);
@@ -304,6 +346,12 @@ fn man_pages_and_completions_come_from_the_command_line() {
         assert!(page.contains(".TH coolantd-"), "{cmd}: not a man page");
         assert!(page.contains("config"), "{cmd}: --config missing");
     }
+    // The deprecated positional FILE of check-config is hidden from its synopsis too.
+    let page = std::fs::read_to_string(dir.0.join("coolantd-check-config.1")).expect("page");
+    assert!(
+        !page.contains("FILE"),
+        "a hidden argument in the page:\n{page}"
+    );
     assert!(dir.0.join("coolantd.1").exists());
     assert!(
         !dir.0.join("coolantd-generate-man.1").exists(),

@@ -85,6 +85,7 @@ async fn without_nvml_the_daemon_refuses_unless_fallback_is_allowed() {
         dry_run: false,
         sim_autostep: false,
         sinks: false,
+        rehearse: false,
     };
     let err = Daemon::build(cfg, &opts)
         .await

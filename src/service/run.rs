@@ -19,7 +19,7 @@ use crate::service::cdu_link::{CduLink, Polled, Report};
 use crate::service::limits::LimitStore;
 use crate::service::loop_alarms::LoopAlarms;
 use crate::service::sink_alarms::SinkAlarms;
-use crate::sim::SimRuntime;
+use crate::sim::{Rehearsal, SimRuntime};
 use crate::sink::influx::InfluxSink;
 use crate::sink::mqtt::sparkplug::SparkplugSink;
 use crate::sink::mqtt::{CommandRequest, MqttSink};
@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub sim_autostep: bool,
     /// Starts the configured sinks (InfluxDB, MQTT) and the HTTP endpoint.
     pub sinks: bool,
+    /// Rehearses the configuration on the simulator (`run --rehearse`): every CDU and GPU is
+    /// simulated, and the outputs are written to the simulator (dry run off).
+    pub rehearse: bool,
 }
 
 /// Loads every firmware profile the configuration names and checks that each CDU profile
@@ -181,10 +184,13 @@ pub fn open_gpus(
                     key: "gpus.backend".into(),
                     expected: format!(
                         "NVML for backend = \"nvml\", but {e}. Install the NVIDIA driver \
-                         (nvidia-smi must work), or rehearse without GPUs: \
-                         coolantd run --config /usr/share/doc/coolantd/examples/sim.toml \
-                         (config/sim.toml in the source tree: gpus.backend = \"simulated\" \
-                         with a [simulator] section)"
+                         (nvidia-smi must work); or rehearse this configuration on simulated \
+                         GPUs and CDUs: coolantd run --config {} --rehearse; or try coolantd \
+                         without GPUs: coolantd run --config \
+                         /usr/share/doc/coolantd/examples/sim.toml (config/sim.toml in the \
+                         source tree: gpus.backend = \"simulated\" with a [simulator] section; \
+                         gpus.fallback_to_simulated = true falls back to it for demos)",
+                        cfg.path.display()
                     ),
                 }],
             }
@@ -199,6 +205,8 @@ pub struct Daemon {
     host: String,
     dry_run: bool,
     sim: Option<SimRuntime>,
+    /// The simulated CDUs and GPUs of a rehearsal; the only peers the daemon then reaches.
+    rehearsal: Option<Rehearsal>,
     gpus: Option<Arc<dyn GpuBackend>>,
     inventory: Vec<GpuStatic>,
     /// One poller task per CDU, in configuration order, and the tick's bookkeeping for each.
@@ -243,10 +251,25 @@ impl Daemon {
     /// configured), the slow GPU reader and, with `opts.sinks`, the sinks.
     pub async fn build(cfg: Config, opts: &RunOptions) -> anyhow::Result<Daemon> {
         let host = cfg.site.host_name();
-        let dry_run = cfg.site.dry_run || opts.dry_run;
         let profiles = load_profiles(&cfg)?;
         crate::service::preflight::check_startup(&cfg, opts.sinks)?;
+        let rehearsal = if opts.rehearse {
+            tracing::warn!(
+                config = %cfg.path.display(),
+                "REHEARSAL: running this configuration on the simulator; no real CDU or GPU is touched"
+            );
+            Some(
+                Rehearsal::start(&cfg, &host, &profiles.gpu, &profiles.cdu, opts.sim_autostep)
+                    .await
+                    .context("starting the rehearsal")?,
+            )
+        } else {
+            None
+        };
+        // A rehearsal writes, but only to the simulator: that is what it rehearses.
+        let dry_run = rehearsal.is_none() && (cfg.site.dry_run || opts.dry_run);
         let sim = match &cfg.simulator {
+            Some(_) if rehearsal.is_some() => None,
             Some(sc) => Some(
                 SimRuntime::start(sc, &cfg, &host, &profiles.gpu, opts.sim_autostep)
                     .await
@@ -254,10 +277,17 @@ impl Daemon {
             ),
             None => None,
         };
-        let gpus = open_gpus(&cfg, &host, &profiles.gpu, sim.as_ref())?;
+        let gpus = match &rehearsal {
+            Some(r) => r.gpus(),
+            None => open_gpus(&cfg, &host, &profiles.gpu, sim.as_ref())?,
+        };
         let inventory = gpus.as_ref().map(|g| g.inventory()).unwrap_or_default();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-        let links = spawn_links(&cfg, &profiles, 0, &reports_tx);
+        let targets = match &rehearsal {
+            Some(r) => r.cdu_targets(&cfg.cdus),
+            None => cfg.cdus.clone(),
+        };
+        let links = spawn_links(&targets, &profiles, 0, &reports_tx);
         let link_state = links.iter().map(|_| LinkState::default()).collect();
         crate::service::preflight::check_setpoint_for_gpus(&cfg, &inventory)?;
         let controller = Controller::new(
@@ -265,7 +295,9 @@ impl Daemon {
             cdu_setups(&cfg, &host, &profiles),
             inventory.clone(),
         );
-        let mut limits = if dry_run {
+        // A rehearsal's GPUs are simulated: their limits need no record, and the production
+        // state folder is not touched.
+        let mut limits = if dry_run || rehearsal.is_some() {
             None
         } else {
             Some(
@@ -331,6 +363,7 @@ impl Daemon {
             host,
             dry_run,
             sim,
+            rehearsal,
             gpus,
             inventory,
             links,
@@ -362,9 +395,16 @@ impl Daemon {
 
     fn default_source(&self) -> crate::model::Source {
         match self.cfg.gpus.backend {
-            GpuBackendKind::Nvml if self.sim.is_none() => crate::model::Source::Nvml,
+            GpuBackendKind::Nvml if self.sim.is_none() && self.rehearsal.is_none() => {
+                crate::model::Source::Nvml
+            }
             _ => crate::model::Source::Simulated,
         }
+    }
+
+    /// The rehearsal's simulator, when the daemon rehearses (`run --rehearse`).
+    pub fn rehearsal(&self) -> Option<&Rehearsal> {
+        self.rehearsal.as_ref()
     }
 
     /// The simulator, when one runs in-process (tests use it to step the plant and inject faults).
@@ -901,12 +941,19 @@ impl Daemon {
         if let Some(s) = self.sim.take() {
             s.stop();
         }
+        self.rehearsal.take();
     }
 
     /// Applies a new configuration without dropping the control loop. The control section
     /// and the CDU profiles change live; sink and simulator changes need a restart, and the
     /// log says so.
     pub fn reload(&mut self, new: Config) -> anyhow::Result<()> {
+        // A rehearsal's CDU clients point at its simulated servers; a reload would build
+        // them from the file again, so it is refused as a whole.
+        anyhow::ensure!(
+            self.rehearsal.is_none(),
+            "a rehearsal does not reload its configuration; stop it and start it again"
+        );
         let profiles = load_profiles(&new)?;
         // Whether anything may be written at all, and what the control core was built for,
         // are not changed under a running loop: half-applying them would be worse than a
@@ -952,7 +999,7 @@ impl Daemon {
             // The old pollers end at their next step (a request in progress is cut short).
             self.fail_pending_writes("not written: the CDU connection was rebuilt by a reload");
             self.link_generation += 1;
-            self.links = spawn_links(&new, &profiles, self.link_generation, &self.reports_tx);
+            self.links = spawn_links(&new.cdus, &profiles, self.link_generation, &self.reports_tx);
             tracing::info!(
                 cdus = self.links.len(),
                 "CDU connections rebuilt from the new configuration"
@@ -1131,15 +1178,14 @@ struct LinkState {
     superseded: u64,
 }
 
-/// Starts one poller task per configured CDU.
+/// Starts one poller task per CDU of `cdus` (the configured ones, or a rehearsal's).
 fn spawn_links(
-    cfg: &Config,
+    cdus: &[crate::config::CduConfig],
     profiles: &LoadedProfiles,
     generation: u64,
     reports: &mpsc::UnboundedSender<(usize, u64, Report)>,
 ) -> Vec<CduLink> {
-    cfg.cdus
-        .iter()
+    cdus.iter()
         .enumerate()
         .map(|(i, c)| {
             let client = ModbusCdu::new(c, profiles.cdu[&c.name].clone());

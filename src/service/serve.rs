@@ -162,7 +162,11 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 // A tick that completes is a healthy loop; the watchdog is only fed after one,
                 // so a hung loop gets the daemon restarted by systemd.
                 tell(notifier.watchdog());
-                let line = status_line(&snap);
+                let mut line = status_line(&snap);
+                // A rehearsal's outputs look live; every status line says they are simulated.
+                if daemon.rehearsal().is_some() {
+                    line.push_str(" REHEARSAL (simulated CDUs and GPUs)");
+                }
                 if !ready_sent {
                     tell(notifier.ready());
                     ready_sent = true;

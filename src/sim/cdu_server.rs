@@ -100,7 +100,12 @@ impl CduService {
     }
 
     fn current(&self, reg: &Register) -> Result<f64, ExceptionCode> {
-        let role = reg.role.ok_or(ExceptionCode::ServerDeviceFailure)?;
+        // A register without a role (a status bit the controller only records, such as a
+        // pump fault flag) means nothing to the plant: it reads 0, no fault, so a production
+        // profile that maps one can still be rehearsed.
+        let Some(role) = reg.role else {
+            return Ok(0.0);
+        };
         let state = self
             .state
             .lock()

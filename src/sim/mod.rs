@@ -10,12 +10,14 @@
 pub mod fit;
 pub mod gpus;
 pub mod plant;
+pub mod rehearsal;
 pub mod runtime;
 pub mod thermal;
 pub mod workload;
 
 pub use gpus::SimGpus;
 pub use plant::{GpuFault, Plant, PlantParams};
+pub use rehearsal::Rehearsal;
 pub use runtime::SimRuntime;
 pub use workload::{Segment, Workload};
 

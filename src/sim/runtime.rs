@@ -49,15 +49,52 @@ impl SimRuntime {
         let cdu_profile = Arc::new(CduProfile::load(&cdu_path)?);
         let plant = Arc::new(Mutex::new(build_plant(sc, gp, host)));
         let state: Arc<Mutex<dyn CduState>> = plant.clone();
-        let (addr, server) =
-            cdu_server::spawn_unit(&sc.listen, sc.unit_id, cdu_profile.clone(), state)
-                .await
-                .with_context(|| {
+        let (addr, server) = match cdu_server::spawn_unit(
+            &sc.listen,
+            sc.unit_id,
+            cdu_profile.clone(),
+            state,
+        )
+        .await
+        {
+            Ok(served) => served,
+            // Another process holds the port (most often `coolantd sim` with the same
+            // file): a restart cannot fix that, so it is a configuration error (exit 78)
+            // that names the key and the holder.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let holder = sc
+                    .listen
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .and_then(|a| port_holder(a.port()))
+                    .map_or_else(
+                        || "another process".to_string(),
+                        |(pid, name)| format!("process {pid} ({name})"),
+                    );
+                return Err(crate::config::ConfigError {
+                    file: cfg.path.clone(),
+                    issues: vec![crate::config::ConfigIssue {
+                        key: "simulator.listen".into(),
+                        expected: format!(
+                            "a free address for the simulated CDU, but {} is already in \
+                                 use by {holder}. Stop it (a `coolantd sim` with this file \
+                                 serves the same CDU), or give simulator.listen and the \
+                                 [[cdu]] address another port",
+                            sc.listen
+                        ),
+                    }],
+                }
+                .into());
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
                     format!(
                         "simulator.listen: cannot serve the simulated CDU on {}",
                         sc.listen
                     )
-                })?;
+                })
+            }
+        };
         tracing::info!(modbus = %addr, gpus = gp.name, time_scale = sc.time_scale, "plant simulator started");
         let stepper = autostep.then(|| spawn_stepper(plant.clone(), sc.step(), sc.time_scale));
         let gpus = Arc::new(SimGpus::new(plant.clone(), None));
@@ -158,7 +195,11 @@ impl Drop for SimRuntime {
     }
 }
 
-fn spawn_stepper(plant: Arc<Mutex<Plant>>, wall: Duration, time_scale: f64) -> JoinHandle<()> {
+pub(super) fn spawn_stepper(
+    plant: Arc<Mutex<Plant>>,
+    wall: Duration,
+    time_scale: f64,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut iv = tokio::time::interval(wall);
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,4 +217,57 @@ fn spawn_stepper(plant: Arc<Mutex<Plant>>, wall: Duration, time_scale: f64) -> J
             }
         }
     })
+}
+
+/// The process listening on TCP `port`, as (pid, command name), found through /proc (Linux):
+/// the socket's inode in /proc/net/tcp{,6}, then the process holding a descriptor for it.
+/// `None` when it cannot be told (another OS, or a process this one may not inspect).
+pub fn port_holder(port: u16) -> Option<(u32, String)> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is `ADDR:PORT` in hex; state 0A is LISTEN; field 9 is the inode.
+            let listening = f.get(3) == Some(&"0A");
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if listening && local_port == Some(port) {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                let name = std::fs::read_to_string(entry.path().join("comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                return Some((pid, name));
+            }
+        }
+    }
+    None
 }

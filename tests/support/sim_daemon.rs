@@ -96,6 +96,7 @@ pub async fn build(text: &str, dir: &Path, sinks: bool) -> Daemon {
             dry_run: false,
             sim_autostep: false,
             sinks,
+            rehearse: false,
         },
     )
     .await
