@@ -12,6 +12,9 @@
 //!   their scale) and the GPUs through `SimGpus::read_fast`; its actuations go back to the plant.
 //! - `coolantd, [control] default gains`: the same with `ControlConfig::default()`'s PID gains,
 //!   to show whether the built-in defaults suit this plant.
+//! - `coolantd + feed-forward`: the same gains plus the heat-load feed-forward
+//!   (`control/feedforward.rs`) with the GPU profile's plate model; the `coolantd` rows above run
+//!   without it (feedback only).
 //! - `pump fixed 100 %`: no control at all, power limits untouched.
 //! - `naive PID (integrator clamped)`: `NaivePid` with the same gains, the integral term clamped
 //!   to the output range (phosphor-pid-control's `integralLimit` set to the output range, the
@@ -71,7 +74,9 @@ fn lock(p: &Arc<Mutex<Plant>>) -> MutexGuard<'_, Plant> {
 
 #[derive(Clone)]
 enum Strategy {
-    Coolantd(Box<ControlConfig>),
+    /// The control core; with `true`, the heat-load feed-forward gets the GPU profile's plate
+    /// model (without it the feed-forward stays off).
+    Coolantd(Box<ControlConfig>, bool),
     Fixed(f64),
     Naive {
         kp: f64,
@@ -176,9 +181,10 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
         .map_or((20.0, 100.0), |(a, b)| (a.0, b.0));
 
     let mut ctl = match strategy {
-        Strategy::Coolantd(cfg) => {
+        Strategy::Coolantd(cfg, ff) => {
             let mut cfg = (**cfg).clone();
             cfg.setpoint = s.setpoint;
+            cfg.feed_forward.enabled = *ff;
             let setup = CduSetup {
                 name: CDU.into(),
                 hosts: vec![HOST.into()],
@@ -186,7 +192,11 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
                 pump_max: coolantd::units::Percent(pump_hi),
                 roles: s.cdu.roles(),
             };
-            Some(Controller::new(&cfg, vec![setup], gpus.inventory()))
+            let mut c = Controller::new(&cfg, vec![setup], gpus.inventory());
+            if *ff {
+                c.set_plate_model(CDU, Some(s.gpu.thermal.plate_model()));
+            }
+            Some(c)
         }
         _ => None,
     };
@@ -457,11 +467,14 @@ fn main() {
             setpoint,
             trace_s,
         };
-        let strategies: Vec<(&str, Strategy)> = vec![
-            ("coolantd", Strategy::Coolantd(Box::new(control.clone()))),
+        let mut strategies: Vec<(&str, Strategy)> = vec![
+            (
+                "coolantd",
+                Strategy::Coolantd(Box::new(control.clone()), false),
+            ),
             (
                 "coolantd, [control] default gains",
-                Strategy::Coolantd(Box::new(default_gains.clone())),
+                Strategy::Coolantd(Box::new(default_gains.clone()), false),
             ),
             ("(a) pump fixed 100 %", Strategy::Fixed(100.0)),
             (
@@ -483,6 +496,10 @@ fn main() {
                 },
             ),
         ];
+        strategies.push((
+            "coolantd + feed-forward",
+            Strategy::Coolantd(Box::new(control.clone()), true),
+        ));
         let rows: Vec<(&str, Metrics)> = strategies
             .iter()
             .map(|(n, st)| (*n, run(&setup, st)))
@@ -580,6 +597,7 @@ fn readme_strategy(case: &str, strategy: &str) -> Option<&'static str> {
         "(b) naive PID, integrator unbounded" => "naive PID, unbounded integrator",
         "(b) naive PID, integrator clamped" => "naive PID, integrator clamped",
         "coolantd, [control] default gains" => "coolantd, default gains",
+        "coolantd + feed-forward" => "coolantd + feed-forward",
         _ => return None,
     })
 }

@@ -8,6 +8,7 @@
 pub mod alarms;
 pub mod config;
 pub mod controller;
+pub mod feedforward;
 pub mod pid;
 pub mod plausibility;
 pub mod supervisor;
