@@ -98,6 +98,10 @@ struct Metrics {
     perf_lost_pct: f64,
     slowdown_s: f64,
     not_running_s: f64,
+    /// Seconds from the idle → full-load step until the controlled value stays within ±0.5 K
+    /// of the set point for the rest of the full-load segment (the segment's length when it
+    /// never does).
+    settle_s: f64,
 }
 
 /// The controlled variable as `controlled_variable = "max"` defines it, from the plant's truth:
@@ -233,6 +237,10 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
     let dt = Duration::from_secs_f64(PERIOD_S);
     let substeps = (PERIOD_S / THERMAL_STEP.as_secs_f64()).ceil().max(1.0) as u32;
     let sub = dt / substeps;
+    // The benchmark trace's idle → full-load step and the end of its full-load segment.
+    let segs = Workload::benchmark_segments();
+    let (step_at, full_end) = (segs[0].duration_s, segs[0].duration_s + segs[1].duration_s);
+    let mut last_outside = step_at;
 
     for k in 1..=s.trace_s {
         let now = dt * k as u32;
@@ -252,6 +260,9 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
             }
             m.above_ks += e.max(0.0) * PERIOD_S;
             m.overshoot_k = m.overshoot_k.max(e);
+            if t > step_at && t <= full_end && e.abs() > 0.5 {
+                last_outside = t;
+            }
             if p.workload().load(0, t - PERIOD_S / 2.0) > 0.0 {
                 m.iae_loaded += e.abs() * PERIOD_S;
             }
@@ -328,6 +339,7 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
         m.pump_travel += (cmd - last_cmd).abs();
         last_cmd = cmd;
     }
+    m.settle_s = (last_outside - step_at).min(full_end - step_at);
     m.pump_kj = lock(&plant).pump_energy().0 / 1000.0;
     m.perf_lost_pct = if ref_j > 0.0 {
         100.0 * lost_j / ref_j
@@ -356,20 +368,21 @@ fn table(title: &str, s: &Setup<'_>, rows: &[(&str, Metrics)]) -> String {
     );
     let _ = writeln!(
         out,
-        "| strategy | t > SP (s) | t > SP+1 K (s) | ∫(CV−SP)⁺ (K·s) | max overshoot (K) | IAE loaded (K·s) | pump energy (kJ) | pump travel (%) | GPU perf lost (%) | t at slowdown (s) | t not Running (s) |"
+        "| strategy | t > SP (s) | t > SP+1 K (s) | ∫(CV−SP)⁺ (K·s) | max overshoot (K) | settle ±0.5 K (s) | IAE loaded (K·s) | pump energy (kJ) | pump travel (%) | GPU perf lost (%) | t at slowdown (s) | t not Running (s) |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (name, m) in rows {
         let _ = writeln!(
             out,
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} |",
             m.above_s,
             m.above_1k_s,
             m.above_ks,
             m.overshoot_k,
+            m.settle_s,
             m.iae_loaded,
             m.pump_kj,
             m.pump_travel,
@@ -386,7 +399,9 @@ Definitions. The controlled variable (CV) is the plant's true hottest GPU temper
 `controlled_variable = \"max\"` defines it: max over GPUs of max(core, slowdown − (HBM max − HBM)). \
 Sampled once per 1 s tick. *t > SP*: seconds with CV above the set point (and above it by more \
 than 1 K). *∫(CV−SP)⁺*: Σ max(CV − SP, 0)·dt, how much heat above the set point the GPUs saw. \
-*Max overshoot*: largest CV − SP over the run (negative: never reached). *IAE loaded*: \
+*Max overshoot*: largest CV − SP over the run (negative: never reached). *Settle*: seconds from \
+the idle → full-load step (t = 60 s) until CV stays within ±0.5 K of the set point for the rest of \
+the full-load segment (300: never). *IAE loaded*: \
 Σ|CV − SP|·dt over the ticks with the GPUs under load (the full-load segment and the on-halves \
 of the bursts; overcooling counts too, the idle-time undershoot does not). \
 *Pump energy*: `Plant::pump_energy()` (affinity-law pump power integrated). *Pump travel*: Σ|Δ \
@@ -623,6 +638,14 @@ fn figures_json(case_ids: &[&str], all: &[(&str, Vec<(&str, Metrics)>)]) -> serd
                 "perf_lost_pct": m.perf_lost_pct,
                 "slowdown_s": m.slowdown_s,
                 "not_running_s": m.not_running_s,
+                // The same figures under the names of issue 10's record.
+                "plant": case,
+                "workload": "benchmark",
+                "settle_s": m.settle_s,
+                "iae_loaded_ks": m.iae_loaded,
+                "above_sp_plus1_s": m.above_1k_s,
+                "pump_energy_kj": m.pump_kj,
+                "pump_travel_pct": m.pump_travel,
             }));
         }
     }
