@@ -54,6 +54,28 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Print pump-loop PID gains fitted to a GPU profile's thermal model (SIMC), scheduled
+    /// over pump speed, and the predicted response to a load step. Reads no configuration.
+    Tune {
+        /// GPU profile name (file stem in <profiles-dir>/gpu), for example h100-sxm.
+        #[arg(long)]
+        profile: String,
+        /// Hottest-core set point, °C.
+        #[arg(long)]
+        setpoint: f64,
+        /// Coolant supply temperature, °C.
+        #[arg(long, default_value_t = 30.0)]
+        supply: f64,
+        /// Coolant flow through one GPU's cold plate with the pump at 100 %, l/min
+        /// (default: the simulator's loop).
+        #[arg(long)]
+        flow_per_gpu: Option<f64>,
+        /// Time constant with which the pump follows its command, s (default: the simulator's).
+        #[arg(long)]
+        pump_lag: Option<f64>,
+        #[arg(long, default_value = "firmware-profiles")]
+        profiles_dir: PathBuf,
+    },
 }
 
 /// sysexits(3) EX_CONFIG: the unit's `RestartPreventExitStatus=78` stops systemd from
@@ -65,6 +87,35 @@ fn main() -> ExitCode {
     if let Cmd::Restore { config, force } = &cli.cmd {
         return restore(config, *force);
     }
+    if let Cmd::Tune {
+        profile,
+        setpoint,
+        supply,
+        flow_per_gpu,
+        pump_lag,
+        profiles_dir,
+    } = &cli.cmd
+    {
+        let (flow, lag) = service::tune::TuneRequest::defaults();
+        let req = service::tune::TuneRequest {
+            profiles_dir,
+            profile,
+            setpoint: *setpoint,
+            supply: *supply,
+            flow_per_gpu_lpm: flow_per_gpu.unwrap_or(flow),
+            pump_lag_s: pump_lag.unwrap_or(lag),
+        };
+        return match service::tune::tune(&req) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("coolantd tune: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Configuration errors are printed before logging is set up: check-config must be
     // readable on a terminal and in ExecStartPre's journal output alike.
     let config_path = match &cli.cmd {
@@ -73,6 +124,7 @@ fn main() -> ExitCode {
         | Cmd::Sim { config }
         | Cmd::Restore { config, .. } => config,
         Cmd::CheckConfig { file } => file,
+        Cmd::Tune { .. } => return ExitCode::SUCCESS,
     };
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
@@ -126,7 +178,7 @@ fn main() -> ExitCode {
             }
             Cmd::Probe { json, .. } => service::probe::probe(cfg, json).await,
             Cmd::Sim { .. } => service::probe::sim_only(cfg).await,
-            Cmd::Restore { .. } | Cmd::CheckConfig { .. } => Ok(()),
+            Cmd::Restore { .. } | Cmd::CheckConfig { .. } | Cmd::Tune { .. } => Ok(()),
         }
     });
     // A blocking NVML call or DNS lookup still running must not hold the exit past what

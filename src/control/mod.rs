@@ -12,6 +12,7 @@ pub mod feedforward;
 pub mod pid;
 pub mod plausibility;
 pub mod supervisor;
+pub mod tuning;
 
 pub use config::ControlConfig;
 pub use controller::Controller;
