@@ -112,6 +112,25 @@ impl LoopModel {
     }
 }
 
+impl LoopModel {
+    /// The lowest speed (in 0.5 % steps within `min..=max`) that holds `power` W per GPU at
+    /// `sp`, and the SIMC gains there; `None` when even `max` does not.
+    pub fn design_point(
+        &self,
+        power: f64,
+        supply: f64,
+        sp: f64,
+        min: f64,
+        max: f64,
+    ) -> Option<(f64, Gains)> {
+        let n = ((max - min) / 0.5).floor().max(0.0) as usize;
+        (0..=n)
+            .map(|i| min + i as f64 * 0.5)
+            .find(|u| self.steady_core(power, *u, supply) <= sp)
+            .map(|u| (u, simc(&self.fopdt(power, u))))
+    }
+}
+
 /// SIMC PI gains with τc = θ.
 pub fn simc(m: &Fopdt) -> Gains {
     let tau_c = m.delay_s;

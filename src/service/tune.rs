@@ -1,7 +1,7 @@
 //! `coolantd tune`: the pump-loop gains that fit a GPU profile's fitted plate model (SIMC, see
 //! `control/tuning.rs`), scheduled over pump speed, and the predicted response to a load step.
 
-use crate::control::tuning::{simc, step_response, LoopModel, PumpLimits};
+use crate::control::tuning::{step_response, LoopModel, PumpLimits};
 use crate::control::ControlConfig;
 use crate::profile::gpu::GpuProfiles;
 use crate::sim::SimConfig;
@@ -103,10 +103,8 @@ pub fn tune(req: &TuneRequest<'_>) -> anyhow::Result<String> {
         slew_up_per_s: cfg.pump.slew_up_per_s,
         slew_down_per_s: cfg.pump.slew_down_per_s,
     };
-    let speed = (lim.min_pct..=lim.max_pct)
-        .step_by_f64(0.5)
-        .find(|u| m.steady_core(full, *u, req.supply) <= req.setpoint);
-    let Some(u0) = speed else {
+    let Some((u0, g)) = m.design_point(full, req.supply, req.setpoint, lim.min_pct, lim.max_pct)
+    else {
         let _ = writeln!(
             out,
             "\nat {full:.0} W per GPU even 100 % pump leaves the core at {:.1} °C, above the set point: \
@@ -115,8 +113,6 @@ pub fn tune(req: &TuneRequest<'_>) -> anyhow::Result<String> {
         );
         return Ok(out);
     };
-    let fo = m.fopdt(full, u0);
-    let g = simc(&fo);
     let _ = writeln!(
         out,
         "\nrecommended [control.pid] for full load ({full:.0} W per GPU, pump {u0:.1} %):\nkp = {:.2}\nki = {:.3}\nkd = 0.0",
@@ -146,16 +142,4 @@ pub fn tune(req: &TuneRequest<'_>) -> anyhow::Result<String> {
         peak - req.setpoint
     );
     Ok(out)
-}
-
-trait StepF64 {
-    fn step_by_f64(self, step: f64) -> Box<dyn Iterator<Item = f64>>;
-}
-
-impl StepF64 for std::ops::RangeInclusive<f64> {
-    fn step_by_f64(self, step: f64) -> Box<dyn Iterator<Item = f64>> {
-        let (lo, hi) = (*self.start(), *self.end());
-        let n = ((hi - lo) / step).floor() as usize;
-        Box::new((0..=n).map(move |i| lo + i as f64 * step))
-    }
 }
