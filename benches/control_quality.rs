@@ -22,6 +22,11 @@
 //! - `naive PID (integrator unbounded)`: the same without any integral clamp (only the output
 //!   is clamped), as many hand-written fan loops do.
 //!
+//! Workloads (see `workloads()`): the benchmark trace, training iterations (2.55 s compute,
+//! 0.45 s communication dips, every 3 s), a synchronized 30 s checkpoint drop, and a job start
+//! on a cold loop. README.md's table and the baseline cover the benchmark trace; the others go
+//! to the Markdown report and the JSON.
+//!
 //! Run: `cargo bench --bench control_quality`. Prints Markdown tables and writes them to
 //! `target/control_quality.md`. Under `cargo test --benches` (no `--bench` argument) it runs
 //! the same comparison on a shortened trace as a smoke test and writes nothing.
@@ -174,6 +179,70 @@ struct Setup<'a> {
     sim: SimConfig,
     setpoint: f64,
     trace_s: u64,
+    /// The workload's idle → full-load step and the end of the loaded segment after it, s.
+    step: (f64, f64),
+}
+
+/// The workloads every plant runs: id, workload, seconds, the load step `settle_s` is measured
+/// from and the end of the loaded segment after it.
+fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64))> {
+    use coolantd::sim::workload::Segment;
+    let seg = |duration_s: f64, load: f64, period_s: Option<f64>, duty: Option<f64>| Segment {
+        duration_s,
+        load,
+        period_s,
+        duty,
+    };
+    vec![
+        ("benchmark", Workload::Benchmark, TRACE_S, (60.0, 360.0)),
+        // Training iterations: 2.55 s of compute, 0.45 s of communication (all-reduce) at idle
+        // power, every 3 s, all GPUs in step.
+        (
+            "training",
+            Workload::Trace {
+                segments: vec![
+                    seg(30.0, 0.0, None, None),
+                    seg(270.0, 1.0, Some(3.0), Some(0.85)),
+                ],
+                repeat: false,
+            },
+            300,
+            (30.0, 300.0),
+        ),
+        // A synchronized checkpoint: every GPU from full load to near idle for 30 s and back.
+        (
+            "checkpoint",
+            Workload::Trace {
+                segments: vec![
+                    seg(30.0, 0.0, None, None),
+                    seg(150.0, 1.0, None, None),
+                    seg(30.0, 0.05, None, None),
+                    seg(120.0, 1.0, None, None),
+                ],
+                repeat: false,
+            },
+            330,
+            (30.0, 180.0),
+        ),
+        // A job starts on a cold (idle, pump at its start speed) loop after 5 s.
+        (
+            "cold-start",
+            Workload::Trace {
+                segments: vec![seg(5.0, 0.0, None, None), seg(295.0, 1.0, None, None)],
+                repeat: false,
+            },
+            300,
+            (5.0, 300.0),
+        ),
+    ]
+}
+
+/// The id of a workload from [`workloads`].
+fn workload_id(w: &Workload) -> &'static str {
+    workloads()
+        .into_iter()
+        .find(|(_, x, _, _)| x == w)
+        .map_or("?", |(id, ..)| id)
 }
 
 /// Runs one strategy over the trace and measures it.
@@ -264,9 +333,7 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
     let dt = Duration::from_secs_f64(PERIOD_S);
     let substeps = (PERIOD_S / THERMAL_STEP.as_secs_f64()).ceil().max(1.0) as u32;
     let sub = dt / substeps;
-    // The benchmark trace's idle → full-load step and the end of its full-load segment.
-    let segs = Workload::benchmark_segments();
-    let (step_at, full_end) = (segs[0].duration_s, segs[0].duration_s + segs[1].duration_s);
+    let (step_at, full_end) = s.step;
     let mut last_outside = step_at;
 
     for k in 1..=s.trace_s {
@@ -390,8 +457,12 @@ fn table(title: &str, s: &Setup<'_>, rows: &[(&str, Metrics)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### {title}: set point {:.1} °C, supply {:.0} °C, {} GPUs, {} s of the benchmark trace\n",
-        s.setpoint, s.sim.supply_setpoint_c, s.sim.gpus_per_host, s.trace_s
+        "### {title}: set point {:.1} °C, supply {:.0} °C, {} GPUs, {} s of workload `{}`\n",
+        s.setpoint,
+        s.sim.supply_setpoint_c,
+        s.sim.gpus_per_host,
+        s.trace_s,
+        workload_id(&s.sim.workload)
     );
     let _ = writeln!(
         out,
@@ -492,77 +563,85 @@ fn main() {
     ];
     let mut all = Vec::new();
     let mut case_ids = Vec::new();
+    // Under `cargo test` only the benchmark workload, shortened.
+    let wls: Vec<_> = workloads()
+        .into_iter()
+        .filter(|w| bench || w.0 == "benchmark")
+        .collect();
     for (title, id, name, setpoint, supply) in cases {
-        case_ids.push(id);
-        let gpu = gpu_profiles
-            .by_name(name)
-            .unwrap_or_else(|| panic!("GPU profile {name} in firmware-profiles/gpu"));
-        let sim = SimConfig {
-            workload: Workload::Benchmark,
-            supply_setpoint_c: supply,
-            ..SimConfig::default()
-        };
-        let setup = Setup {
-            gpu,
-            cdu: &cdu_profile,
-            sim,
-            setpoint,
-            trace_s,
-        };
-        let mut strategies: Vec<(&str, Strategy)> = vec![
-            (
-                "coolantd",
-                Strategy::Coolantd(Box::new(control.clone()), false),
-            ),
-            (
-                "coolantd, [control] default gains",
-                Strategy::Coolantd(Box::new(default_gains.clone()), false),
-            ),
-            ("(a) pump fixed 100 %", Strategy::Fixed(100.0)),
-            (
-                "(b) naive PID, integrator clamped",
-                Strategy::Naive {
-                    kp: control.pid.kp,
-                    ki: control.pid.ki,
-                    kd: control.pid.kd,
-                    clamp: true,
-                },
-            ),
-            (
-                "(b) naive PID, integrator unbounded",
-                Strategy::Naive {
-                    kp: control.pid.kp,
-                    ki: control.pid.ki,
-                    kd: control.pid.kd,
-                    clamp: false,
-                },
-            ),
-        ];
-        strategies.push((
-            "coolantd + feed-forward",
-            Strategy::Coolantd(Box::new(control.clone()), true),
-        ));
-        strategies.push((
-            "coolantd + feed-forward, SIMC gains",
-            Strategy::CoolantdTuned(Box::new(control.clone())),
-        ));
-        let rows: Vec<(&str, Metrics)> = strategies
-            .iter()
-            .map(|(n, st)| (*n, run(&setup, st)))
-            .collect();
-        let mut t = table(title, &setup, &rows);
-        if bench {
-            let _ = writeln!(
+        for (wl_id, workload, wl_s, step) in wls.clone() {
+            case_ids.push((id, wl_id));
+            let gpu = gpu_profiles
+                .by_name(name)
+                .unwrap_or_else(|| panic!("GPU profile {name} in firmware-profiles/gpu"));
+            let sim = SimConfig {
+                workload,
+                supply_setpoint_c: supply,
+                ..SimConfig::default()
+            };
+            let setup = Setup {
+                gpu,
+                cdu: &cdu_profile,
+                sim,
+                setpoint,
+                trace_s: if wl_id == "benchmark" { trace_s } else { wl_s },
+                step,
+            };
+            let mut strategies: Vec<(&str, Strategy)> = vec![
+                (
+                    "coolantd",
+                    Strategy::Coolantd(Box::new(control.clone()), false),
+                ),
+                (
+                    "coolantd, [control] default gains",
+                    Strategy::Coolantd(Box::new(default_gains.clone()), false),
+                ),
+                ("(a) pump fixed 100 %", Strategy::Fixed(100.0)),
+                (
+                    "(b) naive PID, integrator clamped",
+                    Strategy::Naive {
+                        kp: control.pid.kp,
+                        ki: control.pid.ki,
+                        kd: control.pid.kd,
+                        clamp: true,
+                    },
+                ),
+                (
+                    "(b) naive PID, integrator unbounded",
+                    Strategy::Naive {
+                        kp: control.pid.kp,
+                        ki: control.pid.ki,
+                        kd: control.pid.kd,
+                        clamp: false,
+                    },
+                ),
+            ];
+            strategies.push((
+                "coolantd + feed-forward",
+                Strategy::Coolantd(Box::new(control.clone()), true),
+            ));
+            strategies.push((
+                "coolantd + feed-forward, SIMC gains",
+                Strategy::CoolantdTuned(Box::new(control.clone())),
+            ));
+            let rows: Vec<(&str, Metrics)> = strategies
+                .iter()
+                .map(|(n, st)| (*n, run(&setup, st)))
+                .collect();
+            let mut t = table(title, &setup, &rows);
+            if bench && wl_id == "benchmark" {
+                let _ = writeln!(
                 t,
                 "\nSteady hottest core at full load (700 W cap): {:.1} °C with the pump at 100 %, {:.1} °C at 60 %, {:.1} °C at 20 %.\n",
                 steady_core(&setup, 100.0),
                 steady_core(&setup, 60.0),
                 steady_core(&setup, 20.0)
             );
+            }
+            report.push_str(&t);
+            report.push('\n');
+            all.push((name, rows));
         }
-        report.push_str(&t);
-        report.push('\n');
-        all.push((name, rows));
     }
     report.push_str(DEFINITIONS);
     print!("{report}");
@@ -649,9 +728,12 @@ fn readme_strategy(case: &str, strategy: &str) -> Option<&'static str> {
 }
 
 /// Every measured figure, keyed by case and the README's strategy name.
-fn figures_json(case_ids: &[&str], all: &[(&str, Vec<(&str, Metrics)>)]) -> serde_json::Value {
+fn figures_json(
+    case_ids: &[(&str, &str)],
+    all: &[(&str, Vec<(&str, Metrics)>)],
+) -> serde_json::Value {
     let mut rows = Vec::new();
-    for (case, (_, strategies)) in case_ids.iter().zip(all) {
+    for ((case, workload), (_, strategies)) in case_ids.iter().zip(all) {
         for (name, m) in strategies {
             // Rows outside README.md's table keep the bench's own name.
             let strategy = readme_strategy(case, name).unwrap_or(name);
@@ -670,7 +752,7 @@ fn figures_json(case_ids: &[&str], all: &[(&str, Vec<(&str, Metrics)>)]) -> serd
                 "not_running_s": m.not_running_s,
                 // The same figures under the names of issue 10's record.
                 "plant": case,
-                "workload": "benchmark",
+                "workload": workload,
                 "settle_s": m.settle_s,
                 "iae_loaded_ks": m.iae_loaded,
                 "above_sp_plus1_s": m.above_1k_s,
@@ -694,10 +776,13 @@ fn compare_with_baseline(path: &Path, figures: &serde_json::Value) -> Vec<String
     let mut out = Vec::new();
     for row in base["rows"].as_array().into_iter().flatten() {
         let (case, strategy) = (row["case"].as_str(), row["strategy"].as_str());
-        let Some(got) = measured
-            .iter()
-            .find(|m| m["case"].as_str() == case && m["strategy"].as_str() == strategy)
-        else {
+        // The README's table (and so the baseline) shows the benchmark workload.
+        let workload = row["workload"].as_str().unwrap_or("benchmark");
+        let Some(got) = measured.iter().find(|m| {
+            m["case"].as_str() == case
+                && m["strategy"].as_str() == strategy
+                && m["workload"].as_str() == Some(workload)
+        }) else {
             out.push(format!("{case:?} / {strategy:?}: no such row measured"));
             continue;
         };
