@@ -334,7 +334,7 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
     let substeps = (PERIOD_S / THERMAL_STEP.as_secs_f64()).ceil().max(1.0) as u32;
     let sub = dt / substeps;
     let (step_at, full_end) = s.step;
-    let mut last_outside = step_at;
+    let mut last_outside = step_at - PERIOD_S;
 
     for k in 1..=s.trace_s {
         let now = dt * k as u32;
@@ -354,7 +354,7 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
             }
             m.above_ks += e.max(0.0) * PERIOD_S;
             m.overshoot_k = m.overshoot_k.max(e);
-            if t > step_at && t <= full_end && e.abs() > 0.5 {
+            if t > step_at && t < full_end && e.abs() > 0.5 {
                 last_outside = t;
             }
             if p.workload().load(0, t - PERIOD_S / 2.0) > 0.0 {
@@ -433,7 +433,8 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
         m.pump_travel += (cmd - last_cmd).abs();
         last_cmd = cmd;
     }
-    m.settle_s = (last_outside - step_at).min(full_end - step_at);
+    // Settled once inside the band: the sample after the last one outside it.
+    m.settle_s = (last_outside + PERIOD_S - step_at).min(full_end - step_at);
     m.pump_kj = lock(&plant).pump_energy().0 / 1000.0;
     m.perf_lost_pct = if ref_j > 0.0 {
         100.0 * lost_j / ref_j
