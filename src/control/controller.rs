@@ -258,12 +258,14 @@ impl Controller {
         }
     }
 
-    /// The newest power reading of each inventory GPU on CDU `i`, for the feed-forward.
+    /// The newest power reading of each GPU on CDU `i`, for the feed-forward: this host's
+    /// inventory, and other hosts' GPUs while their readings arrive (they are forgotten once
+    /// stale, see `ingest_gpus`).
     fn cdu_powers(&self, i: usize) -> Vec<PowerReading> {
         let hosts = &self.cdus[i].setup.hosts;
         self.gpus
             .iter()
-            .filter(|(k, g)| hosts.contains(&k.host) && g.st.is_some())
+            .filter(|(k, _)| hosts.contains(&k.host))
             .map(|(k, g)| PowerReading {
                 gpu: k.to_string(),
                 power: g.latest.as_ref().and_then(|s| {
