@@ -181,11 +181,14 @@ struct Setup<'a> {
     trace_s: u64,
     /// The workload's idle → full-load step and the end of the loaded segment after it, s.
     step: (f64, f64),
+    /// Facility water warms by this much per second over the run, K/s.
+    drift_k_per_s: f64,
 }
 
 /// The workloads every plant runs: id, workload, seconds, the load step `settle_s` is measured
 /// from and the end of the loaded segment after it.
-fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64))> {
+#[allow(clippy::type_complexity)]
+fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64), f64)> {
     use coolantd::sim::workload::Segment;
     let seg = |duration_s: f64, load: f64, period_s: Option<f64>, duty: Option<f64>| Segment {
         duration_s,
@@ -194,7 +197,13 @@ fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64))> {
         duty,
     };
     vec![
-        ("benchmark", Workload::Benchmark, TRACE_S, (60.0, 360.0)),
+        (
+            "benchmark",
+            Workload::Benchmark,
+            TRACE_S,
+            (60.0, 360.0),
+            0.0,
+        ),
         // Training iterations: 2.55 s of compute, 0.45 s of communication (all-reduce) at idle
         // power, every 3 s, all GPUs in step.
         (
@@ -208,6 +217,7 @@ fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64))> {
             },
             300,
             (30.0, 300.0),
+            0.0,
         ),
         // A synchronized checkpoint: every GPU from full load to near idle for 30 s and back.
         (
@@ -223,6 +233,7 @@ fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64))> {
             },
             330,
             (30.0, 180.0),
+            0.0,
         ),
         // A job starts on a cold (idle, pump at its start speed) loop after 5 s.
         (
@@ -233,6 +244,19 @@ fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64))> {
             },
             300,
             (5.0, 300.0),
+            0.0,
+        ),
+        // Full load while the facility water warms 12 K over 10 minutes (a chiller failing
+        // over, a hot afternoon): the CDU's valve opens until it cannot hold the supply.
+        (
+            "facility-drift",
+            Workload::Trace {
+                segments: vec![seg(5.0, 0.0, None, None), seg(595.0, 1.0, None, None)],
+                repeat: false,
+            },
+            600,
+            (5.0, 600.0),
+            0.02,
         ),
     ]
 }
@@ -241,7 +265,7 @@ fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64))> {
 fn workload_id(w: &Workload) -> &'static str {
     workloads()
         .into_iter()
-        .find(|(_, x, _, _)| x == w)
+        .find(|(_, x, ..)| x == w)
         .map_or("?", |(id, ..)| id)
 }
 
@@ -339,6 +363,11 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
     for k in 1..=s.trace_s {
         let now = dt * k as u32;
         let t = now.as_secs_f64();
+        if s.drift_k_per_s != 0.0 {
+            lock(&plant).set_facility_water(coolantd::units::Celsius(
+                s.sim.facility_water_c + s.drift_k_per_s * t,
+            ));
+        }
         lock(&plant).step(dt);
 
         // Measure the plant's truth over the step just made.
@@ -570,7 +599,7 @@ fn main() {
         .filter(|w| bench || w.0 == "benchmark")
         .collect();
     for (title, id, name, setpoint, supply) in cases {
-        for (wl_id, workload, wl_s, step) in wls.clone() {
+        for (wl_id, workload, wl_s, step, drift_k_per_s) in wls.clone() {
             case_ids.push((id, wl_id));
             let gpu = gpu_profiles
                 .by_name(name)
@@ -587,6 +616,7 @@ fn main() {
                 setpoint,
                 trace_s: if wl_id == "benchmark" { trace_s } else { wl_s },
                 step,
+                drift_k_per_s,
             };
             let mut strategies: Vec<(&str, Strategy)> = vec![
                 (
