@@ -23,8 +23,8 @@
 //!   is clamped), as many hand-written fan loops do.
 //!
 //! Workloads (see `workloads()`): the benchmark trace, training iterations (2.55 s compute,
-//! 0.45 s communication dips, every 3 s), a synchronized 30 s checkpoint drop, and a job start
-//! on a cold loop. README.md's table and the baseline cover the benchmark trace; the others go
+//! 0.45 s communication dips, every 3 s), a synchronized 30 s checkpoint drop, a job start on a
+//! cold loop, and facility water warming 12 K over 10 minutes at full load. README.md's table and the baseline cover the benchmark trace; the others go
 //! to the Markdown report and the JSON.
 //!
 //! Run: `cargo bench --bench control_quality`. Prints Markdown tables and writes them to
