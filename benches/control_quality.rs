@@ -12,12 +12,20 @@
 //!   their scale) and the GPUs through `SimGpus::read_fast`; its actuations go back to the plant.
 //! - `coolantd, [control] default gains`: the same with `ControlConfig::default()`'s PID gains,
 //!   to show whether the built-in defaults suit this plant.
+//! - `coolantd + feed-forward`: the same gains plus the heat-load feed-forward
+//!   (`control/feedforward.rs`) with the GPU profile's plate model; the `coolantd` rows above run
+//!   without it (feedback only).
 //! - `pump fixed 100 %`: no control at all, power limits untouched.
 //! - `naive PID (integrator clamped)`: `NaivePid` with the same gains, the integral term clamped
 //!   to the output range (phosphor-pid-control's `integralLimit` set to the output range, the
 //!   usual configuration), derivative on the error, no filter, no slew limit; caps untouched.
 //! - `naive PID (integrator unbounded)`: the same without any integral clamp (only the output
 //!   is clamped), as many hand-written fan loops do.
+//!
+//! Workloads (see `workloads()`): the benchmark trace, training iterations (2.55 s compute,
+//! 0.45 s communication dips, every 3 s), a synchronized 30 s checkpoint drop, a job start on a
+//! cold loop, and facility water warming 12 K over 10 minutes at full load. README.md's table and the baseline cover the benchmark trace; the others go
+//! to the Markdown report and the JSON.
 //!
 //! Run: `cargo bench --bench control_quality`. Prints Markdown tables and writes them to
 //! `target/control_quality.md`. Under `cargo test --benches` (no `--bench` argument) it runs
@@ -71,7 +79,12 @@ fn lock(p: &Arc<Mutex<Plant>>) -> MutexGuard<'_, Plant> {
 
 #[derive(Clone)]
 enum Strategy {
-    Coolantd(Box<ControlConfig>),
+    /// The control core; with `true`, the heat-load feed-forward gets the GPU profile's plate
+    /// model (without it the feed-forward stays off).
+    Coolantd(Box<ControlConfig>, bool),
+    /// Feed-forward with SIMC gains at the design point (`coolantd tune`) instead of the
+    /// configured ones.
+    CoolantdTuned(Box<ControlConfig>),
     Fixed(f64),
     Naive {
         kp: f64,
@@ -93,6 +106,10 @@ struct Metrics {
     perf_lost_pct: f64,
     slowdown_s: f64,
     not_running_s: f64,
+    /// Seconds from the idle → full-load step until the controlled value stays within ±0.5 K
+    /// of the set point for the rest of the full-load segment (the segment's length when it
+    /// never does).
+    settle_s: f64,
 }
 
 /// The controlled variable as `controlled_variable = "max"` defines it, from the plant's truth:
@@ -162,6 +179,94 @@ struct Setup<'a> {
     sim: SimConfig,
     setpoint: f64,
     trace_s: u64,
+    /// The workload's idle → full-load step and the end of the loaded segment after it, s.
+    step: (f64, f64),
+    /// Facility water warms by this much per second over the run, K/s.
+    drift_k_per_s: f64,
+}
+
+/// The workloads every plant runs: id, workload, seconds, the load step `settle_s` is measured
+/// from and the end of the loaded segment after it.
+#[allow(clippy::type_complexity)]
+fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64), f64)> {
+    use coolantd::sim::workload::Segment;
+    let seg = |duration_s: f64, load: f64, period_s: Option<f64>, duty: Option<f64>| Segment {
+        duration_s,
+        load,
+        period_s,
+        duty,
+    };
+    vec![
+        (
+            "benchmark",
+            Workload::Benchmark,
+            TRACE_S,
+            (60.0, 360.0),
+            0.0,
+        ),
+        // Training iterations: 2.55 s of compute, 0.45 s of communication (all-reduce) at idle
+        // power, every 3 s, all GPUs in step.
+        (
+            "training",
+            Workload::Trace {
+                segments: vec![
+                    seg(30.0, 0.0, None, None),
+                    seg(270.0, 1.0, Some(3.0), Some(0.85)),
+                ],
+                repeat: false,
+            },
+            300,
+            (30.0, 300.0),
+            0.0,
+        ),
+        // A synchronized checkpoint: every GPU from full load to near idle for 30 s and back.
+        (
+            "checkpoint",
+            Workload::Trace {
+                segments: vec![
+                    seg(30.0, 0.0, None, None),
+                    seg(150.0, 1.0, None, None),
+                    seg(30.0, 0.05, None, None),
+                    seg(120.0, 1.0, None, None),
+                ],
+                repeat: false,
+            },
+            330,
+            (30.0, 180.0),
+            0.0,
+        ),
+        // A job starts on a cold (idle, pump at its start speed) loop after 5 s.
+        (
+            "cold-start",
+            Workload::Trace {
+                segments: vec![seg(5.0, 0.0, None, None), seg(295.0, 1.0, None, None)],
+                repeat: false,
+            },
+            300,
+            (5.0, 300.0),
+            0.0,
+        ),
+        // Full load while the facility water warms 12 K over 10 minutes (a chiller failing
+        // over, a hot afternoon): the CDU's valve opens until it cannot hold the supply.
+        (
+            "facility-drift",
+            Workload::Trace {
+                segments: vec![seg(5.0, 0.0, None, None), seg(595.0, 1.0, None, None)],
+                repeat: false,
+            },
+            600,
+            (5.0, 600.0),
+            0.02,
+        ),
+    ]
+}
+
+/// The id of a workload from [`workloads`].
+fn workload_id(w: &Workload) -> &'static str {
+    workloads()
+        .into_iter()
+        .find(|(_, x, ..)| x == w)
+        .map_or("?", |(id, ..)| id)
 }
 
 /// Runs one strategy over the trace and measures it.
@@ -176,9 +281,34 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
         .map_or((20.0, 100.0), |(a, b)| (a.0, b.0));
 
     let mut ctl = match strategy {
-        Strategy::Coolantd(cfg) => {
+        Strategy::Coolantd(cfg, _) | Strategy::CoolantdTuned(cfg) => {
+            let tuned = matches!(strategy, Strategy::CoolantdTuned(_));
+            let ff = &(tuned || matches!(strategy, Strategy::Coolantd(_, true)));
             let mut cfg = (**cfg).clone();
             cfg.setpoint = s.setpoint;
+            cfg.feed_forward.enabled = *ff;
+            if tuned {
+                // Model-based gains: SIMC at the design point (coolantd tune).
+                let th = &s.gpu.thermal;
+                let m = coolantd::control::tuning::LoopModel {
+                    plate: th.plate_model(),
+                    plate_capacity_j_per_k: th.plate_capacity_j_per_k,
+                    die_capacity_j_per_k: th.die_capacity_j_per_k,
+                    flow_per_gpu_at_full_lpm: s.sim.rated_flow_lpm_per_gpu,
+                    pump_lag_s: s.sim.pump_time_constant_s,
+                    period_s: PERIOD_S,
+                };
+                if let Some((_, g)) = m.design_point(
+                    s.gpu.power.default_w.get(),
+                    s.sim.supply_setpoint_c,
+                    s.setpoint,
+                    pump_lo,
+                    pump_hi,
+                ) {
+                    cfg.pid.kp = g.kp;
+                    cfg.pid.ki = g.ki;
+                }
+            }
             let setup = CduSetup {
                 name: CDU.into(),
                 hosts: vec![HOST.into()],
@@ -186,7 +316,11 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
                 pump_max: coolantd::units::Percent(pump_hi),
                 roles: s.cdu.roles(),
             };
-            Some(Controller::new(&cfg, vec![setup], gpus.inventory()))
+            let mut c = Controller::new(&cfg, vec![setup], gpus.inventory());
+            if *ff {
+                c.set_plate_model(CDU, Some(s.gpu.thermal.plate_model()));
+            }
+            Some(c)
         }
         _ => None,
     };
@@ -223,10 +357,17 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
     let dt = Duration::from_secs_f64(PERIOD_S);
     let substeps = (PERIOD_S / THERMAL_STEP.as_secs_f64()).ceil().max(1.0) as u32;
     let sub = dt / substeps;
+    let (step_at, full_end) = s.step;
+    let mut last_outside = step_at - PERIOD_S;
 
     for k in 1..=s.trace_s {
         let now = dt * k as u32;
         let t = now.as_secs_f64();
+        if s.drift_k_per_s != 0.0 {
+            lock(&plant).set_facility_water(coolantd::units::Celsius(
+                s.sim.facility_water_c + s.drift_k_per_s * t,
+            ));
+        }
         lock(&plant).step(dt);
 
         // Measure the plant's truth over the step just made.
@@ -242,6 +383,9 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
             }
             m.above_ks += e.max(0.0) * PERIOD_S;
             m.overshoot_k = m.overshoot_k.max(e);
+            if t > step_at && t < full_end && e.abs() > 0.5 {
+                last_outside = t;
+            }
             if p.workload().load(0, t - PERIOD_S / 2.0) > 0.0 {
                 m.iae_loaded += e.abs() * PERIOD_S;
             }
@@ -318,6 +462,8 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
         m.pump_travel += (cmd - last_cmd).abs();
         last_cmd = cmd;
     }
+    // Settled once inside the band: the sample after the last one outside it.
+    m.settle_s = (last_outside + PERIOD_S - step_at).min(full_end - step_at);
     m.pump_kj = lock(&plant).pump_energy().0 / 1000.0;
     m.perf_lost_pct = if ref_j > 0.0 {
         100.0 * lost_j / ref_j
@@ -341,25 +487,30 @@ fn table(title: &str, s: &Setup<'_>, rows: &[(&str, Metrics)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### {title}: set point {:.1} °C, supply {:.0} °C, {} GPUs, {} s of the benchmark trace\n",
-        s.setpoint, s.sim.supply_setpoint_c, s.sim.gpus_per_host, s.trace_s
+        "### {title}: set point {:.1} °C, supply {:.0} °C, {} GPUs, {} s of workload `{}`\n",
+        s.setpoint,
+        s.sim.supply_setpoint_c,
+        s.sim.gpus_per_host,
+        s.trace_s,
+        workload_id(&s.sim.workload)
     );
     let _ = writeln!(
         out,
-        "| strategy | t > SP (s) | t > SP+1 K (s) | ∫(CV−SP)⁺ (K·s) | max overshoot (K) | IAE loaded (K·s) | pump energy (kJ) | pump travel (%) | GPU perf lost (%) | t at slowdown (s) | t not Running (s) |"
+        "| strategy | t > SP (s) | t > SP+1 K (s) | ∫(CV−SP)⁺ (K·s) | max overshoot (K) | settle ±0.5 K (s) | IAE loaded (K·s) | pump energy (kJ) | pump travel (%) | GPU perf lost (%) | t at slowdown (s) | t not Running (s) |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (name, m) in rows {
         let _ = writeln!(
             out,
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} |",
             m.above_s,
             m.above_1k_s,
             m.above_ks,
             m.overshoot_k,
+            m.settle_s,
             m.iae_loaded,
             m.pump_kj,
             m.pump_travel,
@@ -376,7 +527,9 @@ Definitions. The controlled variable (CV) is the plant's true hottest GPU temper
 `controlled_variable = \"max\"` defines it: max over GPUs of max(core, slowdown − (HBM max − HBM)). \
 Sampled once per 1 s tick. *t > SP*: seconds with CV above the set point (and above it by more \
 than 1 K). *∫(CV−SP)⁺*: Σ max(CV − SP, 0)·dt, how much heat above the set point the GPUs saw. \
-*Max overshoot*: largest CV − SP over the run (negative: never reached). *IAE loaded*: \
+*Max overshoot*: largest CV − SP over the run (negative: never reached). *Settle*: seconds from \
+the idle → full-load step (t = 60 s) until CV stays within ±0.5 K of the set point for the rest of \
+the full-load segment (300: never). *IAE loaded*: \
 Σ|CV − SP|·dt over the ticks with the GPUs under load (the full-load segment and the on-halves \
 of the bursts; overcooling counts too, the idle-time undershoot does not). \
 *Pump energy*: `Plant::pump_energy()` (affinity-law pump power integrated). *Pump travel*: Σ|Δ \
@@ -440,66 +593,86 @@ fn main() {
     ];
     let mut all = Vec::new();
     let mut case_ids = Vec::new();
+    // Under `cargo test` only the benchmark workload, shortened.
+    let wls: Vec<_> = workloads()
+        .into_iter()
+        .filter(|w| bench || w.0 == "benchmark")
+        .collect();
     for (title, id, name, setpoint, supply) in cases {
-        case_ids.push(id);
-        let gpu = gpu_profiles
-            .by_name(name)
-            .unwrap_or_else(|| panic!("GPU profile {name} in firmware-profiles/gpu"));
-        let sim = SimConfig {
-            workload: Workload::Benchmark,
-            supply_setpoint_c: supply,
-            ..SimConfig::default()
-        };
-        let setup = Setup {
-            gpu,
-            cdu: &cdu_profile,
-            sim,
-            setpoint,
-            trace_s,
-        };
-        let strategies: Vec<(&str, Strategy)> = vec![
-            ("coolantd", Strategy::Coolantd(Box::new(control.clone()))),
-            (
-                "coolantd, [control] default gains",
-                Strategy::Coolantd(Box::new(default_gains.clone())),
-            ),
-            ("(a) pump fixed 100 %", Strategy::Fixed(100.0)),
-            (
-                "(b) naive PID, integrator clamped",
-                Strategy::Naive {
-                    kp: control.pid.kp,
-                    ki: control.pid.ki,
-                    kd: control.pid.kd,
-                    clamp: true,
-                },
-            ),
-            (
-                "(b) naive PID, integrator unbounded",
-                Strategy::Naive {
-                    kp: control.pid.kp,
-                    ki: control.pid.ki,
-                    kd: control.pid.kd,
-                    clamp: false,
-                },
-            ),
-        ];
-        let rows: Vec<(&str, Metrics)> = strategies
-            .iter()
-            .map(|(n, st)| (*n, run(&setup, st)))
-            .collect();
-        let mut t = table(title, &setup, &rows);
-        if bench {
-            let _ = writeln!(
+        for (wl_id, workload, wl_s, step, drift_k_per_s) in wls.clone() {
+            case_ids.push((id, wl_id));
+            let gpu = gpu_profiles
+                .by_name(name)
+                .unwrap_or_else(|| panic!("GPU profile {name} in firmware-profiles/gpu"));
+            let sim = SimConfig {
+                workload,
+                supply_setpoint_c: supply,
+                ..SimConfig::default()
+            };
+            let setup = Setup {
+                gpu,
+                cdu: &cdu_profile,
+                sim,
+                setpoint,
+                trace_s: if wl_id == "benchmark" { trace_s } else { wl_s },
+                step,
+                drift_k_per_s,
+            };
+            let mut strategies: Vec<(&str, Strategy)> = vec![
+                (
+                    "coolantd",
+                    Strategy::Coolantd(Box::new(control.clone()), false),
+                ),
+                (
+                    "coolantd, [control] default gains",
+                    Strategy::Coolantd(Box::new(default_gains.clone()), false),
+                ),
+                ("(a) pump fixed 100 %", Strategy::Fixed(100.0)),
+                (
+                    "(b) naive PID, integrator clamped",
+                    Strategy::Naive {
+                        kp: control.pid.kp,
+                        ki: control.pid.ki,
+                        kd: control.pid.kd,
+                        clamp: true,
+                    },
+                ),
+                (
+                    "(b) naive PID, integrator unbounded",
+                    Strategy::Naive {
+                        kp: control.pid.kp,
+                        ki: control.pid.ki,
+                        kd: control.pid.kd,
+                        clamp: false,
+                    },
+                ),
+            ];
+            strategies.push((
+                "coolantd + feed-forward",
+                Strategy::Coolantd(Box::new(control.clone()), true),
+            ));
+            strategies.push((
+                "coolantd + feed-forward, SIMC gains",
+                Strategy::CoolantdTuned(Box::new(control.clone())),
+            ));
+            let rows: Vec<(&str, Metrics)> = strategies
+                .iter()
+                .map(|(n, st)| (*n, run(&setup, st)))
+                .collect();
+            let mut t = table(title, &setup, &rows);
+            if bench && wl_id == "benchmark" {
+                let _ = writeln!(
                 t,
                 "\nSteady hottest core at full load (700 W cap): {:.1} °C with the pump at 100 %, {:.1} °C at 60 %, {:.1} °C at 20 %.\n",
                 steady_core(&setup, 100.0),
                 steady_core(&setup, 60.0),
                 steady_core(&setup, 20.0)
             );
+            }
+            report.push_str(&t);
+            report.push('\n');
+            all.push((name, rows));
         }
-        report.push_str(&t);
-        report.push('\n');
-        all.push((name, rows));
     }
     report.push_str(DEFINITIONS);
     print!("{report}");
@@ -580,18 +753,21 @@ fn readme_strategy(case: &str, strategy: &str) -> Option<&'static str> {
         "(b) naive PID, integrator unbounded" => "naive PID, unbounded integrator",
         "(b) naive PID, integrator clamped" => "naive PID, integrator clamped",
         "coolantd, [control] default gains" => "coolantd, default gains",
+        "coolantd + feed-forward" => "coolantd + feed-forward",
         _ => return None,
     })
 }
 
 /// Every measured figure, keyed by case and the README's strategy name.
-fn figures_json(case_ids: &[&str], all: &[(&str, Vec<(&str, Metrics)>)]) -> serde_json::Value {
+fn figures_json(
+    case_ids: &[(&str, &str)],
+    all: &[(&str, Vec<(&str, Metrics)>)],
+) -> serde_json::Value {
     let mut rows = Vec::new();
-    for (case, (_, strategies)) in case_ids.iter().zip(all) {
+    for ((case, workload), (_, strategies)) in case_ids.iter().zip(all) {
         for (name, m) in strategies {
-            let Some(strategy) = readme_strategy(case, name) else {
-                continue;
-            };
+            // Rows outside README.md's table keep the bench's own name.
+            let strategy = readme_strategy(case, name).unwrap_or(name);
             rows.push(serde_json::json!({
                 "case": case,
                 "strategy": strategy,
@@ -605,6 +781,14 @@ fn figures_json(case_ids: &[&str], all: &[(&str, Vec<(&str, Metrics)>)]) -> serd
                 "perf_lost_pct": m.perf_lost_pct,
                 "slowdown_s": m.slowdown_s,
                 "not_running_s": m.not_running_s,
+                // The same figures under the names of issue 10's record.
+                "plant": case,
+                "workload": workload,
+                "settle_s": m.settle_s,
+                "iae_loaded_ks": m.iae_loaded,
+                "above_sp_plus1_s": m.above_1k_s,
+                "pump_energy_kj": m.pump_kj,
+                "pump_travel_pct": m.pump_travel,
             }));
         }
     }
@@ -623,10 +807,13 @@ fn compare_with_baseline(path: &Path, figures: &serde_json::Value) -> Vec<String
     let mut out = Vec::new();
     for row in base["rows"].as_array().into_iter().flatten() {
         let (case, strategy) = (row["case"].as_str(), row["strategy"].as_str());
-        let Some(got) = measured
-            .iter()
-            .find(|m| m["case"].as_str() == case && m["strategy"].as_str() == strategy)
-        else {
+        // The README's table (and so the baseline) shows the benchmark workload.
+        let workload = row["workload"].as_str().unwrap_or("benchmark");
+        let Some(got) = measured.iter().find(|m| {
+            m["case"].as_str() == case
+                && m["strategy"].as_str() == strategy
+                && m["workload"].as_str() == Some(workload)
+        }) else {
             out.push(format!("{case:?} / {strategy:?}: no such row measured"));
             continue;
         };

@@ -83,6 +83,28 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Print pump-loop PID gains fitted to a GPU profile's thermal model (SIMC), scheduled
+    /// over pump speed, and the predicted response to a load step. Reads no configuration.
+    Tune {
+        /// GPU profile name (file stem in <profiles-dir>/gpu), for example h100-sxm.
+        #[arg(long)]
+        profile: String,
+        /// Hottest-core set point, °C.
+        #[arg(long)]
+        setpoint: f64,
+        /// Coolant supply temperature, °C.
+        #[arg(long, default_value_t = 30.0)]
+        supply: f64,
+        /// Coolant flow through one GPU's cold plate with the pump at 100 %, l/min
+        /// (default: the simulator's loop).
+        #[arg(long)]
+        flow_per_gpu: Option<f64>,
+        /// Time constant with which the pump follows its command, s (default: the simulator's).
+        #[arg(long)]
+        pump_lag: Option<f64>,
+        #[arg(long, default_value = "firmware-profiles")]
+        profiles_dir: PathBuf,
+    },
 }
 
 /// Where the package installs the configuration.
@@ -126,8 +148,37 @@ fn main() -> ExitCode {
         }
         return check_config(file.as_ref().unwrap_or(config), *connect);
     }
-    // Configuration errors are printed before logging is set up: they must be readable on a
-    // terminal and in the journal alike.
+    if let Cmd::Tune {
+        profile,
+        setpoint,
+        supply,
+        flow_per_gpu,
+        pump_lag,
+        profiles_dir,
+    } = &cli.cmd
+    {
+        let (flow, lag) = service::tune::TuneRequest::defaults();
+        let req = service::tune::TuneRequest {
+            profiles_dir,
+            profile,
+            setpoint: *setpoint,
+            supply: *supply,
+            flow_per_gpu_lpm: flow_per_gpu.unwrap_or(flow),
+            pump_lag_s: pump_lag.unwrap_or(lag),
+        };
+        return match service::tune::tune(&req) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("coolantd tune: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Configuration errors are printed before logging is set up: check-config must be
+    // readable on a terminal and in ExecStartPre's journal output alike.
     let config_path = match &cli.cmd {
         Cmd::Run { config, .. }
         | Cmd::Probe { config, .. }
@@ -136,6 +187,7 @@ fn main() -> ExitCode {
         | Cmd::Status { config, .. }
         | Cmd::CheckConfig { config, .. } => config,
         Cmd::GenerateMan { .. } | Cmd::Completions { .. } => return ExitCode::SUCCESS,
+        Cmd::Tune { .. } => return ExitCode::SUCCESS,
     };
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
@@ -180,7 +232,8 @@ fn main() -> ExitCode {
             Cmd::Restore { .. }
             | Cmd::CheckConfig { .. }
             | Cmd::GenerateMan { .. }
-            | Cmd::Completions { .. } => Ok(()),
+            | Cmd::Completions { .. }
+            | Cmd::Tune { .. } => Ok(()),
         }
     });
     // A blocking NVML call or DNS lookup still running must not hold the exit past what

@@ -566,6 +566,25 @@ pub struct LoopReport {
     pub reason: String,
 }
 
+/// The heat-load feed-forward of one CDU's pump loop in one tick (see
+/// `control/feedforward.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedForwardReport {
+    pub cdu: String,
+    /// Whether the feed-forward steers the pump now.
+    pub engaged: bool,
+    /// Why it does not (missing or stale power, no model, disabled).
+    pub reason: Option<String>,
+    /// Σ GPU power plus the non-GPU share, W.
+    pub heat_load_w: Option<f64>,
+    /// The model's pump speed for that load, before correction, %.
+    pub model_speed: Option<f64>,
+    /// The learnt multiplicative correction of the model.
+    pub correction: f64,
+    /// The term handed to the PID, %.
+    pub ff: f64,
+}
+
 /// Everything the control core decided in one tick.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TickOutput {
@@ -583,6 +602,9 @@ pub struct TickOutput {
     pub active_alarms: Vec<Alarm>,
     /// True when every required input is valid (what `/readyz` reports).
     pub ready: bool,
+    /// The feed-forward of each CDU's pump loop.
+    #[serde(default)]
+    pub feed_forward: Vec<FeedForwardReport>,
 }
 
 /// A CDU's latest values, for the status line, `/status` and MQTT state.

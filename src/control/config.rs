@@ -49,6 +49,7 @@ pub struct ControlConfig {
     pub power_cap: PowerCapConfig,
     pub plausibility: PlausibilityConfig,
     pub supervisor: SupervisorConfig,
+    pub feed_forward: FeedForwardConfig,
 }
 
 impl Default for ControlConfig {
@@ -68,6 +69,7 @@ impl Default for ControlConfig {
             power_cap: PowerCapConfig::default(),
             plausibility: PlausibilityConfig::default(),
             supervisor: SupervisorConfig::default(),
+            feed_forward: FeedForwardConfig::default(),
         }
     }
 }
@@ -151,6 +153,59 @@ impl Default for PumpConfig {
             write_failures_alarm: 3,
             write_deadband: 0.2,
             refresh_s: 10.0,
+        }
+    }
+}
+
+/// `[control.feed_forward]`: the pump speed the GPUs' present power needs, from the plate
+/// model of their profile (see `control/feedforward.rs`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedForwardConfig {
+    pub enabled: bool,
+    /// Heat from each host's non-GPU parts on the same loop (CPUs, NICs, memory), W.
+    pub non_gpu_w_per_host: f64,
+    /// Non-GPU heat as a share of the GPUs' power, 0..1 (adds to `non_gpu_w_per_host`).
+    pub non_gpu_fraction: f64,
+    /// A GPU power reading older than this switches the feed-forward off, milliseconds.
+    pub max_power_age_ms: u64,
+    /// Fastest rise of the feed-forward term, %/s.
+    pub slew_up_per_s: f64,
+    /// Fastest fall of the feed-forward term, %/s.
+    pub slew_down_per_s: f64,
+    /// Time constant of the online correction of the model, s (0: no learning).
+    pub adapt_time_s: f64,
+    /// Bounds of the learnt multiplicative correction of the model's speed.
+    pub correction_min: f64,
+    pub correction_max: f64,
+    /// The loop settles within this of the set point before the correction learns, K.
+    pub adapt_band_k: f64,
+    /// Total loop flow with the pump at 100 %, l/min; only used until the CDU's flow and pump
+    /// feedback have been read (the model then scales from them).
+    pub flow_at_full_speed_lpm: Option<f64>,
+}
+
+impl Default for FeedForwardConfig {
+    fn default() -> Self {
+        FeedForwardConfig {
+            enabled: true,
+            non_gpu_w_per_host: 0.0,
+            non_gpu_fraction: 0.0,
+            // Two NVML fast-path periods and then some: older than this, the power no longer
+            // tells what the GPUs draw now.
+            max_power_age_ms: 2000,
+            // As fast as the pump itself may rise: the feed-forward exists to move early.
+            slew_up_per_s: 10.0,
+            // As the pump's own fall: a short dip in power (all-reduce, a checkpoint) should not
+            // drop the flow that the next compute phase needs again.
+            slew_down_per_s: 2.0,
+            // Much slower than the plate's slowest time constant (tens of seconds), so the
+            // correction learns the plant, not the transient.
+            adapt_time_s: 300.0,
+            correction_min: 0.5,
+            correction_max: 2.0,
+            adapt_band_k: 0.5,
+            flow_at_full_speed_lpm: None,
         }
     }
 }
@@ -491,6 +546,81 @@ impl ControlConfig {
             "a speed difference in %",
         );
         issues.range(u.refresh_s, 0.1, 3600.0, k("pump.refresh_s"), "seconds");
+
+        let f = &self.feed_forward;
+        issues.range(
+            f.non_gpu_w_per_host,
+            0.0,
+            100_000.0,
+            k("feed_forward.non_gpu_w_per_host"),
+            "a power in W",
+        );
+        issues.range(
+            f.non_gpu_fraction,
+            0.0,
+            1.0,
+            k("feed_forward.non_gpu_fraction"),
+            "a share of the GPU power",
+        );
+        issues.check(
+            f.max_power_age_ms >= self.period_ms && f.max_power_age_ms <= 60_000,
+            k("feed_forward.max_power_age_ms"),
+            format!(
+                "between one control period ({} ms) and 60000 ms, got {}",
+                self.period_ms, f.max_power_age_ms
+            ),
+        );
+        issues.range(
+            f.slew_up_per_s,
+            1e-3,
+            1000.0,
+            k("feed_forward.slew_up_per_s"),
+            "a rate in %/s",
+        );
+        issues.range(
+            f.slew_down_per_s,
+            1e-3,
+            1000.0,
+            k("feed_forward.slew_down_per_s"),
+            "a rate in %/s",
+        );
+        issues.range(
+            f.adapt_time_s,
+            0.0,
+            86_400.0,
+            k("feed_forward.adapt_time_s"),
+            "seconds (0: no learning)",
+        );
+        issues.range(
+            f.correction_min,
+            0.05,
+            1.0,
+            k("feed_forward.correction_min"),
+            "a factor",
+        );
+        issues.range(
+            f.correction_max,
+            1.0,
+            20.0,
+            k("feed_forward.correction_max"),
+            "a factor",
+        );
+        issues.range(
+            f.adapt_band_k,
+            0.0,
+            10.0,
+            k("feed_forward.adapt_band_k"),
+            "a band in K",
+        );
+        if let Some(v) = f.flow_at_full_speed_lpm {
+            issues.range(
+                v,
+                0.1,
+                100_000.0,
+                k("feed_forward.flow_at_full_speed_lpm"),
+                "a flow in l/min",
+            );
+        }
 
         let c = &self.power_cap;
         issues.range(c.band_k, 0.0, 30.0, k("power_cap.band_k"), "a band in K");

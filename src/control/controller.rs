@@ -2,13 +2,15 @@
 
 use super::alarms::AlarmBook;
 use super::config::{ControlConfig, ControlledVariable, OnShutdown};
+use super::feedforward::{FeedForward, FfInput, PlateModel, PowerReading};
 use super::pid::{Action, Pid, PidParams};
 use super::plausibility::{dew_point, InputTrack, Limits, Verdict};
 use super::supervisor::{Causes, FailsafeCause, Supervisor};
 use super::{CduSetup, TickInput};
 use crate::model::{
-    Actuation, ActuationOutcome, CduSample, Command, CommandOutcome, ControlState, GpuKey,
-    GpuSample, GpuStatic, LoopReport, Mode, Mono, Role, Severity, TickOutput,
+    Actuation, ActuationOutcome, CduSample, Command, CommandOutcome, ControlState,
+    FeedForwardReport, GpuKey, GpuSample, GpuStatic, LoopReport, Mode, Mono, Role, Severity,
+    TickOutput,
 };
 use crate::units::{Celsius, Percent, Watts};
 use std::collections::BTreeMap;
@@ -74,6 +76,8 @@ struct CduCtl {
     local: bool,
     controlled: Option<f64>,
     saturated: bool,
+    ff: FeedForward,
+    ff_report: Option<FeedForwardReport>,
 }
 
 /// The pure control core. See the module documentation of `supervisor` for the states.
@@ -209,6 +213,8 @@ impl CduCtl {
             local: false,
             controlled: None,
             saturated: false,
+            ff: FeedForward::default(),
+            ff_report: None,
         }
     }
 
@@ -242,6 +248,32 @@ impl Controller {
         };
         c.set_gpus(gpus);
         c
+    }
+
+    /// Gives a CDU's pump loop the plate model of its GPUs (from their profile's `[thermal]`),
+    /// which the heat-load feed-forward needs; `None` switches the feed-forward off.
+    pub fn set_plate_model(&mut self, cdu: &str, model: Option<PlateModel>) {
+        for c in self.cdus.iter_mut().filter(|c| c.setup.name == cdu) {
+            c.ff.set_model(model);
+        }
+    }
+
+    /// The newest power reading of each GPU on CDU `i`, for the feed-forward: this host's
+    /// inventory, and other hosts' GPUs while their readings arrive (they are forgotten once
+    /// stale, see `ingest_gpus`).
+    fn cdu_powers(&self, i: usize) -> Vec<PowerReading> {
+        let hosts = &self.cdus[i].setup.hosts;
+        self.gpus
+            .iter()
+            .filter(|(k, _)| hosts.contains(&k.host))
+            .map(|(k, g)| PowerReading {
+                gpu: k.to_string(),
+                power: g.latest.as_ref().and_then(|s| {
+                    // The instantaneous power: the averaged one lags a step by about a second.
+                    s.power_instant.or(s.power_average).map(|w| (w.get(), s.at))
+                }),
+            })
+            .collect()
     }
 
     pub fn setpoint(&self) -> Celsius {
@@ -699,6 +731,11 @@ impl Controller {
             events,
             active_alarms: self.alarms.active(),
             ready: self.cdus.iter().all(|c| c.causes.is_empty()),
+            feed_forward: self
+                .cdus
+                .iter()
+                .filter_map(|c| c.ff_report.clone())
+                .collect(),
         }
     }
 
@@ -745,6 +782,7 @@ impl Controller {
             (controlled, lost, hot)
         };
 
+        let powers = self.cdu_powers(i);
         let c = &mut self.cdus[i];
         let name = c.setup.name.clone();
         if let Some(s) = samples
@@ -905,21 +943,66 @@ impl Controller {
                 }
             }
         };
+        // The heat-load feed-forward; engaging and disengaging hand its share to and from
+        // the integrator, so neither moves the pump.
+        let (ff_before, ff_was_on) = (
+            c.ff.output(),
+            c.ff_report.as_ref().is_some_and(|r| r.engaged),
+        );
+        let ff = c.ff.step(
+            &cfg.feed_forward,
+            &FfInput {
+                now,
+                dt: dt.max(1e-3),
+                setpoint: sp,
+                powers: &powers,
+                hosts: c.setup.hosts.len(),
+                supply,
+                flow: c.value(Role::Flow),
+                pump_feedback: feedback,
+                out_min: lo,
+                out_max: hi,
+            },
+        );
+        if ff.engaged != ff_was_on {
+            c.pid.shift_feed_forward(ff_before, ff.ff);
+        }
         let cmd = match (override_speed, controlled) {
             (Some(u), Some(pv)) => {
-                let _ = c.pid.track(sp, pv, 0.0, dt.max(1e-3), u);
+                let _ = c.pid.track(sp, pv, ff.ff, dt.max(1e-3), u);
                 u.clamp(lo, hi)
             }
             (Some(u), None) => {
                 c.pid.force(u);
                 u.clamp(lo, hi)
             }
-            (None, Some(pv)) => match c.pid.update(sp, pv, 0.0, dt) {
+            (None, Some(pv)) => match c.pid.update(sp, pv, ff.ff, dt) {
                 Ok(t) => t.output,
                 Err(_) => c.pid.output(),
             },
             (None, None) => c.pid.output(),
         };
+        // Learn what the loop needed while it sits at its set point, unsaturated.
+        let margin = cfg.power_cap.saturation_margin.max(0.5);
+        if override_speed.is_none()
+            && ff.engaged
+            && controlled.is_some_and(|pv| (pv - sp).abs() <= cfg.feed_forward.adapt_band_k)
+            && cmd > lo + margin
+            && cmd < hi - margin
+        {
+            let before = c.ff.output();
+            let delta = c.ff.adapt(&cfg.feed_forward, dt, cmd);
+            c.pid.shift_feed_forward(before, before + delta);
+        }
+        c.ff_report = Some(FeedForwardReport {
+            cdu: name.clone(),
+            engaged: ff.engaged,
+            reason: ff.reason.clone(),
+            heat_load_w: ff.heat_load_w,
+            model_speed: ff.model_speed,
+            correction: c.ff.correction(),
+            ff: c.ff.output(),
+        });
         c.command = cmd;
         c.saturated = local
             || c.pump_fault

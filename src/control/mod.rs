@@ -8,9 +8,11 @@
 pub mod alarms;
 pub mod config;
 pub mod controller;
+pub mod feedforward;
 pub mod pid;
 pub mod plausibility;
 pub mod supervisor;
+pub mod tuning;
 
 pub use config::ControlConfig;
 pub use controller::Controller;

@@ -215,6 +215,18 @@ impl Pid {
         self.terms.output = self.output;
     }
 
+    /// Hands output between the feed-forward and the integrator without a bump: when the
+    /// feed-forward term changes from `from` to `to` for a reason other than the disturbance it
+    /// measures (it engages, disengages, or its model is corrected), the integrator takes the
+    /// difference, so the next output is where it would have been.
+    pub fn shift_feed_forward(&mut self, from: f64, to: f64) {
+        if from.is_finite() && to.is_finite() {
+            self.integral = self.bounded_integral(self.integral + from - to);
+            self.terms.i = self.integral;
+            self.terms.ff = to;
+        }
+    }
+
     /// Switches to manual: the output is `value` (clamped) from now on until [`Pid::set_auto`].
     pub fn set_manual(&mut self, value: f64) {
         self.manual = true;

@@ -12,3 +12,4 @@ pub mod run;
 pub mod serve;
 pub mod sink_alarms;
 pub mod status;
+pub mod tune;

@@ -290,11 +290,12 @@ impl Daemon {
         let links = spawn_links(&targets, &profiles, 0, &reports_tx);
         let link_state = links.iter().map(|_| LinkState::default()).collect();
         crate::service::preflight::check_setpoint_for_gpus(&cfg, &inventory)?;
-        let controller = Controller::new(
+        let mut controller = Controller::new(
             &cfg.control,
             cdu_setups(&cfg, &host, &profiles),
             inventory.clone(),
         );
+        set_plate_models(&mut controller, &cfg, &host, &profiles, &inventory);
         // A rehearsal's GPUs are simulated: their limits need no record, and the production
         // state folder is not touched.
         let mut limits = if dry_run || rehearsal.is_some() {
@@ -1192,6 +1193,35 @@ fn spawn_links(
             CduLink::spawn(client, i, generation, reports.clone())
         })
         .collect()
+}
+
+/// Gives each CDU's pump loop the plate model of the GPUs it cools, for the heat-load
+/// feed-forward. A CDU whose GPUs use different profiles, or none this host knows, gets none:
+/// its feed-forward stays off and says so.
+pub fn set_plate_models(
+    ctl: &mut Controller,
+    cfg: &Config,
+    host: &str,
+    profiles: &LoadedProfiles,
+    inventory: &[crate::model::GpuStatic],
+) {
+    for c in cdu_setups(cfg, host, profiles) {
+        let mut names: Vec<&str> = inventory
+            .iter()
+            .filter(|g| c.hosts.contains(&g.key.host))
+            .map(|g| g.profile.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let model = match names.as_slice() {
+            [one] => profiles.gpu.by_name(one).map(|p| p.thermal.plate_model()),
+            _ => None,
+        };
+        if model.is_none() {
+            tracing::warn!(cdu = %c.name, profiles = ?names, "no single GPU thermal model for this CDU: feed-forward off");
+        }
+        ctl.set_plate_model(&c.name, model);
+    }
 }
 
 /// The control core's view of each configured CDU.

@@ -68,6 +68,16 @@ impl ThermalParams {
         self.plate_to_coolant_k_per_w * ratio.powf(-self.flow_exponent)
     }
 
+    /// The part of the model the pump loop's feed-forward needs (steady state only).
+    pub fn plate_model(&self) -> crate::control::feedforward::PlateModel {
+        crate::control::feedforward::PlateModel {
+            die_to_plate_k_per_w: self.die_to_plate_k_per_w,
+            plate_to_coolant_k_per_w: self.plate_to_coolant_k_per_w,
+            reference_flow_lpm: self.reference_flow_lpm,
+            flow_exponent: self.flow_exponent,
+        }
+    }
+
     /// Checks that every parameter is physical; pushes issues under `key`.
     pub fn validate(&self, key: &str, issues: &mut crate::config::Issues) {
         let positive = [

@@ -291,6 +291,20 @@ pub fn control_points(ctx: &Ctx, out: &crate::model::TickOutput, time_ns: i64) -
         p = f(p, "d_term", Some(l.d));
         p = f(p, "ff_term", Some(l.ff));
         p = f(p, "loop_output", Some(l.output));
+        // The pump loop's feed-forward: whether it steers, and why not.
+        if let Some(r) = out
+            .feed_forward
+            .iter()
+            .find(|r| l.name.strip_prefix("pump:") == Some(r.cdu.as_str()))
+        {
+            p = p.field("ff_engaged", FieldValue::Bool(r.engaged));
+            p = f(p, "ff_heat_load_w", r.heat_load_w);
+            p = f(p, "ff_model_speed_pct", r.model_speed);
+            p = f(p, "ff_correction", Some(r.correction));
+            if let Some(why) = &r.reason {
+                p = p.field("ff_off_reason", FieldValue::Str(why.clone()));
+            }
+        }
         v.push(p);
     }
     v
@@ -557,6 +571,15 @@ pub fn sample_points() -> Vec<Point> {
         events: vec![],
         active_alarms: vec![alarm.clone()],
         ready: true,
+        feed_forward: vec![crate::model::FeedForwardReport {
+            cdu: "a".into(),
+            engaged: false,
+            reason: Some("power reading of node01/gpu0 is 3.0 s old".into()),
+            heat_load_w: Some(5600.0),
+            model_speed: Some(40.0),
+            correction: 1.0,
+            ff: 0.0,
+        }],
     };
     let ev = AlarmEvent {
         alarm,

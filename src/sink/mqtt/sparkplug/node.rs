@@ -846,6 +846,7 @@ mod tests {
             events: vec![],
             active_alarms: vec![],
             ready: true,
+            feed_forward: vec![],
         };
         let ctx = schema::Ctx {
             site: "s",

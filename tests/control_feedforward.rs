@@ -1,0 +1,315 @@
+//! The heat-load feed-forward on the plant simulator (the product's own `coolantd::sim`, 8
+//! H100s on one CDU, the fitted `h100-sxm` model), in closed loop with the real control core:
+//! it raises the pump on a power step while the temperature is still below the set point, and
+//! it switches itself off, without moving the pump, when the power readings go stale or
+//! missing. A fast stand-in for `cargo bench --bench control_quality`.
+
+use coolantd::collect::GpuBackend;
+use coolantd::config::Config;
+use coolantd::control::{CduSetup, ControlConfig, Controller, TickInput};
+use coolantd::model::{
+    Actuation, ActuationOutcome, CduSample, FeedForwardReport, GpuSample, RegisterReading, Role,
+    SensorFault, TickOutput,
+};
+use coolantd::profile::cdu::CduProfile;
+use coolantd::profile::gpu::GpuProfiles;
+use coolantd::sim::{build_plant, CduState, Plant, SimConfig, SimGpus, Workload};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const HOST: &str = "ff-node";
+const CDU: &str = "cdu-sim";
+const SETPOINT: f64 = 72.0;
+/// The load steps from idle to full at this plant time, s.
+const STEP_AT_S: u64 = 200;
+
+struct Loop {
+    plant: Arc<Mutex<Plant>>,
+    gpus: SimGpus,
+    cdu: CduProfile,
+    ctl: Controller,
+    outcomes: Vec<ActuationOutcome>,
+    now: Duration,
+    /// GPU samples reach the controller this much late.
+    gpu_delay: Duration,
+    /// GPU samples arrive without any power reading.
+    drop_power: bool,
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Loop {
+    fn new(feed_forward: bool) -> Loop {
+        let profiles = GpuProfiles::load_dir(&root().join("firmware-profiles/gpu"))
+            .expect("GPU profiles load");
+        let gpu = profiles.by_name("h100-sxm").expect("h100-sxm profile");
+        let cdu = CduProfile::load(&root().join("firmware-profiles/cdu/sim-cdu.toml"))
+            .expect("sim-cdu profile loads");
+        let sim_cfg = Config::load(&root().join("config/sim.toml")).expect("config/sim.toml");
+        let mut cfg: ControlConfig = sim_cfg.control.clone();
+        cfg.setpoint = SETPOINT;
+        cfg.supervisor.startup_suppress_s = 0.0;
+        cfg.feed_forward.enabled = feed_forward;
+        let sim = SimConfig {
+            workload: Workload::Step {
+                at_s: STEP_AT_S as f64,
+                from: 0.0,
+                to: 1.0,
+            },
+            ..SimConfig::default()
+        };
+        let plant = Arc::new(Mutex::new(build_plant(&sim, gpu, HOST)));
+        let gpus = SimGpus::new(plant.clone(), None);
+        let (lo, hi) = cdu.pump_limits().expect("sim-cdu maps the pump limits");
+        let setup = CduSetup {
+            name: CDU.into(),
+            hosts: vec![HOST.into()],
+            pump_min: lo,
+            pump_max: hi,
+            roles: cdu.roles(),
+        };
+        let mut ctl = Controller::new(&cfg, vec![setup], gpus.inventory());
+        ctl.set_plate_model(CDU, Some(gpu.thermal.plate_model()));
+        Loop {
+            plant,
+            gpus,
+            cdu,
+            ctl,
+            outcomes: Vec::new(),
+            now: Duration::ZERO,
+            gpu_delay: Duration::ZERO,
+            drop_power: false,
+        }
+    }
+
+    fn plant(&self) -> std::sync::MutexGuard<'_, Plant> {
+        self.plant.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cdu_sample(&self) -> CduSample {
+        let p = self.plant();
+        CduSample {
+            cdu: CDU.into(),
+            at: self.now,
+            registers: self
+                .cdu
+                .registers
+                .iter()
+                .filter_map(|r| {
+                    let role = r.role?;
+                    Some(RegisterReading {
+                        name: r.name.clone(),
+                        role: Some(role),
+                        value: p.read(role).ok_or(SensorFault::Timeout),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The plant advances 1 s, then the controller ticks on what it shows.
+    fn tick(&mut self) -> TickOutput {
+        self.now += Duration::from_secs(1);
+        self.plant().step(Duration::from_secs(1));
+        let read_at = self.now.saturating_sub(self.gpu_delay);
+        let mut samples: Vec<GpuSample> = self.gpus.read_fast(read_at);
+        if self.drop_power {
+            for s in &mut samples {
+                s.power_instant = None;
+                s.power_average = None;
+            }
+        }
+        let cdu = self.cdu_sample();
+        let outcomes = std::mem::take(&mut self.outcomes);
+        let out = self.ctl.tick(&TickInput {
+            now: self.now,
+            gpus: &samples,
+            cdus: std::slice::from_ref(&cdu),
+            outcomes: &outcomes,
+        });
+        for a in &out.actuations {
+            let result = match a {
+                Actuation::SetPumpSpeed { speed, .. } => {
+                    self.plant().write(Role::PumpSpeedCommand, speed.get())
+                }
+                Actuation::SetPowerCap { gpu, limit } => self
+                    .gpus
+                    .set_power_limit(gpu, *limit)
+                    .map_err(|e| e.to_string()),
+                Actuation::FeedWatchdog { value, .. } => {
+                    self.plant().write(Role::Watchdog, f64::from(*value))
+                }
+            };
+            self.outcomes.push(ActuationOutcome {
+                actuation: a.clone(),
+                at: self.now,
+                result,
+                dry_run: false,
+            });
+        }
+        out
+    }
+
+    fn command(&self) -> f64 {
+        self.plant().pump_command().get()
+    }
+
+    fn run_to(&mut self, t_s: u64) -> TickOutput {
+        let mut last = None;
+        while self.now.as_secs() < t_s {
+            last = Some(self.tick());
+        }
+        last.expect("at least one tick")
+    }
+}
+
+fn report(out: &TickOutput) -> &FeedForwardReport {
+    out.feed_forward
+        .iter()
+        .find(|r| r.cdu == CDU)
+        .expect("a feed-forward report for the CDU")
+}
+
+#[test]
+fn feed_forward_raises_the_pump_on_a_power_step_before_the_temperature_reaches_the_set_point() {
+    let mut with = Loop::new(true);
+    let mut without = Loop::new(false);
+    let idle_with = with.run_to(STEP_AT_S);
+    let idle_without = without.run_to(STEP_AT_S);
+    assert!(report(&idle_with).engaged, "{:?}", report(&idle_with));
+    assert!(!report(&idle_without).engaged);
+    assert_eq!(
+        report(&idle_without).reason.as_deref(),
+        Some("disabled in the configuration")
+    );
+    let ff_idle = report(&idle_with).ff;
+    let before_without = without.command();
+
+    // The first tick that sees full load.
+    let out = with.tick();
+    let out_without = without.tick();
+    let cv = out.controlled.expect("GPU temperatures").get();
+    assert!(
+        cv < SETPOINT,
+        "the die's fast rise alone must leave the core below the set point here ({cv:.1} °C): \
+         otherwise this test does not separate feed-forward from feedback"
+    );
+    // Feedback alone has nothing to act on yet: the error still asks for less flow.
+    assert!(
+        without.command() <= before_without + 0.5,
+        "feedback-only moved {before_without:.1} → {:.1} %",
+        without.command()
+    );
+    let r = report(&out);
+    assert!(r.engaged, "{r:?}");
+    let heat = r.heat_load_w.expect("heat load");
+    assert!(heat > 8.0 * 600.0, "8 H100s at full load, got {heat:.0} W");
+    // The feed-forward term rose at once, by its slew limit (10 %/s) or by what the model asks,
+    // while the feedback terms still ask for the minimum (the core is below the set point).
+    assert!(
+        r.ff >= ff_idle + 5.0,
+        "feed-forward term only {ff_idle:.1} → {:.1} % on a {heat:.0} W step",
+        r.ff
+    );
+    let pump = out
+        .loops
+        .iter()
+        .find(|lp| lp.name == format!("pump:{CDU}"))
+        .expect("the pump loop's report");
+    assert_eq!(pump.ff, r.ff);
+    assert!(out_without.controlled.is_some());
+
+    // A minute on, the feed-forward loop holds a cooler hottest core than feedback alone.
+    let mut peak_with = f64::MIN;
+    let mut peak_without = f64::MIN;
+    for _ in 0..60 {
+        peak_with = peak_with.max(with.tick().controlled.map_or(f64::MIN, |c| c.get()));
+        peak_without = peak_without.max(without.tick().controlled.map_or(f64::MIN, |c| c.get()));
+    }
+    assert!(
+        peak_with < peak_without,
+        "peak with feed-forward {peak_with:.2} °C, without {peak_without:.2} °C"
+    );
+}
+
+#[test]
+fn feed_forward_switches_off_without_a_bump_when_power_is_stale_or_missing() {
+    let mut l = Loop::new(true);
+    // Loaded and settled.
+    let out = l.run_to(STEP_AT_S + 300);
+    assert!(report(&out).engaged, "{:?}", report(&out));
+    let ff_on = report(&out).ff;
+    assert!(
+        ff_on > 20.0,
+        "a loaded loop leans on the feed-forward: {ff_on:.1} %"
+    );
+
+    // GPU readings arrive 2.5 s late: older than max_power_age_ms (2 s), still young enough
+    // for the temperatures (max_sample_age_ms 3 s). The newest reading ages by a second per
+    // tick until the late ones overtake it.
+    l.gpu_delay = Duration::from_millis(2500);
+    let mut before = l.command();
+    let mut out = l.tick();
+    for _ in 0..3 {
+        if !report(&out).engaged {
+            break;
+        }
+        before = l.command();
+        out = l.tick();
+    }
+    let r = report(&out);
+    assert!(!r.engaged);
+    assert_eq!(r.ff, 0.0);
+    let why = r.reason.clone().unwrap_or_default();
+    assert!(
+        why.contains("ff-node/gpu") && why.contains("old"),
+        "the reason names the GPU and the age: {why}"
+    );
+    let pump = out
+        .loops
+        .iter()
+        .find(|lp| lp.name == format!("pump:{CDU}"))
+        .expect("the pump loop's report");
+    assert_eq!(pump.ff, 0.0);
+    assert!(
+        (l.command() - before).abs() < 1.0,
+        "switching off moved the pump {before:.1} → {:.1} %",
+        l.command()
+    );
+
+    // Fresh again: it comes back, again without a bump.
+    l.gpu_delay = Duration::ZERO;
+    let before = l.command();
+    let out = l.tick();
+    assert!(report(&out).engaged, "{:?}", report(&out));
+    assert!((l.command() - before).abs() < 1.0);
+
+    // Samples without any power reading.
+    l.drop_power = true;
+    let out = l.tick();
+    let r = report(&out);
+    assert!(!r.engaged);
+    assert!(
+        r.reason
+            .as_deref()
+            .is_some_and(|w| w.starts_with("no power reading from ff-node/gpu")),
+        "{r:?}"
+    );
+    // The metrics say so too.
+    let points = coolantd::sink::schema::control_points(
+        &coolantd::sink::schema::Ctx {
+            site: "s",
+            host: HOST,
+        },
+        &out,
+        0,
+    );
+    let text = format!("{points:?}");
+    assert!(
+        text.contains("ff_engaged") && text.contains("ff_off_reason"),
+        "{text}"
+    );
+}
