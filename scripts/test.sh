@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that passes the tests on a fresh Debian machine:
-#   installs the real peers the tests talk to (Mosquitto, VictoriaMetrics, pymodbus with
+#   installs the real peers the tests talk to (Mosquitto, VictoriaMetrics, InfluxDB 1.x, pymodbus with
 #   serial support, socat for a virtual RS-485 line, mbpoll,
 #   the Prometheus text parser, systemd-analyze) when they are missing, then runs format,
 #   lint and the whole test suite. The tests start their servers themselves on free
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients victoria-metrics mbpoll python3-pymodbus python3-serial python3-serial-asyncio socat python3-prometheus-client systemd)
+packages=(mosquitto mosquitto-clients victoria-metrics influxdb mbpoll python3-pymodbus python3-serial python3-serial-asyncio socat python3-prometheus-client systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's packaged services must not hold the ports or data the tests use.
-systemctl disable --now mosquitto victoria-metrics >/dev/null 2>&1 || true
+systemctl disable --now mosquitto victoria-metrics influxdb >/dev/null 2>&1 || true
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
