@@ -152,6 +152,24 @@ bind-address = "127.0.0.1:{rpc}"
 
     /// A blocking HTTP/1.0 request on loopback: the status code and body.
     pub fn request(&self, method: &str, path_and_query: &str) -> Result<(u16, String), String> {
+        self.request_with(method, path_and_query, "")
+    }
+
+    /// Writes line protocol to `db` (ns timestamps) through `/write`.
+    pub fn write(&self, db: &str, lines: &str) -> Result<(), String> {
+        let path = format!("/write?db={}&precision=ns", urlencode(db));
+        match self.request_with("POST", &path, lines)? {
+            (204, _) => Ok(()),
+            (code, body) => Err(format!("HTTP {code}: {body}")),
+        }
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(20)))
             .map_err(|e| e.to_string())?;
@@ -161,7 +179,8 @@ bind-address = "127.0.0.1:{rpc}"
         };
         write!(
             s,
-            "{method} {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
