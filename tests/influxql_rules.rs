@@ -9,10 +9,10 @@
 //! fault phase. Each alert rule is evaluated as Grafana does (reduce each series with the
 //! rule's reducer, then its threshold; no rows means the rule's `noDataState`) and must stay
 //! silent in normal operation and fire in its fault:
+//! - failsafe and coolant telemetry stale: the CDU answers every read with a Modbus exception;
 //! - leak, supply/return temperature out of band, low flow: the CDU's Modbus answers are
 //!   rewritten on the wire by the test proxy (the daemon reads a wet leak cable, 50 °C supply,
 //!   65 °C return, 2 l/min);
-//! - failsafe and coolant telemetry stale: the CDU answers every read with a Modbus exception;
 //! - telemetry stale: the daemon is stopped and a later window holds no GPU points;
 //! - GPU near slowdown and HBM near max: the simulated GPUs of the binary cannot be driven to
 //!   their slowdown threshold in a short run, so crafted `gpu` points (2 K and 1 K of margin)
@@ -347,18 +347,18 @@ fn dashboard_and_alert_rules_run_against_influxdb_1() {
     std::thread::sleep(PHASE);
     let normal_to = unix_ms();
 
-    // Fault A: the CDU reports a leak and out-of-band temperatures and flow.
-    proxy.set_patch(Some(cdu_fault_patch()));
-    let cdu_from = unix_ms();
-    std::thread::sleep(PHASE);
-    let cdu_to = unix_ms();
-
-    // Fault B: the CDU answers every read with an exception: failsafe, no coolant data.
+    // Fault A: the CDU answers every read with an exception: failsafe, no coolant data.
     proxy.set_patch(Some(exception_patch()));
     std::thread::sleep(Duration::from_secs(1));
     let fs_from = unix_ms();
     std::thread::sleep(PHASE);
     let fs_to = unix_ms();
+
+    // Fault B: the CDU reports a leak and out-of-band temperatures and flow.
+    proxy.set_patch(Some(cdu_fault_patch()));
+    let cdu_from = unix_ms();
+    std::thread::sleep(PHASE);
+    let cdu_to = unix_ms();
     proxy.set_patch(None);
 
     // Telemetry stale: the daemon stops; after it, a window without points.
@@ -402,7 +402,7 @@ fn dashboard_and_alert_rules_run_against_influxdb_1() {
             .query_db(DB, &expand(q, normal_from, normal_to))
             .unwrap_or_else(|e| panic!("dashboard query fails: {e}"));
         let fault = db
-            .query_db(DB, &expand(q, normal_from, fs_to))
+            .query_db(DB, &expand(q, normal_from, cdu_to))
             .unwrap_or_else(|e| panic!("dashboard query fails: {e}"));
         ran += 2;
         if !has_rows(&normal) {
@@ -442,8 +442,8 @@ fn dashboard_and_alert_rules_run_against_influxdb_1() {
     );
     let phases = [
         ("normal", normal_from, normal_to),
-        ("cdu_fault", cdu_from, cdu_to),
         ("failsafe", fs_from, fs_to),
+        ("cdu_fault", cdu_from, cdu_to),
         ("stopped", stale_from, stale_to),
         ("crafted_gpu", crafted_from, crafted_to),
     ];
