@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients victoria-metrics influxdb mbpoll python3-pymodbus python3-serial python3-serial-asyncio socat python3-prometheus-client systemd)
+packages=(mosquitto mosquitto-clients victoria-metrics influxdb python3-jsonschema mbpoll python3-pymodbus python3-serial python3-serial-asyncio socat python3-prometheus-client systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
