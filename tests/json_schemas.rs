@@ -41,9 +41,13 @@ fn validate(schema: &str, doc: &[u8]) {
 }
 
 fn probe(replace: &[(&str, &str)]) -> serde_json::Value {
+    probe_text(|t| t, replace)
+}
+
+fn probe_text(edit: impl Fn(String) -> String, replace: &[(&str, &str)]) -> serde_json::Value {
     let dir = TempDir::new("probe-json");
     let port = free_port();
-    let text = sim_config_text(port, &dir.0.join("state"), replace, "");
+    let text = edit(sim_config_text(port, &dir.0.join("state"), replace, ""));
     let config = dir.0.join("coolantd.toml");
     std::fs::write(&config, text).expect("write config");
     let out = Command::new(BIN)
@@ -93,4 +97,30 @@ fn probe_json_matches_its_schema_with_an_unreachable_cdu() {
             .is_some_and(|e| !e.is_empty()));
         assert_eq!(reg["verdict"], "unreadable");
     }
+}
+
+#[test]
+fn probe_needs_no_control_table_but_run_does() {
+    // config/sim.toml without its [control] and [control.pid] tables.
+    let strip = |t: String| {
+        let start = t.find("[control]").expect("sim.toml has [control]");
+        let end = t.find("[simulator]").expect("sim.toml has [simulator]");
+        format!("{}{}", &t[..start], &t[end..])
+    };
+    let r = probe_text(strip, &[]);
+    assert_eq!(r["gpus"].as_array().map(Vec::len), Some(8));
+    assert!(r["cdus"][0]["registers"][0]["reading"]["value"].is_number());
+
+    let dir = TempDir::new("no-control");
+    let text = strip(sim_config_text(free_port(), &dir.0.join("state"), &[], ""));
+    let config = dir.0.join("coolantd.toml");
+    std::fs::write(&config, text).expect("write config");
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .expect("run check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "run configs still need [control]");
+    assert!(err.contains("control") && err.contains("probe"), "{err}");
 }
