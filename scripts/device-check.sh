@@ -66,7 +66,7 @@ grep -q '^dry_run = true' "$config" || { echo "device-check: could not set site.
 grep -q '^backend = "nvml"' "$config" || { echo "device-check: could not set gpus.backend in $config" >&2; exit 1; }
 
 limits() {
-  python3 -c 'import json,sys; r=json.load(sys.stdin); print(" ".join("%s=%s" % (g["static"]["key"]["index"], g["sample"]["enforced_limit"]) for g in r["gpus"]))'
+  python3 -c 'import json,sys; r=json.load(sys.stdin); print(" ".join("%s=%s" % (g["index"], g["power_limit"].get("value")) for g in r["gpus"]))'
 }
 
 echo "== probe --json"
@@ -75,11 +75,11 @@ python3 - "$work/probe-before.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 for g in r["gpus"]:
-    s, st, slow = g["sample"], g["static"], g.get("slow") or {}
-    print(f'GPU {st["key"]["index"]} {st["name"]} {st["uuid"]}: core {s["core"]} °C, HBM {s["hbm"]} °C, '
-          f'power {s["power_instant"]} W (1 s avg {s["power_average"]} W), limit {s["enforced_limit"]} W '
-          f'(range {st["power_min"]}..{st["power_max"]} W), SM {s["sm_clock"]} MHz, P{s["pstate"]}, '
-          f'energy {slow.get("energy")} J')
+    v = lambda k: g[k].get("value", g[k].get("error"))
+    print(f'GPU {g["index"]} {g["name"]} {g["uuid"]}: core {v("core_temp")} °C, HBM {v("hbm_temp")} °C, '
+          f'power {v("power")} W (1 s avg {v("power_average")} W), limit {v("power_limit")} W '
+          f'(range {v("power_limit_min")}..{v("power_limit_max")} W), SM {v("sm_clock")} MHz, P{g["pstate"]}, '
+          f'energy {v("energy")} J')
 EOF
 before="$(limits < "$work/probe-before.json")"
 

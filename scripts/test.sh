@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that passes the tests on a fresh Debian machine:
-#   installs the real peers the tests talk to (Mosquitto, VictoriaMetrics, pymodbus with
+#   installs the real peers the tests talk to (Mosquitto, VictoriaMetrics, InfluxDB 1.x, pymodbus with
 #   serial support, socat for a virtual RS-485 line, mbpoll,
 #   the Prometheus text parser, systemd-analyze, and pysparkplug from PyPI in a virtual
 #   environment under target/) when they are missing, then runs format,
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients victoria-metrics mbpoll python3-pymodbus python3-serial python3-serial-asyncio socat python3-prometheus-client systemd python3-venv)
+packages=(mosquitto mosquitto-clients victoria-metrics influxdb python3-jsonschema mbpoll python3-pymodbus python3-serial python3-serial-asyncio socat python3-prometheus-client systemd python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,7 +35,7 @@ if ! "$spb_venv/bin/python" -c 'import pysparkplug' >/dev/null 2>&1; then
     pysparkplug==0.6.1 paho-mqtt==1.6.1 protobuf==7.36.2
 fi
 # Debian's packaged services must not hold the ports or data the tests use.
-systemctl disable --now mosquitto victoria-metrics >/dev/null 2>&1 || true
+systemctl disable --now mosquitto victoria-metrics influxdb >/dev/null 2>&1 || true
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -189,7 +189,13 @@ fn main() -> ExitCode {
         Cmd::GenerateMan { .. } | Cmd::Completions { .. } => return ExitCode::SUCCESS,
         Cmd::Tune { .. } => return ExitCode::SUCCESS,
     };
-    let cfg = match Config::load(config_path) {
+    // probe controls nothing, so it needs no [control] table.
+    let loaded = if matches!(cli.cmd, Cmd::Probe { .. }) {
+        Config::load_for_probe(config_path)
+    } else {
+        Config::load(config_path)
+    };
+    let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("coolantd: configuration refused:\n{e}");

@@ -460,24 +460,28 @@ fn probe_prints_the_captured_values() {
     assert_eq!(gpus.len(), 2, "{report:#}");
     let dev = fixture("h200");
     let g = &gpus[0];
-    assert_eq!(g["static"]["name"], "NVIDIA H200");
-    assert_eq!(g["sample"]["source"], "nvml", "{g:#}");
-    assert_eq!(g["sample"]["core"], captured(&dev, "temp_gpu_c"));
-    assert_eq!(g["sample"]["hbm"], captured(&dev, "field_memory_temp_c"));
+    assert_eq!(g["name"], "NVIDIA H200");
+    assert_eq!(g["source"], "nvml", "{g:#}");
+    assert_eq!(g["core_temp"]["value"], captured(&dev, "temp_gpu_c"));
+    assert_eq!(g["core_temp"]["unit"], "°C");
     assert_eq!(
-        g["sample"]["power_average"],
+        g["hbm_temp"]["value"],
+        captured(&dev, "field_memory_temp_c")
+    );
+    assert_eq!(
+        g["power_average"]["value"],
         captured(&dev, "field_power_average_mw") / 1000.0
     );
     assert_eq!(
-        g["sample"]["power_instant"],
+        g["power"]["value"],
         captured(&dev, "field_power_instant_mw") / 1000.0
     );
-    assert_eq!(g["sample"]["enforced_limit"], 700.0);
+    assert_eq!(g["power_limit"]["value"], 700.0);
     assert_eq!(
-        g["slow"]["energy"],
+        g["energy"]["value"],
         captured(&dev, "total_energy_mj") / 1000.0
     );
-    assert_eq!(g["static"]["slowdown"], 89.0);
+    assert_eq!(g["slowdown_temp"]["value"], 89.0);
     assert!(
         r.count("nvmlInit_v2", None) >= 1,
         "probe loaded the replay library"

@@ -550,7 +550,7 @@ fn probe_reads_the_simulator_and_never_writes() {
     let gpus = report["gpus"].as_array().expect("gpus");
     assert_eq!(gpus.len(), 8, "{report}");
     assert!(
-        gpus.iter().all(|g| g["sample"]["core"].is_number()),
+        gpus.iter().all(|g| g["core_temp"]["value"].is_number()),
         "{report}"
     );
     let regs = report["cdus"][0]["registers"]
@@ -566,9 +566,10 @@ fn probe_reads_the_simulator_and_never_writes() {
     ] {
         assert!(names.contains(&n), "{n} missing: {names:?}");
     }
-    // Every register read succeeded (an error would be serialised as {"Err": ...}).
+    // Every register read succeeded (an error would be {"error": ..., "kind": ...}).
     assert!(
-        regs.iter().all(|r| r["value"].get("Err").is_none()),
+        regs.iter()
+            .all(|r| r["reading"]["value"].is_number() && r["reading"].get("error").is_none()),
         "{report}"
     );
     // Probing never records or changes a power limit.

@@ -25,7 +25,13 @@ pub struct Config {
     /// The CDUs this host controls, as `[[cdu]]` tables.
     #[serde(default, rename = "cdu")]
     pub cdus: Vec<CduConfig>,
+    /// Required for everything but `coolantd probe` (see [`Config::load_for_probe`]), which
+    /// controls nothing; absent, the defaults fill it.
+    #[serde(default)]
     pub control: crate::control::ControlConfig,
+    /// Whether the file has a `[control]` table.
+    #[serde(skip)]
+    pub control_given: bool,
     /// The built-in plant simulator; absent on a real site.
     pub simulator: Option<crate::sim::SimConfig>,
     pub influx: Option<crate::sink::influx::InfluxConfig>,
@@ -174,9 +180,31 @@ impl Config {
 
     /// Parses and validates configuration text; `file` is used for messages and relative paths.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Self::parse_with(text, file, true)
+    }
+
+    /// Like [`Config::load`], but a missing `[control]` table is fine: probing reads every
+    /// sensor once and controls nothing, so a technician can commission a CDU before the
+    /// control settings are chosen.
+    pub fn load_for_probe(file: &Path) -> Result<Config, ConfigError> {
+        let text = read_file(file)?;
+        Self::parse_with(&text, file, false)
+    }
+
+    fn parse_with(text: &str, file: &Path, require_control: bool) -> Result<Config, ConfigError> {
         let mut cfg: Config = parse_toml(text, file)?;
         cfg.path = file.to_path_buf();
+        // The typed parse above succeeded, so the text is valid TOML.
+        cfg.control_given = text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("control"));
         let mut issues = Issues::default();
+        if require_control && !cfg.control_given {
+            issues.push(
+                "control",
+                "a [control] table (its keys have defaults; only `coolantd probe` runs without it)",
+            );
+        }
         cfg.validate(&mut issues);
         issues.into_result(file)?;
         Ok(cfg)

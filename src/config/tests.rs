@@ -177,3 +177,19 @@ fn changed_keys_lists_each_change_and_hides_secrets() {
     );
     assert!(super::changed_keys(old, old).is_empty());
 }
+
+#[test]
+fn control_table_is_required_except_for_probe() {
+    let text = MINIMAL.replace("[control]\n", "");
+    let i = one_issue(&text);
+    assert_eq!(i.key, "control");
+    assert!(i.expected.contains("probe"), "{}", i.expected);
+    let dir = std::env::temp_dir().join(format!("coolantd-probe-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("site.toml");
+    std::fs::write(&file, &text).expect("write config");
+    let cfg = Config::load_for_probe(&file).expect("probe takes a config without [control]");
+    assert!(!cfg.control_given);
+    assert!(parse(MINIMAL).expect("minimal config").control_given);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -66,22 +66,181 @@ pub async fn probe(cfg: Config, json: bool) -> anyhow::Result<()> {
     if let Some(s) = sim {
         s.stop();
     }
+    let units: Vec<Vec<RegisterFacts>> = cfg
+        .cdus
+        .iter()
+        .map(|c| {
+            profiles.cdu[&c.name]
+                .registers
+                .iter()
+                .map(|r| RegisterFacts {
+                    unit: r.unit.clone(),
+                    plausible: r.plausible,
+                    address: r.address,
+                })
+                .collect()
+        })
+        .collect();
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).context("encoding the probe report")?
+            serde_json::to_string_pretty(&probe_json(&report, &units, unix_ns()))
+                .context("encoding the probe report")?
         );
     } else {
-        print!("{}", table(&report));
+        print!("{}", table(&report, &units));
     }
     Ok(())
+}
+
+/// What the profile says about a register, beside its reading.
+struct RegisterFacts {
+    unit: String,
+    plausible: Option<[f64; 2]>,
+    address: u16,
+}
+
+fn unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A value in the documented JSON shape (docs/json.md): `{"value": 24.75, "unit": "°C"}`.
+fn value_json(v: f64, unit: &str) -> serde_json::Value {
+    serde_json::json!({ "value": v, "unit": unit })
+}
+
+/// A missing value in the documented JSON shape: a human message and a stable snake_case kind.
+fn error_json(message: &str, kind: &str) -> serde_json::Value {
+    serde_json::json!({ "error": message, "kind": kind })
+}
+
+fn opt_json(v: Option<f64>, unit: &str) -> serde_json::Value {
+    match v {
+        Some(v) => value_json(v, unit),
+        None => error_json("not reported by this GPU", "not_supported"),
+    }
+}
+
+/// The stable snake_case word for a sensor fault (the `kind` of the error shape).
+fn fault_kind(e: &crate::model::SensorFault) -> &'static str {
+    use crate::model::SensorFault as F;
+    match e {
+        F::Timeout => "timeout",
+        F::Exception { .. } => "modbus_exception",
+        F::Transport { .. } => "transport",
+        F::Implausible { .. } => "implausible",
+    }
+}
+
+/// Plausibility verdict of one reading: a stable word and a human message.
+fn verdict(
+    value: &Result<f64, crate::model::SensorFault>,
+    facts: Option<&RegisterFacts>,
+) -> (&'static str, String) {
+    match (value, facts.and_then(|f| f.plausible)) {
+        (Err(crate::model::SensorFault::Implausible { value, min, max }), _) => (
+            "implausible",
+            format!("{value} is outside the plausible range {min}..={max}"),
+        ),
+        (Err(e), _) => ("unreadable", e.to_string()),
+        (Ok(v), Some([lo, hi])) => ("plausible", format!("{v} is within {lo}..={hi}")),
+        (Ok(_), None) => (
+            "no_range",
+            "the profile gives no plausible range for this register".to_string(),
+        ),
+    }
+}
+
+/// `probe --json`: the shape of docs/schemas/probe.schema.json. Values carry their unit,
+/// missing values say why, timestamps are Unix ns, enums are snake_case words.
+fn probe_json(r: &ProbeReport, units: &[Vec<RegisterFacts>], now_ns: i64) -> serde_json::Value {
+    let gpus: Vec<serde_json::Value> = r
+        .gpus
+        .iter()
+        .map(|g| {
+            let s = &g.sample;
+            serde_json::json!({
+                "gpu": s.key.to_string(),
+                "index": s.key.index,
+                "name": g.facts.name,
+                "uuid": g.facts.uuid,
+                "core_temp": opt_json(s.core.map(|v| v.0), "°C"),
+                "hbm_temp": opt_json(s.hbm.map(|v| v.0), "°C"),
+                "power": opt_json(s.power_instant.map(|v| v.0), "W"),
+                "power_average": opt_json(s.power_average.map(|v| v.0), "W"),
+                "power_limit": opt_json(s.enforced_limit.map(|v| v.0), "W"),
+                "sm_clock": opt_json(s.sm_clock.map(|v| v.0), "MHz"),
+                "mem_clock": opt_json(s.mem_clock.map(|v| v.0), "MHz"),
+                "utilization": opt_json(s.utilization.map(|v| v.0), "%"),
+                "slowdown_temp": value_json(g.facts.slowdown.0, "°C"),
+                "gpu_max_temp": value_json(g.facts.gpu_max.0, "°C"),
+                "hbm_max_temp": value_json(g.facts.hbm_max.0, "°C"),
+                "power_limit_min": value_json(g.facts.power_min.0, "W"),
+                "power_limit_max": value_json(g.facts.power_max.0, "W"),
+                "throttle_reasons": s.throttle_reasons,
+                "pstate": s.pstate,
+                "source": s.source,
+                "energy": opt_json(g.slow.as_ref().and_then(|x| x.energy).map(|e| e.0), "J"),
+                // Durations in seconds, like every duration in coolantd's JSON.
+                "power_violation_time": opt_json(
+                    g.slow.as_ref().and_then(|x| x.violation_power_ns).map(|n| n as f64 / 1e9),
+                    "s"
+                ),
+                "thermal_violation_time": opt_json(
+                    g.slow.as_ref().and_then(|x| x.violation_thermal_ns).map(|n| n as f64 / 1e9),
+                    "s"
+                ),
+                "ecc_corrected": g.slow.as_ref().and_then(|x| x.ecc_corrected),
+            })
+        })
+        .collect();
+    let cdus: Vec<serde_json::Value> = r
+        .cdus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let regs: Vec<serde_json::Value> = c
+                .registers
+                .iter()
+                .enumerate()
+                .map(|(j, reg)| {
+                    let facts = units.get(i).and_then(|u| u.get(j));
+                    let unit = facts.map_or("", |f| f.unit.as_str());
+                    let (word, message) = verdict(&reg.value, facts);
+                    serde_json::json!({
+                        "name": reg.name,
+                        "role": reg.role,
+                        "address": facts.map(|f| f.address),
+                        "reading": match &reg.value {
+                            Ok(v) => value_json(*v, unit),
+                            Err(e) => error_json(&e.to_string(), fault_kind(e)),
+                        },
+                        "plausible": facts.and_then(|f| f.plausible),
+                        "verdict": word,
+                        "verdict_message": message,
+                    })
+                })
+                .collect();
+            serde_json::json!({ "cdu": c.cdu, "registers": regs })
+        })
+        .collect();
+    serde_json::json!({
+        "schema": "coolantd.probe/1",
+        "host": r.host,
+        "probed_at_unix_ns": now_ns,
+        "gpus": gpus,
+        "cdus": cdus,
+    })
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-fn table(r: &ProbeReport) -> String {
+fn table(r: &ProbeReport, units: &[Vec<RegisterFacts>]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "GPUs on {} ({}):", r.host, r.gpus.len());
     let _ = writeln!(
@@ -131,15 +290,35 @@ fn table(r: &ProbeReport) -> String {
             );
         }
     }
-    for c in &r.cdus {
+    for (i, c) in r.cdus.iter().enumerate() {
         let _ = writeln!(out, "CDU {} ({} registers):", c.cdu, c.registers.len());
-        for reg in &c.registers {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<28} {:>7} {:>12} {:<6} {:<12} message",
+            "register", "role", "address", "value", "unit", "verdict"
+        );
+        for (j, reg) in c.registers.iter().enumerate() {
+            let facts = units.get(i).and_then(|u| u.get(j));
             let role = reg.role.map_or_else(|| "-".to_string(), |r| r.to_string());
             let value = match &reg.value {
-                Ok(v) => format!("{v}"),
-                Err(e) => format!("FAULT: {e}"),
+                Ok(v) => format!("{:.3}", v)
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string(),
+                Err(_) => "-".to_string(),
             };
-            let _ = writeln!(out, "  {:<28} {:<28} {}", reg.name, role, value);
+            let (word, message) = verdict(&reg.value, facts);
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<28} {:>7} {:>12} {:<6} {:<12} {}",
+                reg.name,
+                role,
+                opt(facts.map(|f| f.address)),
+                value,
+                facts.map_or("", |f| f.unit.as_str()),
+                word,
+                message
+            );
         }
     }
     out

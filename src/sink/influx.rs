@@ -75,15 +75,50 @@ pub enum FsyncMode {
     Never,
 }
 
+/// Which InfluxDB write API the sink speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InfluxApi {
+    /// `/api/v2/write?org=&bucket=` with a token: InfluxDB 2.x, InfluxDB 3, VictoriaMetrics.
+    #[default]
+    V2,
+    /// `/write?db=&rp=` with user/password or a token: InfluxDB 1.x, and InfluxDB 2.x and 3
+    /// through their v1 compatibility endpoint.
+    V1,
+}
+
 /// `[influx]`: where metrics go and how hard the sink tries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxConfig {
     /// Base URL of the InfluxDB (or compatible) server, for example `http://influx:8086`.
     pub url: String,
+    /// The write API: `v2` (default) or `v1`.
+    #[serde(default)]
+    pub api: InfluxApi,
     #[serde(default)]
     pub org: String,
+    /// The v2 bucket (required with `api = "v2"`).
+    #[serde(default)]
     pub bucket: String,
+    /// The v1 database (required with `api = "v1"`).
+    #[serde(default)]
+    pub database: String,
+    /// The v1 retention policy; empty means the database's default one.
+    #[serde(default)]
+    pub retention_policy: String,
+    /// The v1 user name (with one of `password`, `password_file`, `password_env`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The v1 password inline. Prefer `password_file` or `password_env`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the v1 password (surrounding whitespace is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the v1 password.
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// The API token inline. Prefer `token_file` or `token_env`.
     #[serde(default)]
     pub token: Option<Secret>,
@@ -157,8 +192,15 @@ impl InfluxConfig {
     pub fn new(url: impl Into<String>, bucket: impl Into<String>) -> Self {
         InfluxConfig {
             url: url.into(),
+            api: InfluxApi::V2,
             org: String::new(),
             bucket: bucket.into(),
+            database: String::new(),
+            retention_policy: String::new(),
+            username: None,
+            password: None,
+            password_file: None,
+            password_env: None,
             token: None,
             token_file: None,
             token_env: None,
@@ -191,18 +233,72 @@ impl InfluxConfig {
                 format!("a URL like http://influx:8086, got `{}` ({e})", self.url),
             ),
         }
-        issues.check(
-            !self.bucket.trim().is_empty(),
-            format!("{key}.bucket"),
-            "a bucket name",
-        );
         let sources = [
             self.token.is_some(),
             self.token_file.is_some(),
             self.token_env.is_some(),
         ];
+        let tokens = sources.iter().filter(|s| **s).count();
+        let passwords = [
+            self.password.is_some(),
+            self.password_file.is_some(),
+            self.password_env.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        match self.api {
+            InfluxApi::V2 => {
+                issues.check(
+                    !self.bucket.trim().is_empty(),
+                    format!("{key}.bucket"),
+                    "a bucket name (api = \"v2\")",
+                );
+                // v1-only keys under v2 are a mistake the operator should hear about, not
+                // settings silently ignored.
+                for (set, name) in [
+                    (!self.database.is_empty(), "database"),
+                    (!self.retention_policy.is_empty(), "retention_policy"),
+                    (self.username.is_some(), "username"),
+                    (passwords > 0, "password"),
+                ] {
+                    issues.check(
+                        !set,
+                        format!("{key}.{name}"),
+                        "no v1 key with api = \"v2\" (set api = \"v1\" for InfluxDB 1.x)",
+                    );
+                }
+            }
+            InfluxApi::V1 => {
+                issues.check(
+                    !self.database.trim().is_empty(),
+                    format!("{key}.database"),
+                    "a database name (api = \"v1\")",
+                );
+                issues.check(
+                    self.bucket.is_empty() && self.org.is_empty(),
+                    format!("{key}.bucket"),
+                    "no bucket or org with api = \"v1\" (use database and retention_policy)",
+                );
+                issues.check(
+                    passwords <= 1,
+                    format!("{key}.password"),
+                    "at most one of password, password_file, password_env",
+                );
+                issues.check(
+                    self.username.is_some() == (passwords > 0),
+                    format!("{key}.username"),
+                    "username and a password together (or neither)",
+                );
+                issues.check(
+                    !(self.username.is_some() && tokens > 0),
+                    format!("{key}.token"),
+                    "either username/password or a token, not both",
+                );
+            }
+        }
         issues.check(
-            sources.iter().filter(|s| **s).count() <= 1,
+            tokens <= 1,
             format!("{key}.token"),
             "at most one of token, token_file, token_env",
         );
@@ -246,7 +342,8 @@ impl InfluxConfig {
     /// honours `Retry-After`, whichever of the two keys selected it: it is the only path that
     /// can see the header, and ignoring a server's explicit pacing there would gain nothing.
     pub fn transport(&self) -> Transport {
-        if self.gzip || self.honor_retry_after {
+        // The influxdb2 crate speaks only /api/v2/write.
+        if self.gzip || self.honor_retry_after || self.api == InfluxApi::V1 {
             Transport::Http
         } else {
             Transport::Influxdb2
@@ -283,6 +380,53 @@ impl InfluxConfig {
                 });
         }
         Ok(Secret(String::new()))
+    }
+
+    /// Reads the v1 password from wherever the configuration says; None when none is set.
+    pub fn resolve_password(&self) -> Result<Option<Secret>, SinkError> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| SinkError::Token {
+                what: format!("reading password_file {}: {e}", path.display()),
+            })?;
+            return Ok(Some(Secret(text.trim().to_string())));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(|t| Some(Secret(t.trim().to_string())))
+                .map_err(|_| SinkError::Token {
+                    what: format!("environment variable {var} (password_env) is not set"),
+                });
+        }
+        Ok(None)
+    }
+
+    /// The write endpoint and its query parameters for the configured API.
+    fn endpoint(&self) -> (String, Vec<(String, String)>) {
+        let base = self.url.trim_end_matches('/');
+        match self.api {
+            // The same URL the influxdb2 crate builds: base URL + fixed path.
+            InfluxApi::V2 => (
+                format!("{base}/api/v2/write"),
+                vec![
+                    ("org".into(), self.org.clone()),
+                    ("bucket".into(), self.bucket.clone()),
+                    ("precision".into(), "ns".into()),
+                ],
+            ),
+            InfluxApi::V1 => {
+                let mut q = vec![("db".into(), self.database.clone())];
+                if !self.retention_policy.is_empty() {
+                    q.push(("rp".into(), self.retention_policy.clone()));
+                }
+                // 1.x reads "n" and "ns" alike; InfluxDB 3 needs it spelled out, since it
+                // otherwise guesses the precision from the timestamp's magnitude.
+                q.push(("precision".into(), "ns".into()));
+                (format!("{base}/write"), q)
+            }
+        }
     }
 }
 
@@ -561,17 +705,26 @@ impl InfluxSink {
                 org: cfg.org.clone(),
                 bucket: cfg.bucket.clone(),
             },
-            Transport::Http => Writer::Http(HttpWriter {
-                client: http.build().map_err(|e| SinkError::Client(e.to_string()))?,
-                // The same URL the influxdb2 crate builds: base URL + fixed path.
-                url: format!("{}/api/v2/write", cfg.url.trim_end_matches('/')),
-                org: cfg.org.clone(),
-                bucket: cfg.bucket.clone(),
-                token,
-                gzip: cfg.gzip,
-            }),
+            Transport::Http => {
+                let (url, query) = cfg.endpoint();
+                let auth = match (&cfg.username, cfg.resolve_password()?) {
+                    (Some(user), Some(password)) => Auth::Basic {
+                        user: user.clone(),
+                        password,
+                    },
+                    _ if token.expose().is_empty() => Auth::None,
+                    _ => Auth::Token(token),
+                };
+                Writer::Http(HttpWriter {
+                    client: http.build().map_err(|e| SinkError::Client(e.to_string()))?,
+                    url,
+                    query,
+                    auth,
+                    gzip: cfg.gzip,
+                })
+            }
         };
-        tracing::info!(transport = ?transport, gzip = cfg.gzip, "InfluxDB write path");
+        tracing::info!(api = ?cfg.api, transport = ?transport, gzip = cfg.gzip, "InfluxDB write path");
 
         let spool = Spool::open(
             &state_dir.join("spool"),
@@ -827,14 +980,28 @@ impl Writer {
     }
 }
 
-/// The direct write path: what `influxdb2` 0.5 sends, plus gzip and access to response headers.
+/// How the direct write path authenticates.
+enum Auth {
+    None,
+    /// `Authorization: Token …` (v2; also InfluxDB 2.x and 3 on the v1 endpoint).
+    Token(Secret),
+    /// HTTP Basic with the v1 user and password (InfluxDB 1.x), kept out of the URL so the
+    /// password never lands in a proxy's access log.
+    Basic {
+        user: String,
+        password: Secret,
+    },
+}
+
+/// The direct write path: what `influxdb2` 0.5 sends, plus gzip, access to response headers,
+/// and the v1 endpoint.
 struct HttpWriter {
     client: reqwest::Client,
-    /// `<url>/api/v2/write`.
+    /// `<url>/api/v2/write` or `<url>/write`.
     url: String,
-    org: String,
-    bucket: String,
-    token: Secret,
+    /// `org`, `bucket`, `precision` (v2) or `db`, `rp`, `precision` (v1).
+    query: Vec<(String, String)>,
+    auth: Auth,
     gzip: bool,
 }
 
@@ -854,14 +1021,16 @@ impl HttpWriter {
         let mut req = self
             .client
             .post(&self.url)
-            .query(&[
-                ("org", self.org.as_str()),
-                ("bucket", self.bucket.as_str()),
-                ("precision", "ns"),
-            ])
+            .query(&self.query)
             .header(CONTENT_TYPE, "text/plain; charset=utf-8");
-        if !self.token.expose().is_empty() {
-            req = req.header(AUTHORIZATION, format!("Token {}", self.token.expose()));
+        match &self.auth {
+            Auth::None => {}
+            Auth::Token(t) => {
+                req = req.header(AUTHORIZATION, format!("Token {}", t.expose()));
+            }
+            Auth::Basic { user, password } => {
+                req = req.basic_auth(user, Some(password.expose()));
+            }
         }
         if self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
@@ -1192,6 +1361,64 @@ mod tests {
         let mut issues = Issues::default();
         InfluxConfig::new("https://influx.example:8086/", "b").validate("influx", &mut issues);
         assert!(issues.is_empty());
+    }
+
+    #[test]
+    fn v1_keys_are_validated_with_the_key_named() {
+        let keys = |text: &str| -> Vec<String> {
+            let mut issues = Issues::default();
+            parse(text).validate("influx", &mut issues);
+            issues.into_vec().into_iter().map(|i| i.key).collect()
+        };
+        let url = "url = \"http://x:8086\"\n";
+        // v1 needs a database and takes no bucket or org.
+        assert_eq!(
+            keys(&format!("{url}api = \"v1\"\nbucket = \"b\"\n")),
+            ["influx.database", "influx.bucket"]
+        );
+        // A user without a password, or both a password and a token.
+        assert_eq!(
+            keys(&format!(
+                "{url}api = \"v1\"\ndatabase = \"d\"\nusername = \"u\"\n"
+            )),
+            ["influx.username"]
+        );
+        assert_eq!(
+            keys(&format!(
+                "{url}api = \"v1\"\ndatabase = \"d\"\nusername = \"u\"\npassword = \"p\"\npassword_env = \"P\"\ntoken = \"t\"\n"
+            )),
+            ["influx.password", "influx.token"]
+        );
+        // v1 keys under v2 are refused rather than ignored.
+        assert_eq!(
+            keys(&format!(
+                "{url}bucket = \"b\"\ndatabase = \"d\"\nretention_policy = \"r\"\n"
+            )),
+            ["influx.database", "influx.retention_policy"]
+        );
+        assert!(keys(&format!(
+            "{url}api = \"v1\"\ndatabase = \"d\"\nretention_policy = \"autogen\"\nusername = \"u\"\npassword_file = \"/etc/p\"\n"
+        ))
+        .is_empty());
+        assert!(keys(&format!(
+            "{url}api = \"v1\"\ndatabase = \"d\"\ntoken_env = \"T\"\n"
+        ))
+        .is_empty());
+        let bad = toml::from_str::<InfluxConfig>(&format!("{url}api = \"v3\"\n"))
+            .expect_err("unknown api");
+        assert!(bad.to_string().contains("v1"), "{bad}");
+        // v1 always takes the direct HTTP path, which knows the /write endpoint.
+        let c = parse(&format!(
+            "{url}api = \"v1\"\ndatabase = \"d\"\nretention_policy = \"rp\"\n"
+        ));
+        assert_eq!(c.transport(), Transport::Http);
+        let (u, q) = c.endpoint();
+        assert_eq!(u, "http://x:8086/write");
+        assert_eq!(
+            q,
+            [("db", "d"), ("rp", "rp"), ("precision", "ns")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct Victoria {
     child: Option<Child>,
     pub port: u16,
     data: tempfile::TempDir,
+    /// Extra command-line flags, kept for restarts.
+    args: Vec<String>,
 }
 
 /// One exported series: its labels (with `__name__`) and samples (ms timestamps).
@@ -42,6 +44,11 @@ fn free_port() -> u16 {
 
 impl Victoria {
     pub fn start() -> Victoria {
+        Self::start_with(&[])
+    }
+
+    /// Starts it with extra command-line flags.
+    pub fn start_with(args: &[&str]) -> Victoria {
         assert!(
             std::path::Path::new(BINARY).exists(),
             "{BINARY} missing: apt-get install victoria-metrics"
@@ -50,6 +57,7 @@ impl Victoria {
             child: None,
             port: free_port(),
             data: tempfile::tempdir().expect("temp dir for VictoriaMetrics"),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         vm.spawn();
         vm
@@ -70,6 +78,7 @@ impl Victoria {
             .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
             .arg("-retentionPeriod=100y")
             .arg("-loggerLevel=ERROR")
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
