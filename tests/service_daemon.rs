@@ -358,7 +358,7 @@ fn sigterm_leaves_safely_in_bounded_time() {
         &["probe", "--json", "--config"],
     );
     let report: Value = serde_json::from_slice(&probe.stdout).expect("probe JSON");
-    let uuid = report["gpus"][3]["static"]["uuid"]
+    let uuid = report["gpus"][3]["uuid"]
         .as_str()
         .expect("GPU 3 has a UUID")
         .to_string();
