@@ -380,8 +380,11 @@ pub enum Severity {
     Critical,
 }
 
-/// An alarm as the outside world sees it.
+/// An alarm as the outside world sees it. On the wire (`/status`) it goes out as
+/// [`AlarmJson`]: `raised_at` as seconds since start (`raised_at_uptime_s`, as on MQTT), with the alarm's kind and causes as
+/// snake_case words beside the human message (docs/json.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "AlarmJson", from = "AlarmJson")]
 pub struct Alarm {
     /// Stable identifier, for example `leak:cdu-a` or `gpu_slowdown:node01/gpu3`.
     pub id: String,
@@ -393,6 +396,65 @@ pub struct Alarm {
     pub acknowledged: bool,
     /// False once the cause has cleared (a latched alarm may still be active).
     pub cause_present: bool,
+    /// Why, as stable snake_case words (for example `unreachable` or
+    /// `required_input_supply_temperature` for a failsafe); empty where the kind says it all.
+    pub causes: Vec<String>,
+}
+
+impl Alarm {
+    /// The alarm's kind: the stable snake_case word before the `:` of its id
+    /// (`failsafe`, `leak`, `gpu_slowdown`, ...).
+    pub fn kind(&self) -> &str {
+        self.id.split(':').next().unwrap_or(&self.id)
+    }
+}
+
+/// The JSON shape of an [`Alarm`]: no Rust `Duration` encoding, the kind spelt out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlarmJson {
+    pub id: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub message: String,
+    #[serde(default)]
+    pub causes: Vec<String>,
+    /// Seconds since the daemon started (monotonic time).
+    pub raised_at_uptime_s: f64,
+    pub latched: bool,
+    pub acknowledged: bool,
+    pub cause_present: bool,
+}
+
+impl From<Alarm> for AlarmJson {
+    fn from(a: Alarm) -> AlarmJson {
+        AlarmJson {
+            kind: a.kind().to_string(),
+            raised_at_uptime_s: a.raised_at.as_secs_f64(),
+            id: a.id,
+            severity: a.severity,
+            message: a.message,
+            causes: a.causes,
+            latched: a.latched,
+            acknowledged: a.acknowledged,
+            cause_present: a.cause_present,
+        }
+    }
+}
+
+impl From<AlarmJson> for Alarm {
+    fn from(a: AlarmJson) -> Alarm {
+        Alarm {
+            id: a.id,
+            severity: a.severity,
+            message: a.message,
+            // A negative or non-finite time cannot come from the daemon; read it as start.
+            raised_at: Duration::try_from_secs_f64(a.raised_at_uptime_s).unwrap_or_default(),
+            latched: a.latched,
+            acknowledged: a.acknowledged,
+            cause_present: a.cause_present,
+            causes: a.causes,
+        }
+    }
 }
 
 /// What happened to an alarm, for the event stream.
@@ -532,6 +594,28 @@ mod tests {
             .tag("index", "1");
         let keys: Vec<_> = p.tags.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["host", "index", "uuid"]);
+    }
+
+    #[test]
+    fn alarm_json_has_seconds_and_kind_and_reads_back() {
+        let a = Alarm {
+            id: "failsafe:cdu-a".into(),
+            severity: Severity::Critical,
+            message: "cdu-a in failsafe: CDU unreachable".into(),
+            raised_at: Duration::from_millis(4_250),
+            latched: false,
+            acknowledged: false,
+            cause_present: true,
+            causes: vec!["unreachable".into()],
+        };
+        let v = serde_json::to_value(&a).expect("alarm encodes");
+        assert_eq!(v["kind"], "failsafe");
+        assert_eq!(v["raised_at_uptime_s"], 4.25);
+        assert_eq!(v["causes"][0], "unreachable");
+        assert!(v.get("raised_at").is_none(), "{v}");
+        // `coolantd status` decodes `/status` back into a snapshot.
+        let back: Alarm = serde_json::from_value(v).expect("alarm decodes");
+        assert_eq!(back, a);
     }
 
     #[test]

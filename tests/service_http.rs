@@ -70,6 +70,7 @@ fn snapshot(ready: bool) -> Snapshot {
             latched: false,
             acknowledged: false,
             cause_present: !ready,
+            causes: Vec::new(),
         }],
         decisions: Vec::new(),
         points: vec![
@@ -180,6 +181,7 @@ async fn endpoints_answer_with_the_right_status_codes() {
         latched: false,
         acknowledged: false,
         cause_present: true,
+        causes: Vec::new(),
     });
     s.tx.send_replace(Arc::new(failsafe));
     let (code, body) = get(&c, &format!("{}/readyz", s.base)).await;
