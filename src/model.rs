@@ -231,6 +231,44 @@ impl fmt::Display for SensorFault {
     }
 }
 
+impl SensorFault {
+    /// The stable snake_case word for the fault (the `kind` of the error shape, docs/json.md).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SensorFault::Timeout => "timeout",
+            SensorFault::Exception { .. } => "modbus_exception",
+            SensorFault::Transport { .. } => "transport",
+            SensorFault::Implausible { .. } => "implausible",
+        }
+    }
+}
+
+/// A register that failed a poll, in the error shape of docs/json.md: the message for people
+/// and the fault's kind for tools. Displays as `<register>: <error>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterFault {
+    /// The register's name in the firmware profile.
+    pub register: String,
+    pub error: String,
+    pub kind: String,
+}
+
+impl RegisterFault {
+    pub fn new(register: &str, fault: &SensorFault) -> RegisterFault {
+        RegisterFault {
+            register: register.to_string(),
+            error: fault.to_string(),
+            kind: fault.kind().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for RegisterFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.register, self.error)
+    }
+}
+
 /// One register's decoded value (in the profile's unit, scale and offset applied) or why
 /// there is none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -705,7 +743,7 @@ pub struct CduStatus {
     pub leak: Option<bool>,
     pub remote_enable: Option<bool>,
     /// Registers that failed this poll, with why.
-    pub faults: Vec<String>,
+    pub faults: Vec<RegisterFault>,
     /// How fresh the values above are and how the CDU keeps up with the control period.
     #[serde(default)]
     pub link: CduLinkStatus,

@@ -310,6 +310,13 @@ async fn status_and_mqtt_match_their_schemas_in_failsafe() {
             .is_some_and(|s| s > 0.0),
         "{alarm}"
     );
+    // Every register of the unreachable CDU in the error shape, its kind a stable word.
+    let faults = v["cdus"][0]["faults"].as_array().expect("faults");
+    assert!(!faults.is_empty(), "{v}");
+    for f in faults {
+        assert_eq!(f["kind"], "transport", "{f}");
+        assert!(f["register"].is_string() && f["error"].is_string(), "{f}");
+    }
     let message = alarm["message"].as_str().expect("message");
     assert!(
         message.contains("CDU unreachable") && !message.contains("Unreachable"),
