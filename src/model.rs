@@ -231,6 +231,44 @@ impl fmt::Display for SensorFault {
     }
 }
 
+impl SensorFault {
+    /// The stable snake_case word for the fault (the `kind` of the error shape, docs/json.md).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SensorFault::Timeout => "timeout",
+            SensorFault::Exception { .. } => "modbus_exception",
+            SensorFault::Transport { .. } => "transport",
+            SensorFault::Implausible { .. } => "implausible",
+        }
+    }
+}
+
+/// A register that failed a poll, in the error shape of docs/json.md: the message for people
+/// and the fault's kind for tools. Displays as `<register>: <error>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterFault {
+    /// The register's name in the firmware profile.
+    pub register: String,
+    pub error: String,
+    pub kind: String,
+}
+
+impl RegisterFault {
+    pub fn new(register: &str, fault: &SensorFault) -> RegisterFault {
+        RegisterFault {
+            register: register.to_string(),
+            error: fault.to_string(),
+            kind: fault.kind().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for RegisterFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.register, self.error)
+    }
+}
+
 /// One register's decoded value (in the profile's unit, scale and offset applied) or why
 /// there is none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -380,8 +418,11 @@ pub enum Severity {
     Critical,
 }
 
-/// An alarm as the outside world sees it.
+/// An alarm as the outside world sees it. On the wire (`/status`) it goes out as
+/// [`AlarmJson`]: `raised_at` as seconds since start (`raised_at_uptime_s`, as on MQTT), with the alarm's kind and causes as
+/// snake_case words beside the human message (docs/json.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "AlarmJson", from = "AlarmJson")]
 pub struct Alarm {
     /// Stable identifier, for example `leak:cdu-a` or `gpu_slowdown:node01/gpu3`.
     pub id: String,
@@ -393,6 +434,65 @@ pub struct Alarm {
     pub acknowledged: bool,
     /// False once the cause has cleared (a latched alarm may still be active).
     pub cause_present: bool,
+    /// Why, as stable snake_case words (for example `unreachable` or
+    /// `required_input_supply_temperature` for a failsafe); empty where the kind says it all.
+    pub causes: Vec<String>,
+}
+
+impl Alarm {
+    /// The alarm's kind: the stable snake_case word before the `:` of its id
+    /// (`failsafe`, `leak`, `gpu_slowdown`, ...).
+    pub fn kind(&self) -> &str {
+        self.id.split(':').next().unwrap_or(&self.id)
+    }
+}
+
+/// The JSON shape of an [`Alarm`]: no Rust `Duration` encoding, the kind spelt out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlarmJson {
+    pub id: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub message: String,
+    #[serde(default)]
+    pub causes: Vec<String>,
+    /// Seconds since the daemon started (monotonic time).
+    pub raised_at_uptime_s: f64,
+    pub latched: bool,
+    pub acknowledged: bool,
+    pub cause_present: bool,
+}
+
+impl From<Alarm> for AlarmJson {
+    fn from(a: Alarm) -> AlarmJson {
+        AlarmJson {
+            kind: a.kind().to_string(),
+            raised_at_uptime_s: a.raised_at.as_secs_f64(),
+            id: a.id,
+            severity: a.severity,
+            message: a.message,
+            causes: a.causes,
+            latched: a.latched,
+            acknowledged: a.acknowledged,
+            cause_present: a.cause_present,
+        }
+    }
+}
+
+impl From<AlarmJson> for Alarm {
+    fn from(a: AlarmJson) -> Alarm {
+        Alarm {
+            id: a.id,
+            severity: a.severity,
+            message: a.message,
+            // A negative or non-finite time cannot come from the daemon; read it as start.
+            raised_at: Duration::try_from_secs_f64(a.raised_at_uptime_s).unwrap_or_default(),
+            latched: a.latched,
+            acknowledged: a.acknowledged,
+            cause_present: a.cause_present,
+            causes: a.causes,
+        }
+    }
 }
 
 /// What happened to an alarm, for the event stream.
@@ -535,6 +635,28 @@ mod tests {
     }
 
     #[test]
+    fn alarm_json_has_seconds_and_kind_and_reads_back() {
+        let a = Alarm {
+            id: "failsafe:cdu-a".into(),
+            severity: Severity::Critical,
+            message: "cdu-a in failsafe: CDU unreachable".into(),
+            raised_at: Duration::from_millis(4_250),
+            latched: false,
+            acknowledged: false,
+            cause_present: true,
+            causes: vec!["unreachable".into()],
+        };
+        let v = serde_json::to_value(&a).expect("alarm encodes");
+        assert_eq!(v["kind"], "failsafe");
+        assert_eq!(v["raised_at_uptime_s"], 4.25);
+        assert_eq!(v["causes"][0], "unreachable");
+        assert!(v.get("raised_at").is_none(), "{v}");
+        // `coolantd status` decodes `/status` back into a snapshot.
+        let back: Alarm = serde_json::from_value(v).expect("alarm decodes");
+        assert_eq!(back, a);
+    }
+
+    #[test]
     fn commands_parse_from_json_and_reject_unknown_fields() {
         let c: Command = serde_json::from_str(r#"{"command":"set_setpoint","celsius":65}"#)
             .expect("valid command");
@@ -621,7 +743,7 @@ pub struct CduStatus {
     pub leak: Option<bool>,
     pub remote_enable: Option<bool>,
     /// Registers that failed this poll, with why.
-    pub faults: Vec<String>,
+    pub faults: Vec<RegisterFault>,
     /// How fresh the values above are and how the CDU keeps up with the control period.
     #[serde(default)]
     pub link: CduLinkStatus,

@@ -285,7 +285,7 @@ async fn modbus_server_hangs_reaches_failsafe_within_2_ticks() {
                 s.alarms
             );
             assert!(
-                s.cdus[0].faults.iter().any(|f| f.contains("timed out")),
+                s.cdus[0].faults.iter().any(|f| f.kind == "timeout"),
                 "{:?}",
                 s.cdus[0].faults
             );
@@ -451,12 +451,12 @@ async fn modbus_exception_codes_reported_per_register() {
         assert!(
             faults
                 .iter()
-                .any(|f| f.starts_with(&format!("{reg}: ")) && f.contains("exception 0x04")),
+                .any(|f| f.register == reg && f.error.contains("exception 0x04")),
             "{reg} not reported with its exception: {faults:?}"
         );
     }
     // The discrete inputs still answer: the CDU is reachable, one register block refuses.
-    assert!(!faults.iter().any(|f| f.starts_with("leak:")), "{faults:?}");
+    assert!(!faults.iter().any(|f| f.register == "leak"), "{faults:?}");
     assert!(!has_alarm(&s, &format!("cdu_unreachable:{CDU}")));
     let id = format!("input_lost:{CDU}:supply_temperature");
     assert!(
@@ -520,7 +520,7 @@ async fn sensor_nan_rejected() {
         s.cdus[0]
             .faults
             .iter()
-            .any(|f| f.starts_with("supply_temp: ") && f.contains("NaN")),
+            .any(|f| f.register == "supply_temp" && f.error.contains("NaN")),
         "{:?}",
         s.cdus[0].faults
     );

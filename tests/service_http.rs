@@ -3,7 +3,8 @@
 //! package `python3-prometheus-client`, run with `/usr/bin/python3`).
 
 use coolantd::model::{
-    Alarm, CduStatus, ControlState, FieldValue, GpuKey, GpuStatus, Mode, Point, Severity, Snapshot,
+    Alarm, CduStatus, ControlState, FieldValue, GpuKey, GpuStatus, Mode, Point, RegisterFault,
+    SensorFault, Severity, Snapshot,
 };
 use coolantd::service::http::{serve, Health};
 use serde_json::Value;
@@ -45,7 +46,7 @@ fn snapshot(ready: bool) -> Snapshot {
             faults: if ready {
                 vec![]
             } else {
-                vec!["flow (40005): timed out".into()]
+                vec![RegisterFault::new("flow (40005)", &SensorFault::Timeout)]
             },
             link: Default::default(),
         }],
@@ -70,6 +71,7 @@ fn snapshot(ready: bool) -> Snapshot {
             latched: false,
             acknowledged: false,
             cause_present: !ready,
+            causes: Vec::new(),
         }],
         decisions: Vec::new(),
         points: vec![
@@ -180,6 +182,7 @@ async fn endpoints_answer_with_the_right_status_codes() {
         latched: false,
         acknowledged: false,
         cause_present: true,
+        causes: Vec::new(),
     });
     s.tx.send_replace(Arc::new(failsafe));
     let (code, body) = get(&c, &format!("{}/readyz", s.base)).await;

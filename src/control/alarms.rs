@@ -24,9 +24,24 @@ impl AlarmBook {
         latched: bool,
         message: String,
     ) {
+        self.assert_with_causes(now, id, severity, latched, message, Vec::new());
+    }
+
+    /// [`AlarmBook::assert`] with the causes as stable snake_case words, for alarms whose
+    /// kind alone does not say why (failsafe).
+    pub fn assert_with_causes(
+        &mut self,
+        now: Mono,
+        id: String,
+        severity: Severity,
+        latched: bool,
+        message: String,
+        causes: Vec<String>,
+    ) {
         match self.active.get_mut(&id) {
             Some(a) => {
                 a.message = message;
+                a.causes = causes;
                 a.severity = a.severity.max(severity);
                 if !a.cause_present {
                     a.cause_present = true;
@@ -43,6 +58,7 @@ impl AlarmBook {
                     latched,
                     acknowledged: false,
                     cause_present: true,
+                    causes,
                 };
                 self.events.push(AlarmEvent {
                     alarm: alarm.clone(),

@@ -1196,12 +1196,14 @@ impl Controller {
             } else {
                 ""
             };
-            self.alarms.assert(
+            let codes = self.cdus[i].causes.iter().map(|c| c.code()).collect();
+            self.alarms.assert_with_causes(
                 now,
                 format!("failsafe:{name}"),
                 Severity::Critical,
                 false,
                 format!("{name} in failsafe{boot}: {}", why.join(", ")),
+                codes,
             );
         }
         if let Some(msg) = dew_alarm {

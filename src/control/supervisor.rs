@@ -61,6 +61,19 @@ impl std::fmt::Display for FailsafeCause {
     }
 }
 
+impl FailsafeCause {
+    /// The cause as a stable snake_case word, for JSON (`/status`, MQTT): `gpu_temperatures_unknown`,
+    /// `required_input_<role>`, `unreachable` or `pump_write_failing`.
+    pub fn code(&self) -> String {
+        match self {
+            FailsafeCause::GpuTemperaturesUnknown => "gpu_temperatures_unknown".into(),
+            FailsafeCause::RequiredInput(r) => format!("required_input_{r}"),
+            FailsafeCause::Unreachable => "unreachable".into(),
+            FailsafeCause::PumpWrite => "pump_write_failing".into(),
+        }
+    }
+}
+
 /// What the controller saw this tick, condensed for the state machine.
 #[derive(Debug, Clone, Default)]
 pub struct Causes {
@@ -152,6 +165,20 @@ mod tests {
 
     fn s(n: u64) -> Mono {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn failsafe_causes_have_stable_snake_case_codes() {
+        assert_eq!(FailsafeCause::Unreachable.code(), "unreachable");
+        assert_eq!(
+            FailsafeCause::RequiredInput(Role::SupplyTemperature).code(),
+            "required_input_supply_temperature"
+        );
+        assert_eq!(
+            FailsafeCause::GpuTemperaturesUnknown.code(),
+            "gpu_temperatures_unknown"
+        );
+        assert_eq!(FailsafeCause::PumpWrite.code(), "pump_write_failing");
     }
 
     #[test]

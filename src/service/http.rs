@@ -645,6 +645,11 @@ fn respond(
     }
 }
 
+/// Register faults as `name: why` lines, for [`summarize_faults`].
+pub fn fault_lines(faults: &[crate::model::RegisterFault]) -> Vec<String> {
+    faults.iter().map(ToString::to_string).collect()
+}
+
 /// Register faults (`name: why`) with the same cause folded into one entry, so that a CDU
 /// that cannot be reached reads as one cause, not one line per register.
 pub fn summarize_faults(faults: &[String]) -> Vec<String> {
@@ -715,7 +720,7 @@ fn not_ready_reason(snap: &Snapshot, health: &Health, now: Instant) -> Option<St
         other => format!("not every required input is valid (control state: {other})"),
     };
     for cdu in &snap.cdus {
-        for fault in summarize_faults(&cdu.faults) {
+        for fault in summarize_faults(&fault_lines(&cdu.faults)) {
             let _ = write!(reason, "; cdu {}: {fault}", cdu.name);
         }
     }

@@ -30,6 +30,7 @@ impl Held {
                     latched: false,
                     acknowledged: false,
                     cause_present: true,
+                    causes: Vec::new(),
                 };
                 if self.active.is_none() {
                     events.push(AlarmEvent {

@@ -126,13 +126,7 @@ fn opt_json(v: Option<f64>, unit: &str) -> serde_json::Value {
 
 /// The stable snake_case word for a sensor fault (the `kind` of the error shape).
 fn fault_kind(e: &crate::model::SensorFault) -> &'static str {
-    use crate::model::SensorFault as F;
-    match e {
-        F::Timeout => "timeout",
-        F::Exception { .. } => "modbus_exception",
-        F::Transport { .. } => "transport",
-        F::Implausible { .. } => "implausible",
-    }
+    e.kind()
 }
 
 /// Plausibility verdict of one reading: a stable word and a human message.

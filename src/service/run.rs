@@ -11,7 +11,7 @@ use crate::config::{Config, GpuBackendKind};
 use crate::control::{CduSetup, Controller, TickInput};
 use crate::model::{
     Actuation, ActuationOutcome, CduLinkStatus, CduSample, CduStatus, GpuSample, GpuSlowSample,
-    GpuStatic, GpuStatus, Mono, Role, Snapshot, TickTiming,
+    GpuStatic, GpuStatus, Mono, RegisterFault, Role, Snapshot, TickTiming,
 };
 use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
@@ -1260,7 +1260,12 @@ fn cdu_status(c: &CduSample) -> CduStatus {
         faults: c
             .registers
             .iter()
-            .filter_map(|r| r.value.as_ref().err().map(|e| format!("{}: {e}", r.name)))
+            .filter_map(|r| {
+                r.value
+                    .as_ref()
+                    .err()
+                    .map(|e| RegisterFault::new(&r.name, e))
+            })
             .collect(),
         link: CduLinkStatus::default(),
     }

@@ -145,6 +145,7 @@ impl SinkAlarms {
                     latched: false,
                     acknowledged: false,
                     cause_present: true,
+                    causes: Vec::new(),
                 };
                 if active.is_none() {
                     events.push(AlarmEvent {
@@ -199,6 +200,7 @@ fn step(
             latched: false,
             acknowledged: false,
             cause_present: true,
+            causes: Vec::new(),
         };
         if c.active.is_none() {
             events.push(AlarmEvent {

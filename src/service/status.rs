@@ -96,7 +96,10 @@ pub fn summary(s: &Snapshot, ready: &str) -> String {
             } else {
                 format!(
                     " | faults: {}",
-                    crate::service::http::summarize_faults(&c.faults).join("; ")
+                    crate::service::http::summarize_faults(&crate::service::http::fault_lines(
+                        &c.faults
+                    ))
+                    .join("; ")
                 )
             }
         );

@@ -550,6 +550,7 @@ pub fn sample_points() -> Vec<Point> {
         latched: true,
         acknowledged: false,
         cause_present: true,
+        causes: Vec::new(),
     };
     let tick = TickOutput {
         actuations: vec![],

@@ -126,8 +126,11 @@ pub fn telemetry_json(snap: &Snapshot) -> Vec<u8> {
 #[derive(Serialize, PartialEq)]
 struct AlarmOut<'a> {
     id: &'a str,
+    /// The stable snake_case kind (the id before its `:`) and causes, beside the message.
+    kind: &'a str,
     severity: Severity,
     message: &'a str,
+    causes: &'a [String],
     raised_at_uptime_s: f64,
     latched: bool,
     acknowledged: bool,
@@ -137,8 +140,10 @@ struct AlarmOut<'a> {
 fn alarm(a: &Alarm) -> AlarmOut<'_> {
     AlarmOut {
         id: &a.id,
+        kind: a.kind(),
         severity: a.severity,
         message: &a.message,
+        causes: &a.causes,
         raised_at_uptime_s: a.raised_at.as_secs_f64(),
         latched: a.latched,
         acknowledged: a.acknowledged,
@@ -397,6 +402,7 @@ mod tests {
             latched: true,
             acknowledged: false,
             cause_present: true,
+            causes: Vec::new(),
         });
         assert_ne!(state_json(&a).1, state_json(&b).1);
         let v: serde_json::Value = serde_json::from_slice(&state_json(&b).0).expect("JSON");
