@@ -13,3 +13,4 @@ pub mod service;
 pub mod sim;
 pub mod sink;
 pub mod units;
+pub mod validate;

@@ -5,8 +5,8 @@
 //! `fixtures/h200/info.json`, and a pump loop a few times slower than the plant's slow
 //! (tens of seconds) time constant.
 
-use crate::config::Issues;
 use crate::model::Role;
+use crate::validate::Issues;
 use serde::Deserialize;
 
 /// Which temperature the pump loop holds at the set point.
@@ -808,7 +808,7 @@ impl ControlConfig {
 mod tests {
     use super::*;
 
-    fn issues_of(text: &str) -> Vec<crate::config::ConfigIssue> {
+    fn issues_of(text: &str) -> Vec<crate::validate::ConfigIssue> {
         let cfg: ControlConfig = toml::from_str(text).expect("parses");
         let mut issues = Issues::default();
         cfg.validate("control", &mut issues);

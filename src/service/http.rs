@@ -18,8 +18,8 @@
 //! request head have slots of their own, so slow clients only ever push out slow clients. Those closes are counted in `/metrics`
 //! (`coolantd_http_connections_shed_total`, `…_timed_out_total`) and logged rate-limited.
 
-use crate::config::Issues;
 use crate::model::{ControlState, FieldValue, Point, Snapshot};
+use crate::validate::Issues;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Body, Method, Request, Response, StatusCode};

@@ -21,9 +21,9 @@ pub use rehearsal::Rehearsal;
 pub use runtime::SimRuntime;
 pub use workload::{Segment, Workload};
 
-use crate::config::Issues;
 use crate::profile::gpu::GpuProfile;
 use crate::units::{Celsius, Kilopascal, LitresPerMinute, Percent};
+use crate::validate::Issues;
 use serde::Deserialize;
 use std::time::Duration;
 

@@ -79,7 +79,7 @@ impl ThermalParams {
     }
 
     /// Checks that every parameter is physical; pushes issues under `key`.
-    pub fn validate(&self, key: &str, issues: &mut crate::config::Issues) {
+    pub fn validate(&self, key: &str, issues: &mut crate::validate::Issues) {
         let positive = [
             ("die_capacity_j_per_k", self.die_capacity_j_per_k),
             ("die_to_plate_k_per_w", self.die_to_plate_k_per_w),

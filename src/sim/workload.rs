@@ -107,8 +107,8 @@ impl Workload {
     }
 
     /// Checks the parameters; every issue names its key under `key`.
-    pub fn validate(&self, key: &str, issues: &mut crate::config::Issues) {
-        let load = |v: f64, k: &str, issues: &mut crate::config::Issues| {
+    pub fn validate(&self, key: &str, issues: &mut crate::validate::Issues) {
+        let load = |v: f64, k: &str, issues: &mut crate::validate::Issues| {
             issues.range(v, 0.0, 1.0, format!("{key}.{k}"), "a load fraction")
         };
         match self {

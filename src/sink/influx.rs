@@ -27,10 +27,10 @@
 //! the back-off. Both paths accept HTTP 204 only and classify errors the same way. The crate's
 //! `Client::new` panics on an invalid URL, so the URL is validated here first.
 
-use crate::config::Issues;
 use crate::model::Point;
 use crate::sink::lineproto;
 use crate::sink::spool::{FsyncPolicy, Spool, SpoolError, SpoolOptions, RECORD_OVERHEAD};
+use crate::validate::Issues;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,6 +1,6 @@
 //! `[mqtt]`: how to reach the broker and what to publish there.
 
-use crate::config::Issues;
+use crate::validate::Issues;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};

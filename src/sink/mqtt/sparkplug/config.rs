@@ -1,6 +1,6 @@
 //! `[mqtt.sparkplug]`: the Sparkplug B 3.0 edge node beside the native topics.
 
-use crate::config::Issues;
+use crate::validate::Issues;
 use serde::Deserialize;
 
 /// `[mqtt.sparkplug]`.
