@@ -439,7 +439,7 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
                     ActuationOutcome {
                         actuation: a,
                         at: now,
-                        result,
+                        result: result.map_err(coolantd::model::ActuationError::Failed),
                         dry_run: false,
                     }
                 })

@@ -352,10 +352,41 @@ impl fmt::Display for Actuation {
 pub struct ActuationOutcome {
     pub actuation: Actuation,
     pub at: Mono,
-    /// `Ok` when the device acknowledged the write; `Err` carries the reason.
-    pub result: Result<(), String>,
+    /// `Ok` when the device acknowledged the write; `Err` says why not and whether a retry
+    /// can help.
+    pub result: Result<(), ActuationError>,
     /// True when nothing was written because the daemon runs in dry-run mode.
     pub dry_run: bool,
+}
+
+/// Why an actuation did not take effect.
+///
+/// The kind decides what the core does next: a transient failure is retried, a write the
+/// device can never take (NVML `NotSupported`, a GPU this host does not have) is remembered
+/// and alarmed instead of being tried again every tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum ActuationError {
+    /// The device or this host cannot carry out this write at all; retrying cannot help.
+    NotSupported(String),
+    /// This attempt failed (timeout, exception, link down, refused value); a retry may succeed.
+    Failed(String),
+}
+
+impl ActuationError {
+    /// True when retrying the same write cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ActuationError::NotSupported(_))
+    }
+}
+
+impl fmt::Display for ActuationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActuationError::NotSupported(m) => write!(f, "not supported: {m}"),
+            ActuationError::Failed(m) => f.write_str(m),
+        }
+    }
 }
 
 /// Auto: the PID loops drive the outputs. Manual: an operator set the pump speed.

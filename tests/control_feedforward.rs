@@ -146,7 +146,7 @@ impl Loop {
             self.outcomes.push(ActuationOutcome {
                 actuation: a.clone(),
                 at: self.now,
-                result,
+                result: result.map_err(coolantd::model::ActuationError::Failed),
                 dry_run: false,
             });
         }

@@ -6,12 +6,12 @@
 //! it: the period timer, signals, systemd notification and the live status line.
 
 use crate::collect::modbus::ModbusCdu;
-use crate::collect::{BoardFacts, GpuBackend};
+use crate::collect::{BoardFacts, GpuBackend, GpuError};
 use crate::config::{Config, GpuBackendKind};
 use crate::control::{CduSetup, Controller, TickInput};
 use crate::model::{
-    Actuation, ActuationOutcome, CduLinkStatus, CduSample, CduStatus, GpuSample, GpuSlowSample,
-    GpuStatic, GpuStatus, Mono, RegisterFault, Role, Snapshot, TickTiming,
+    Actuation, ActuationError, ActuationOutcome, CduLinkStatus, CduSample, CduStatus, GpuSample,
+    GpuSlowSample, GpuStatic, GpuStatus, Mono, RegisterFault, Role, Snapshot, TickTiming,
 };
 use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
@@ -542,7 +542,7 @@ impl Daemon {
                 Actuation::SetPumpSpeed { .. } | Actuation::FeedWatchdog { .. } => {
                     match self.send_write(a, now) {
                         Ok(()) => continue,
-                        Err(e) => Err(e),
+                        Err(e) => Err(ActuationError::Failed(e)),
                     }
                 }
             };
@@ -756,7 +756,7 @@ impl Daemon {
                     self.outcomes.push(ActuationOutcome {
                         actuation,
                         at,
-                        result,
+                        result: result.map_err(ActuationError::Failed),
                         dry_run: false,
                     });
                 }
@@ -796,7 +796,7 @@ impl Daemon {
                 self.outcomes.push(ActuationOutcome {
                     actuation,
                     at,
-                    result: Err(why.to_string()),
+                    result: Err(ActuationError::Failed(why.to_string())),
                     dry_run: false,
                 });
             }
@@ -827,18 +827,26 @@ impl Daemon {
     }
 
     /// Applies one power cap (never called in dry-run mode).
-    fn apply_cap(&self, a: &Actuation) -> Result<(), String> {
+    fn apply_cap(&self, a: &Actuation) -> Result<(), ActuationError> {
         let Actuation::SetPowerCap { gpu, limit } = a else {
-            return Err("not a power cap".into());
+            return Err(ActuationError::NotSupported("not a power cap".into()));
         };
-        let backend = self.gpus.as_ref().ok_or("no GPU backend")?;
+        let backend = self
+            .gpus
+            .as_ref()
+            .ok_or_else(|| ActuationError::NotSupported("no GPU backend".into()))?;
         // Another host's GPU (a remote reading) is capped by that host's daemon.
         if !self.inventory.iter().any(|s| &s.key == gpu) {
-            return Err(format!("no GPU {gpu} on this host"));
+            return Err(ActuationError::NotSupported(format!(
+                "no GPU {gpu} on this host"
+            )));
         }
-        backend
-            .set_power_limit(gpu, *limit)
-            .map_err(|e| e.to_string())
+        backend.set_power_limit(gpu, *limit).map_err(|e| match e {
+            GpuError::NotSupported { .. } | GpuError::UnknownGpu(_) => {
+                ActuationError::NotSupported(e.to_string())
+            }
+            _ => ActuationError::Failed(e.to_string()),
+        })
     }
 
     /// Records, in one durable write, the original limit of every GPU this tick caps for the

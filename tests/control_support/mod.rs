@@ -6,8 +6,8 @@
 
 use coolantd::control::{CduSetup, ControlConfig, Controller, TickInput};
 use coolantd::model::{
-    Actuation, ActuationOutcome, CduSample, GpuKey, GpuSample, GpuStatic, RegisterReading, Role,
-    SensorFault, Source, TickOutput,
+    Actuation, ActuationError, ActuationOutcome, CduSample, GpuKey, GpuSample, GpuStatic,
+    RegisterReading, Role, SensorFault, Source, TickOutput,
 };
 use coolantd::units::{Celsius, Percent, Watts};
 use std::time::Duration;
@@ -214,7 +214,7 @@ impl Rig {
             let result = match a {
                 Actuation::SetPumpSpeed { speed, .. } => {
                     if self.fail_cdu_writes || self.cdu_silent {
-                        Err("Modbus timeout".to_string())
+                        Err(ActuationError::Failed("Modbus timeout".to_string()))
                     } else {
                         self.pump_cmd = speed.get();
                         Ok(())
