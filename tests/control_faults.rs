@@ -5,7 +5,8 @@ mod control_support;
 use control_support::{cfg, Rig, ROLES};
 use coolantd::control::{CduSetup, Controller, TickInput};
 use coolantd::model::{
-    Actuation, AlarmTransition, Command, CommandOutcome, ControlState, Role, SensorFault,
+    Actuation, ActuationError, AlarmTransition, Command, CommandOutcome, ControlState, Role,
+    SensorFault,
 };
 use coolantd::units::Percent;
 use std::time::Duration;
@@ -535,4 +536,39 @@ fn profile_pump_range_narrows_the_configured_one() {
         }
     );
     rig.leak = 0.0;
+}
+
+#[test]
+fn unsupported_power_cap_is_alarmed_once_and_not_retried_until_reload() {
+    let mut rig = settled(1);
+    // A leak sends the cap to the GPU's minimum this tick.
+    rig.leak = 1.0;
+    let out = rig.step();
+    assert_eq!(Rig::caps(&out).len(), 1);
+    // The GPU answers that it cannot take a power limit at all, and keeps its own.
+    for o in rig.outcomes.iter_mut() {
+        if matches!(o.actuation, Actuation::SetPowerCap { .. }) {
+            o.result = Err(ActuationError::NotSupported("power limit".into()));
+        }
+    }
+    rig.limit[0] = 700.0;
+    let mut raised = 0;
+    for tick in 0..20 {
+        let out = rig.step();
+        assert!(Rig::caps(&out).is_empty(), "tick {tick}: written again");
+        assert!(Rig::has_alarm(&out, "power_cap_unsupported:node01/gpu0"));
+        assert!(!Rig::has_alarm(&out, "power_cap_write_failed:"));
+        raised += out
+            .events
+            .iter()
+            .filter(|e| {
+                e.alarm.id.starts_with("power_cap_unsupported:")
+                    && e.transition == AlarmTransition::Raised
+            })
+            .count();
+    }
+    assert_eq!(raised, 1, "alarmed once");
+    rig.ctl.reconfigure(&cfg());
+    let out = rig.step();
+    assert_eq!(Rig::caps(&out).len(), 1, "a reload tries once more");
 }

@@ -402,6 +402,8 @@ impl ControlConfig {
         self.power_cap.on_shutdown == OnShutdown::Restore
     }
 
+    // One check per key in the order of the section, so the list reads like the file;
+    // splitting it would scatter the keys over functions named after nothing.
     /// Checks every key; issues name the key (`control.pump.min_speed`) and what was expected.
     pub fn validate(&self, key: &str, issues: &mut Issues) {
         let k = |s: &str| format!("{key}.{s}");

@@ -82,79 +82,115 @@ pub struct Causes {
     pub degraded: bool,
 }
 
+/// One CDU's state machine. Each state carries the data that only means something in it
+/// (the Hubris `ThermalControlState` pattern): the boot start time only while booting, the
+/// recovery hold only in failsafe.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Waiting for the required inputs; `started` is the first tick, unknown before it.
+    Boot {
+        started: Option<Mono>,
+    },
+    Running,
+    Degraded,
+    /// `valid_since`: every cause gone since then (the recovery hold runs);
+    /// `boot_timed_out`: entered because boot gave up waiting for the inputs.
+    Failsafe {
+        valid_since: Option<Mono>,
+        boot_timed_out: bool,
+    },
+    /// `boot_timed_out` is kept so that a failsafe after the emergency still says that the
+    /// inputs never became valid after start.
+    Emergency {
+        boot_timed_out: bool,
+    },
+}
+
 /// One CDU's state machine.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
-    state: ControlState,
-    started: Option<Mono>,
-    booted: bool,
-    boot_timed_out: bool,
-    valid_since: Option<Mono>,
+    phase: Phase,
 }
 
 impl Default for Supervisor {
     fn default() -> Self {
         Supervisor {
-            state: ControlState::Boot,
-            started: None,
-            booted: false,
-            boot_timed_out: false,
-            valid_since: None,
+            phase: Phase::Boot { started: None },
         }
     }
 }
 
 impl Supervisor {
     pub fn state(&self) -> ControlState {
-        self.state
+        match self.phase {
+            Phase::Boot { .. } => ControlState::Boot,
+            Phase::Running => ControlState::Running,
+            Phase::Degraded => ControlState::Degraded,
+            Phase::Failsafe { .. } => ControlState::Failsafe,
+            Phase::Emergency { .. } => ControlState::Emergency,
+        }
     }
 
-    /// True once boot gave up waiting for the required inputs.
+    /// True once boot gave up waiting for the required inputs (until the CDU recovers).
     pub fn boot_timed_out(&self) -> bool {
-        self.boot_timed_out
+        matches!(
+            self.phase,
+            Phase::Failsafe {
+                boot_timed_out: true,
+                ..
+            } | Phase::Emergency {
+                boot_timed_out: true
+            }
+        )
     }
 
     /// Advances the state machine by one tick.
     pub fn step(&mut self, now: Mono, c: &Causes, cfg: &SupervisorConfig) -> ControlState {
-        let started = *self.started.get_or_insert(now);
         let healthy = if c.degraded {
-            ControlState::Degraded
+            Phase::Degraded
         } else {
-            ControlState::Running
+            Phase::Running
         };
-        let next = if c.emergency {
+        let boot_timed_out = self.boot_timed_out();
+        self.phase = match self.phase {
             // Boot ends here too: after an emergency the outputs are known, not undefined.
-            self.booted = true;
-            self.valid_since = None;
-            ControlState::Emergency
-        } else if !self.booted {
-            if c.failsafe.is_empty() {
-                self.booted = true;
-                healthy
-            } else if now.saturating_sub(started).as_secs_f64() >= cfg.boot_timeout_s {
-                self.booted = true;
-                self.boot_timed_out = true;
-                ControlState::Failsafe
-            } else {
-                ControlState::Boot
+            _ if c.emergency => Phase::Emergency { boot_timed_out },
+            Phase::Boot { started } => {
+                let started = started.unwrap_or(now);
+                if c.failsafe.is_empty() {
+                    healthy
+                } else if now.saturating_sub(started).as_secs_f64() >= cfg.boot_timeout_s {
+                    Phase::Failsafe {
+                        valid_since: None,
+                        boot_timed_out: true,
+                    }
+                } else {
+                    Phase::Boot {
+                        started: Some(started),
+                    }
+                }
             }
-        } else if !c.failsafe.is_empty() {
-            self.valid_since = None;
-            ControlState::Failsafe
-        } else if self.state == ControlState::Failsafe {
-            let since = *self.valid_since.get_or_insert(now);
-            if now.saturating_sub(since).as_secs_f64() >= cfg.recovery_hold_s {
-                self.valid_since = None;
-                self.boot_timed_out = false;
-                healthy
-            } else {
-                ControlState::Failsafe
+            _ if !c.failsafe.is_empty() => Phase::Failsafe {
+                valid_since: None,
+                boot_timed_out,
+            },
+            Phase::Failsafe {
+                valid_since,
+                boot_timed_out,
+            } => {
+                let since = valid_since.unwrap_or(now);
+                if now.saturating_sub(since).as_secs_f64() >= cfg.recovery_hold_s {
+                    healthy
+                } else {
+                    Phase::Failsafe {
+                        valid_since: Some(since),
+                        boot_timed_out,
+                    }
+                }
             }
-        } else {
-            healthy
+            Phase::Running | Phase::Degraded | Phase::Emergency { .. } => healthy,
         };
-        self.state = next;
-        next
+        self.state()
     }
 }
 
