@@ -1,7 +1,11 @@
-//! Physical units as newtypes, so that no bare `f64` crosses a module boundary.
+//! Physical units as newtypes, so that the samples, actuations and limits that cross the
+//! core's boundary cannot mix a temperature with a flow (ARCHITECTURE.md says exactly where
+//! bare `f64` still crosses).
 //!
 //! Each unit is a thin `Copy` wrapper with `serde(transparent)`, so configuration files and
-//! JSON carry plain numbers while the code cannot mix a temperature with a flow.
+//! JSON carry plain numbers. Most units add and subtract like plain quantities. A temperature
+//! is a point on a scale, not a quantity: `Celsius - Celsius` is a difference ([`Kelvin`]),
+//! `Celsius ± Kelvin` is a `Celsius`, and two temperatures cannot be added.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -57,6 +61,13 @@ macro_rules! unit {
             }
         }
 
+    };
+}
+
+/// Adding and subtracting within a unit, for quantities (not for points on a scale such as
+/// [`Celsius`]).
+macro_rules! quantity {
+    ($($name:ident),*) => {$(
         impl std::ops::Add for $name {
             type Output = Self;
             fn add(self, rhs: Self) -> Self {
@@ -70,7 +81,7 @@ macro_rules! unit {
                 Self(self.0 - rhs.0)
             }
         }
-    };
+    )*};
 }
 
 unit!(
@@ -106,11 +117,50 @@ unit!(
     Joules, "J"
 );
 
+quantity!(
+    Kelvin,
+    Watts,
+    LitresPerMinute,
+    Kilopascal,
+    Percent,
+    Megahertz,
+    Joules
+);
+
+/// The difference of two temperatures is a temperature difference.
+impl std::ops::Sub for Celsius {
+    type Output = Kelvin;
+    fn sub(self, rhs: Celsius) -> Kelvin {
+        Kelvin(self.0 - rhs.0)
+    }
+}
+
+impl std::ops::Add<Kelvin> for Celsius {
+    type Output = Celsius;
+    fn add(self, rhs: Kelvin) -> Celsius {
+        Celsius(self.0 + rhs.0)
+    }
+}
+
+impl std::ops::Sub<Kelvin> for Celsius {
+    type Output = Celsius;
+    fn sub(self, rhs: Kelvin) -> Celsius {
+        Celsius(self.0 - rhs.0)
+    }
+}
+
+impl std::ops::Neg for Kelvin {
+    type Output = Kelvin;
+    fn neg(self) -> Kelvin {
+        Kelvin(-self.0)
+    }
+}
+
 impl Celsius {
     /// Distance from `self` up to `limit`: positive while below the limit.
     #[inline]
     pub fn margin_to(self, limit: Celsius) -> Kelvin {
-        Kelvin(limit.0 - self.0)
+        limit - self
     }
 }
 
@@ -136,6 +186,16 @@ mod tests {
     fn margin_is_positive_below_limit() {
         assert_eq!(Celsius(80.0).margin_to(Celsius(89.0)), Kelvin(9.0));
         assert_eq!(Celsius(90.0).margin_to(Celsius(89.0)), Kelvin(-1.0));
+    }
+
+    #[test]
+    fn temperature_difference_is_kelvin() {
+        let d: Kelvin = Celsius(45.0) - Celsius(30.0);
+        assert_eq!(d, Kelvin(15.0));
+        assert_eq!(Celsius(30.0) + d, Celsius(45.0));
+        assert_eq!(Celsius(45.0) - Kelvin(5.0), Celsius(40.0));
+        assert_eq!(-Kelvin(2.0), Kelvin(-2.0));
+        assert_eq!(Kelvin(2.0) + Kelvin(3.0), Kelvin(5.0));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::control::config::{ControlConfig, ControlledVariable};
 use crate::control::plausibility::{InputTrack, Limits, Verdict};
 use crate::control::CduSetup;
 use crate::model::{CduSample, GpuSample, GpuStatic, Mono, Role};
+use crate::units::{Celsius, Kelvin};
 use std::collections::BTreeMap;
 
 /// NVML's `nvmlClocksEventReasonHwThermalSlowdown` bit (nvml.h): the GPU is already slowing
@@ -115,7 +116,9 @@ impl GpuInput {
             None
         };
         let hbm_equiv = match (&self.st, hbm_v) {
-            (Some(st), Some(h)) => Some(st.slowdown.get() - (st.hbm_max.get() - h)),
+            // The core temperature with the same margin to the slowdown threshold as the HBM
+            // has to its maximum.
+            (Some(st), Some(h)) => Some((st.slowdown - Celsius(h).margin_to(st.hbm_max)).get()),
             _ => None,
         };
         self.equiv = match cfg.controlled_variable {
@@ -138,11 +141,9 @@ impl GpuInput {
             .and_then(|s| s.throttle_reasons)
             .is_some_and(|r| r & HW_THERMAL_SLOWDOWN != 0)
             && s.is_some_and(|s| fresh(cfg, now, s.at));
+        let margin = Kelvin(sup.emergency_margin_k);
         let (core_thr, hbm_thr) = match &self.st {
-            Some(st) => (
-                st.slowdown.get() - sup.emergency_margin_k,
-                st.hbm_max.get() - sup.emergency_margin_k,
-            ),
+            Some(st) => ((st.slowdown - margin).get(), (st.hbm_max - margin).get()),
             None => (f64::INFINITY, f64::INFINITY),
         };
         let clear = if self.hot { sup.emergency_clear_k } else { 0.0 };
