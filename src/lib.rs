@@ -1,16 +1,16 @@
 //! coolantd: keeps liquid-cooled GPU clusters cool with as little pump energy and as little
 //! lost GPU performance as possible.
 //!
-//! The crate is a pure control core ([`control`]) inside an IO shell ([`collect`], [`sink`],
-//! [`service`]). See ARCHITECTURE.md for the map and the rules each module keeps.
+//! The crate is an IO shell ([`collect`], [`sink`], [`service`]) around a pure control core,
+//! the crate `coolantd-core` ([`control`], [`model`], [`units`], [`validate`]), re-exported
+//! here so that `crate::model::…` and `coolantd::control::…` paths stay what they were. See
+//! ARCHITECTURE.md for the map and the rules each part keeps.
 
 pub mod collect;
 pub mod config;
-pub mod control;
-pub mod model;
 pub mod profile;
 pub mod service;
 pub mod sim;
 pub mod sink;
-pub mod units;
-pub mod validate;
+
+pub use coolantd_core::{control, model, units, validate};
