@@ -495,7 +495,7 @@ impl Controller {
         let write_failed = c.pump.write.failing(cfg.pump.write_failures_alarm);
         let causes = failsafe_causes(cfg, &r, &gpus, write_failed);
         let degraded =
-            !r.lost_optional.is_empty() || !gpus.lost.is_empty() || r.local || c.pump.fault;
+            !r.lost_optional.is_empty() || !gpus.lost.is_empty() || r.local || c.pump.fault();
         let state = c.sup.step(
             now,
             &Causes {

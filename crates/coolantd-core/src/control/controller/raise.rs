@@ -155,7 +155,7 @@ pub(super) fn cdu_alarms(
             msg,
         );
     }
-    if c.pump.fault {
+    if c.pump.fault() {
         let msg = format!(
             "{name}: pump feedback {:.1} % does not follow the command {:.1} % within {} s",
             r.feedback.unwrap_or(f64::NAN),
