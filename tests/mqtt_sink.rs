@@ -117,8 +117,8 @@ async fn telemetry_state_and_events_arrive_and_state_is_retained() {
         })
         .await;
     let t = json(&t.payload);
-    assert_eq!(t["hottest_gpu_core"], 61.0);
-    assert_eq!(t["cdus"]["cdu-a"]["supply"], 30.5);
+    assert_eq!(t["hottest_gpu_core_temp_c"], 61.0);
+    assert_eq!(t["cdus"]["cdu-a"]["supply_temp_c"], 30.5);
     assert_eq!(t["metrics"][0]["fields"]["core_temperature"], 61.0);
 
     let ev = AlarmEvent {
@@ -171,7 +171,7 @@ async fn telemetry_state_and_events_arrive_and_state_is_retained() {
     assert!(state.retain);
     let s = json(&state.payload);
     assert_eq!(s["state"], "degraded");
-    assert_eq!(s["setpoint"], 65.0);
+    assert_eq!(s["setpoint_c"], 65.0);
     assert_eq!(s["dry_run"], false);
     let avail = got
         .iter()
@@ -284,6 +284,7 @@ async fn command_round_trip_carries_the_correlation_id() {
     sink.reply(
         None,
         &CommandOutcome::Rejected {
+            kind: coolantd::model::RejectKind::OutOfRange,
             reason: "percent must be 0..=100".into(),
         },
     );
