@@ -301,6 +301,12 @@ async fn status_and_mqtt_match_their_schemas_in_normal_operation() {
     let status = d.status_until("state running", |v| v["state"] == "running");
     validate("status.schema.json", status.as_bytes());
     assert_no_rust_internals("/status", &status);
+    let v: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert!(v["cdus"][0]["link"]["sample_age_s"].is_number(), "{v}");
+    assert!(
+        v["cdus"][0]["flow_lpm"].as_f64().is_some_and(|f| f > 0.0),
+        "{v}"
+    );
 
     let state_topic = format!("{BASE}/state");
     let state = client

@@ -436,6 +436,23 @@ mod tests {
         assert!(v.get("alarms").is_none());
     }
 
+    /// The link's times are milliseconds in the model and seconds in JSON, both ways.
+    #[test]
+    fn link_times_go_out_in_seconds() {
+        let mut s = snap();
+        s.cdus[0].link.sample_age_ms = Some(250.0);
+        s.cdus[0].link.poll_ms = Some(4.0);
+        let v: serde_json::Value = serde_json::from_slice(&telemetry_json(&s)).expect("JSON");
+        let link = &v["cdus"]["cdu-a"]["link"];
+        assert_eq!(link["sample_age_s"], 0.25, "{link}");
+        assert_eq!(link["poll_duration_s"], 0.004, "{link}");
+        assert!(link.get("sample_age_ms").is_none(), "{link}");
+        // `coolantd status` decodes `/status` back into the model.
+        let back: CduStatus = serde_json::from_value(v["cdus"]["cdu-a"].clone()).expect("decodes");
+        assert_eq!(back.link.sample_age_ms, Some(250.0));
+        assert_eq!(back.link.poll_ms, Some(4.0));
+    }
+
     #[test]
     fn state_key_ignores_the_controlled_value_but_not_alarms() {
         let a = snap();
