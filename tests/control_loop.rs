@@ -3,7 +3,7 @@
 mod control_support;
 
 use control_support::{cfg, Rig};
-use coolantd::model::{Command, CommandOutcome, ControlState};
+use coolantd::model::{Command, CommandOutcome, ControlState, RejectKind};
 
 #[test]
 fn pump_loop_settles_at_setpoint() {
@@ -169,6 +169,7 @@ fn manual_mode_holds_operator_speed_and_returns_bumplessly() {
         rig.ctl
             .command(rig.now, &Command::SetPumpSpeed { percent: 70.0 }),
         CommandOutcome::Rejected {
+            kind: RejectKind::WrongMode,
             reason: "pump speed can only be set in manual mode".into()
         }
     );
@@ -205,7 +206,10 @@ fn commands_outside_limits_are_rejected_and_change_nothing() {
         assert!(matches!(
             rig.ctl
                 .command(rig.now, &Command::SetSetpoint { celsius: bad }),
-            CommandOutcome::Rejected { .. }
+            CommandOutcome::Rejected {
+                kind: RejectKind::OutOfRange,
+                ..
+            }
         ));
     }
     let mut c = cfg();
@@ -216,14 +220,20 @@ fn commands_outside_limits_are_rejected_and_change_nothing() {
         .ctl
         .command(rig.now, &Command::SetSetpoint { celsius: 85.0 })
     {
-        CommandOutcome::Rejected { reason } => assert!(reason.contains("slowdown"), "{reason}"),
+        CommandOutcome::Rejected {
+            kind: RejectKind::OutOfRange,
+            reason,
+        } => assert!(reason.contains("slowdown"), "{reason}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(rig.ctl.setpoint().get(), 68.0);
     assert!(matches!(
         rig.ctl
             .command(rig.now, &Command::AckAlarm { id: "nope".into() }),
-        CommandOutcome::Rejected { .. }
+        CommandOutcome::Rejected {
+            kind: RejectKind::UnknownAlarm,
+            ..
+        }
     ));
     let out = rig.step();
     assert_eq!(out.setpoint.get(), 68.0);

@@ -135,7 +135,10 @@ fn tick_of(status: &Value) -> u64 {
 
 fn time_ms_of(status: &Value) -> i64 {
     // VictoriaMetrics keeps milliseconds; the snapshot's time is the tick's point timestamp.
-    status["time_ns"].as_i64().expect("/status has time_ns") / 1_000_000
+    status["time_unix_ns"]
+        .as_i64()
+        .expect("/status has time_unix_ns")
+        / 1_000_000
 }
 
 /// Per GPU series: its `gpu` label and its timestamps in the range `[from, to)`.

@@ -57,7 +57,7 @@ async fn simulator_streams_to_victoriametrics_and_mosquitto_and_takes_commands()
         .await;
     let state: serde_json::Value = serde_json::from_str(&state.payload).expect("state is JSON");
     assert_eq!(state["state"], "running", "{state}");
-    assert_eq!(state["setpoint"], 55.0, "{state}");
+    assert_eq!(state["setpoint_c"], 55.0, "{state}");
     let telemetry = format!("{base}/telemetry");
     client
         .wait_for("telemetry", Duration::from_secs(5), |r| {

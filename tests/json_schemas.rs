@@ -84,9 +84,16 @@ fn probe_json_matches_its_schema_with_values() {
     assert!(supply["reading"]["value"].is_number(), "{supply}");
     assert_eq!(supply["verdict"], "plausible");
     assert_eq!(r["gpus"][0]["core_temp"]["unit"], "°C");
-    // Nothing of Rust's enum or Duration encodings leaks out.
+    // Nothing of Rust's enum or Duration encodings leaks out, and no duration in ms.
     let text = r.to_string();
-    for leak in ["\"Ok\"", "\"Err\"", "\"secs\"", "\"nanos\""] {
+    for leak in [
+        "\"Ok\"",
+        "\"Err\"",
+        "\"secs\"",
+        "\"nanos\"",
+        "_ms\":",
+        "\"time_ns\"",
+    ] {
         assert!(!text.contains(leak), "{leak} in {text}");
     }
 }
@@ -137,6 +144,74 @@ fn assert_no_rust_internals(what: &str, text: &str) {
     for leak in ["\"Ok\"", "\"Err\"", "\"secs\"", "\"nanos\""] {
         assert!(!text.contains(leak), "{what}: {leak} in {text}");
     }
+    let doc: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    assert_units_in_keys(what, "", &doc);
+}
+
+/// The unit suffixes of docs/json.md: a number with a unit carries it in its key.
+const UNIT_SUFFIXES: [&str; 9] = [
+    "_c", "_k", "_lpm", "_kpa", "_pct", "_w", "_s", "_unix_ns", "_j",
+];
+
+/// Keys whose numbers are counts, indices or raw words, without a unit.
+const UNITLESS: [&str; 7] = [
+    "tick",
+    "index",
+    "late_polls",
+    "superseded_writes",
+    "requests",
+    "timeouts",
+    "value",
+];
+
+/// docs/json.md's rule, checked on a whole document: every number under an object key has
+/// a unit suffix or is a count, no key holds milliseconds (`_ms`), and the wall clock is
+/// `*_unix_ns`, never a bare `time_ns`. Metric points keep InfluxDB's field names, which
+/// docs/metrics.md owns, so `fields` is not walked.
+fn assert_units_in_keys(what: &str, path: &str, v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let here = format!("{path}/{k}");
+                assert!(!k.ends_with("_ms"), "{what}: {here} is in milliseconds");
+                assert_ne!(k, "time_ns", "{what}: {here} is not `*_unix_ns`");
+                if v.is_number() {
+                    assert!(
+                        UNIT_SUFFIXES.iter().any(|s| k.ends_with(s))
+                            || UNITLESS.contains(&k.as_str()),
+                        "{what}: {here} = {v} has no unit suffix (docs/json.md)"
+                    );
+                }
+                if k != "fields" {
+                    assert_units_in_keys(what, &here, v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                assert_units_in_keys(what, &format!("{path}/{i}"), v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The rule checker itself refuses what the outputs used to carry.
+#[test]
+fn the_unit_rule_refuses_bare_numbers_milliseconds_and_time_ns() {
+    let refused = |doc: &str| {
+        let v: serde_json::Value = serde_json::from_str(doc).expect("JSON");
+        std::panic::catch_unwind(|| assert_units_in_keys("doc", "", &v)).is_err()
+    };
+    assert!(refused(r#"{"cdus":[{"supply":30.0}]}"#));
+    assert!(refused(r#"{"link":{"sample_age_ms":null}}"#));
+    assert!(refused(r#"{"time_ns":1}"#));
+    assert_units_in_keys(
+        "doc",
+        "",
+        &serde_json::json!({"cdus": [{"supply_temp_c": 30.0, "link": {"requests": 3}}],
+                            "time_unix_ns": 1, "metrics": [{"fields": {"pstate": 0}}]}),
+    );
 }
 
 /// The real binary on the simulator with `/status` and MQTT on `broker`; killed on drop.
@@ -226,6 +301,12 @@ async fn status_and_mqtt_match_their_schemas_in_normal_operation() {
     let status = d.status_until("state running", |v| v["state"] == "running");
     validate("status.schema.json", status.as_bytes());
     assert_no_rust_internals("/status", &status);
+    let v: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert!(v["cdus"][0]["link"]["sample_age_s"].is_number(), "{v}");
+    assert!(
+        v["cdus"][0]["flow_lpm"].as_f64().is_some_and(|f| f > 0.0),
+        "{v}"
+    );
 
     let state_topic = format!("{BASE}/state");
     let state = client
@@ -239,7 +320,7 @@ async fn status_and_mqtt_match_their_schemas_in_normal_operation() {
         })
         .await;
     let t = mqtt_doc("mqtt-telemetry.schema.json", &telemetry);
-    assert!(t["cdus"]["cdu-sim"]["supply"].is_number(), "{t}");
+    assert!(t["cdus"]["cdu-sim"]["supply_temp_c"].is_number(), "{t}");
 
     // One command the core takes and one it refuses (a pump speed in auto mode).
     let reply_topic = format!("{BASE}/command/reply");
@@ -269,7 +350,81 @@ async fn status_and_mqtt_match_their_schemas_in_normal_operation() {
         .await;
     let no = mqtt_doc("mqtt-reply.schema.json", &no);
     assert_eq!(no["result"], "rejected", "{no}");
+    assert_eq!(no["kind"], "wrong_mode", "{no}");
     assert!(no["reason"].as_str().is_some_and(|r| !r.is_empty()), "{no}");
+
+    // Each kind of refusal, from the MQTT layer and from the core, carries its word.
+    for (id, command, kind) in [
+        (
+            "k-1",
+            r#"{"id":"k-1","command":"set_setpoint","celsius":150}"#,
+            "out_of_range",
+        ),
+        (
+            "k-2",
+            r#"{"id":"k-2","command":"ack_alarm","alarm":"leak:nope"}"#,
+            "unknown_alarm",
+        ),
+        (
+            "k-3",
+            r#"{"id":"k-3","command":"explode"}"#,
+            "unknown_command",
+        ),
+        (
+            "k-4",
+            r#"{"id":"k-4","command":"set_setpoint","celsius":"hot"}"#,
+            "bad_field",
+        ),
+        (
+            "k-5",
+            r#"{"id":"k-5","command":"set_setpoint","#,
+            "bad_json",
+        ),
+    ] {
+        client.publish(&format!("{BASE}/command"), command).await;
+        // A message that is not JSON has no readable id: its reply is the one without.
+        let r = client
+            .wait_for(kind, Duration::from_secs(30), |r| {
+                r.topic == reply_topic
+                    && (r.payload.contains(id)
+                        || (kind == "bad_json" && !r.payload.contains("\"id\"")))
+            })
+            .await;
+        let r = mqtt_doc("mqtt-reply.schema.json", &r);
+        assert_eq!(r["result"], "rejected", "{command}: {r}");
+        assert_eq!(r["kind"], kind, "{command}: {r}");
+    }
+    let dir = TempDir::new("mqtt-pub");
+    let file = dir.0.join("command.json");
+    std::fs::write(&file, vec![b' '; 70 * 1024]).expect("write the large command");
+    mosquitto_pub(broker.port(), &format!("{BASE}/command"), &file, false);
+    let r = client
+        .wait_for("too large", Duration::from_secs(30), |r| {
+            r.topic == reply_topic && r.payload.contains("too large")
+        })
+        .await;
+    let r = mqtt_doc("mqtt-reply.schema.json", &r);
+    assert_eq!(r["kind"], "too_large", "{r}");
+}
+
+/// Publishes the file `payload` with the real `mosquitto_pub`, retained when asked: the
+/// test client cannot send a retained message or one over its own packet limit.
+fn mosquitto_pub(port: u16, topic: &str, payload: &Path, retain: bool) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-f"])
+        .arg(payload);
+    if retain {
+        cmd.arg("-r");
+    }
+    let out = cmd
+        .output()
+        .expect("run mosquitto_pub (Debian package `mosquitto-clients`)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,6 +433,19 @@ async fn status_and_mqtt_match_their_schemas_in_failsafe() {
     let mut client =
         mqtt_client::TestClient::connect(broker.port(), "json-integrator", &[&format!("{BASE}/#")])
             .await;
+    // A retained command waits on the broker: the daemon gets it flagged retained when it
+    // subscribes, and refuses it (it would run again on every reconnect).
+    let dir = TempDir::new("mqtt-pub");
+    let file = dir.0.join("command.json");
+    std::fs::write(
+        &file,
+        r#"{"id":"k-6","command":"set_mode","mode":"manual"}"#,
+    )
+    .expect("write the command");
+    mosquitto_pub(broker.port(), &format!("{BASE}/command"), &file, true);
+    let reply_topic = format!("{BASE}/command/reply");
+    let mut replies =
+        mqtt_client::TestClient::connect(broker.port(), "json-replies", &[&reply_topic]).await;
     // The CDU on port 1 of loopback, where nothing listens: unreachable from the start, so
     // boot gives up after a second of plant time and goes to failsafe.
     let mut d = Daemon::start(
@@ -340,4 +508,14 @@ async fn status_and_mqtt_match_their_schemas_in_failsafe() {
         .await;
     let state = mqtt_doc("mqtt-state.schema.json", &state);
     assert!(state["alarms"][0]["causes"].is_array(), "{state}");
+
+    let r = replies
+        .wait_for("retained refused", Duration::from_secs(30), |r| {
+            // Refused before it is parsed, so without the command's id.
+            r.topic == reply_topic && r.payload.contains("retained")
+        })
+        .await;
+    let r = mqtt_doc("mqtt-reply.schema.json", &r);
+    assert_eq!(r["kind"], "retained", "{r}");
+    assert_eq!(state["mode"], "auto", "{state}");
 }

@@ -135,6 +135,7 @@ async fn an_oversize_command_is_refused_without_dropping_the_session() {
     assert_eq!(refusals.len(), 1, "one refusal for the retained message");
     let r: serde_json::Value = serde_json::from_str(&refusals[0].payload).expect("JSON reply");
     assert_eq!(r["result"], "rejected", "{r}");
+    assert_eq!(r["kind"], "too_large", "{r}");
     let reason = r["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("100000 bytes") && reason.contains("too large"),

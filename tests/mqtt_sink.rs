@@ -117,8 +117,8 @@ async fn telemetry_state_and_events_arrive_and_state_is_retained() {
         })
         .await;
     let t = json(&t.payload);
-    assert_eq!(t["hottest_gpu_core"], 61.0);
-    assert_eq!(t["cdus"]["cdu-a"]["supply"], 30.5);
+    assert_eq!(t["hottest_gpu_core_temp_c"], 61.0);
+    assert_eq!(t["cdus"]["cdu-a"]["supply_temp_c"], 30.5);
     assert_eq!(t["metrics"][0]["fields"]["core_temperature"], 61.0);
 
     let ev = AlarmEvent {
@@ -171,7 +171,7 @@ async fn telemetry_state_and_events_arrive_and_state_is_retained() {
     assert!(state.retain);
     let s = json(&state.payload);
     assert_eq!(s["state"], "degraded");
-    assert_eq!(s["setpoint"], 65.0);
+    assert_eq!(s["setpoint_c"], 65.0);
     assert_eq!(s["dry_run"], false);
     let avail = got
         .iter()
@@ -284,6 +284,7 @@ async fn command_round_trip_carries_the_correlation_id() {
     sink.reply(
         None,
         &CommandOutcome::Rejected {
+            kind: coolantd::model::RejectKind::OutOfRange,
             reason: "percent must be 0..=100".into(),
         },
     );
@@ -292,6 +293,7 @@ async fn command_round_trip_carries_the_correlation_id() {
         .await;
     let r = json(&r.payload);
     assert_eq!(r["result"], "rejected");
+    assert_eq!(r["kind"], "out_of_range", "{r}");
     assert!(r.get("id").is_none());
     sink.shutdown().await;
 }
@@ -332,34 +334,45 @@ async fn bad_commands_are_rejected_with_a_reason_and_never_reach_the_core() {
     let _ = op.collect(Duration::from_millis(100)).await;
 
     let cases = [
-        ("{not json", None, "not valid JSON"),
+        ("{not json", None, "not valid JSON", "bad_json"),
         (
             r#"{"id":"u1","command":"explode"}"#,
             Some("u1"),
             "unknown variant",
+            "unknown_command",
         ),
         (
             r#"{"id":"t1","command":"set_setpoint","celsius":"hot"}"#,
             Some("t1"),
             "invalid type",
+            "bad_field",
         ),
         (
             r#"{"id":"m1","command":"set_pump_speed"}"#,
             Some("m1"),
             "missing field `percent`",
+            "bad_field",
         ),
         (
             r#"{"id":"x1","command":"set_mode","mode":"auto","extra":1}"#,
             Some("x1"),
             "unknown field `extra`",
+            "bad_field",
+        ),
+        (
+            r#"{"id":"c1","mode":"auto"}"#,
+            Some("c1"),
+            "missing field `command`",
+            "unknown_command",
         ),
     ];
-    for (payload, id, reason) in cases {
+    for (payload, id, reason, kind) in cases {
         op.publish(&format!("{BASE}/command"), payload).await;
         let r = op.wait_for("rejection", WAIT, |_| true).await;
         let r = json(&r.payload);
         assert_eq!(r["result"], "rejected", "{payload}");
         assert_eq!(r.get("id").and_then(|v| v.as_str()), id, "{payload}");
+        assert_eq!(r["kind"], kind, "{payload}: {r}");
         let got = r["reason"].as_str().unwrap_or_default();
         assert!(got.contains(reason), "{payload}: reason `{got}`");
     }
@@ -368,6 +381,58 @@ async fn bad_commands_are_rejected_with_a_reason_and_never_reach_the_core() {
         rx.try_recv().is_err(),
         "a rejected command reached the receiver"
     );
+    sink.shutdown().await;
+}
+
+/// The command queue to the controller holds 32 commands: the 33rd is answered `busy` at
+/// once, and once the controller stops taking commands the answer is `shutting_down`.
+#[tokio::test]
+async fn a_full_command_queue_answers_busy_and_a_closed_one_shutting_down() {
+    let broker = Mosquitto::start();
+    let (sink, mut rx) = MqttSink::start(&cfg(broker.port()), SITE, HOST).expect("start");
+    let mut op = TestClient::connect(
+        broker.port(),
+        "operator",
+        &[&format!("{BASE}/command/reply")],
+    )
+    .await;
+    wait_connected(&sink).await;
+    await_subscribed(&op, &mut rx).await;
+    let _ = op.collect(Duration::from_millis(100)).await;
+    // Nothing drains the queue now, as when the controller is stuck in a long tick.
+    for i in 0..33 {
+        op.publish(
+            &format!("{BASE}/command"),
+            &format!(r#"{{"id":"q{i}","command":"set_setpoint","celsius":60}}"#),
+        )
+        .await;
+    }
+    let r = op
+        .wait_for("busy", WAIT, |m| m.payload.contains("q32"))
+        .await;
+    let r = json(&r.payload);
+    assert_eq!(r["result"], "rejected", "{r}");
+    assert_eq!(r["kind"], "busy", "{r}");
+    let queued = op.collect(Duration::from_millis(300)).await;
+    assert!(
+        queued.is_empty(),
+        "queued commands were answered: {queued:?}"
+    );
+    for i in 0..32 {
+        let req = recv_command(&mut rx).await;
+        assert_eq!(req.correlation_id, Some(format!("q{i}")));
+    }
+    drop(rx);
+    op.publish(
+        &format!("{BASE}/command"),
+        r#"{"id":"late","command":"set_setpoint","celsius":60}"#,
+    )
+    .await;
+    let r = op
+        .wait_for("closed", WAIT, |m| m.payload.contains("late"))
+        .await;
+    let r = json(&r.payload);
+    assert_eq!(r["kind"], "shutting_down", "{r}");
     sink.shutdown().await;
 }
 
@@ -521,6 +586,7 @@ async fn retained_commands_are_refused() {
         .await;
     let r = json(&r.payload);
     assert_eq!(r["result"], "rejected");
+    assert_eq!(r["kind"], "retained", "{r}");
     assert!(r["reason"]
         .as_str()
         .unwrap_or_default()

@@ -12,7 +12,9 @@
 //! - CDU fault on the Modbus wire (leak, 50 °C supply, 65 °C return, 2 l/min, through the
 //!   test proxy): leak, both temperatures, low flow, and failsafe-or-emergency (a leak puts
 //!   the daemon in emergency);
-//! - the InfluxDB sink's database (a second VictoriaMetrics) stopped: sink backlog;
+//! - the InfluxDB sink's database (a second VictoriaMetrics) stopped: sink backlog, and, once
+//!   the spool passes its bound (`spool_max_bytes` at its 1 MiB minimum, filled in seconds
+//!   at a 100 ms period), sink dropping;
 //! - crafted samples pushed into VictoriaMetrics for GPU near slowdown and HBM near max
 //!   (the binary's simulated GPUs cannot reach their slowdown threshold in a short run);
 //! - the daemon stopped: telemetry stale (`up == 0`).
@@ -320,7 +322,7 @@ fn prometheus_rules_fire_in_vmalert_on_faults_and_stay_silent_otherwise() {
     let sim_addr = format!("address = \"127.0.0.1:{sim_port}\"");
     let proxy_addr = format!("address = \"{}\"", proxy.addr);
     let extra = format!(
-        "[http]\nlisten = \"127.0.0.1:{http_port}\"\n[influx]\nurl = \"{}\"\norg = \"sim\"\nbucket = \"coolantd\"\nbatch_size = 500\nflush_interval_ms = 100\nretry_min_ms = 50\nretry_max_ms = 200\nrequest_timeout_ms = 500\n",
+        "[http]\nlisten = \"127.0.0.1:{http_port}\"\n[influx]\nurl = \"{}\"\norg = \"sim\"\nbucket = \"coolantd\"\nbatch_size = 500\nflush_interval_ms = 100\nretry_min_ms = 50\nretry_max_ms = 200\nrequest_timeout_ms = 500\nspool_max_bytes = 1048576\n",
         sink_db.url()
     );
     let text = sim_config_text(
@@ -443,11 +445,31 @@ fn prometheus_rules_fire_in_vmalert_on_faults_and_stay_silent_otherwise() {
 
     proxy.set_patch(None);
 
-    // The sink's database goes away: the backlog grows past 1000 points.
+    // The sink's database goes away: the backlog grows past 1000 points, then the spool
+    // reaches its 1 MiB bound and drops its oldest segment. Before that, nothing dropped.
+    assert!(
+        !receiver
+            .firing_since(normal_from)
+            .contains("CoolantdSinkDropping"),
+        "{}",
+        logs("sink dropping with the database up")
+    );
     sink_db.stop();
     let from = unix_ms();
-    let got = receiver.wait_firing(from, &["CoolantdSinkBacklog"], "sink outage");
-    report.push(format!("sink_outage: {got:?}"));
+    let got = receiver.wait_firing(
+        from,
+        &["CoolantdSinkBacklog", "CoolantdSinkDropping"],
+        "sink outage",
+    );
+    report.push(format!(
+        "sink_outage ({} ms after the stop): {got:?}",
+        unix_ms() - from
+    ));
+    assert!(
+        daemon_log(&dir.0).contains("spool size bound reached"),
+        "{}",
+        logs("dropping fired without the spool's bound")
+    );
 
     // Crafted GPU samples (see the module comment).
     let body = "gpu_margin_to_slowdown_k{host=\"crafted-node\",gpu=\"0\"} 2\ngpu_hbm_margin_k{host=\"crafted-node\",gpu=\"0\"} 1\n";
@@ -495,13 +517,7 @@ fn prometheus_rules_fire_in_vmalert_on_faults_and_stay_silent_otherwise() {
         names.len(),
         report.join("\n")
     );
-    // Dropping points needs the spool's bound or a failing disk: out of reach here, and the
-    // only rule the test cannot fire.
-    assert_eq!(
-        never,
-        [&"CoolantdSinkDropping".to_string()],
-        "rules never proven"
-    );
+    assert!(never.is_empty(), "rules never proven: {never:?}");
     assert!(proxy.requests() > 0);
 }
 

@@ -142,7 +142,7 @@ fn rehearsal_writes_to_the_simulator_and_never_contacts_the_configured_cdu() {
     let mut last = None;
     let lowered = loop {
         if let Some(s) = status_json(http) {
-            let pump = s["cdus"][0]["pump_command"].as_f64();
+            let pump = s["cdus"][0]["pump_command_pct"].as_f64();
             assert_eq!(s["dry_run"], serde_json::json!(false), "{s}");
             if pump.is_some_and(|p| p < 58.0) {
                 break true;

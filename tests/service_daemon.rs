@@ -290,7 +290,7 @@ fn http_endpoints_on_the_running_daemon() {
     let list = status["gpus"].as_array().expect("/status has gpus");
     assert_eq!(list.len(), 8, "{status}");
     for g in list {
-        let core = g["core"]
+        let core = g["core_temp_c"]
             .as_f64()
             .expect("every GPU has a core temperature");
         assert!((15.0..90.0).contains(&core), "{g}");
@@ -330,7 +330,7 @@ fn sighup_with_invalid_config_keeps_running_and_logs() {
     std::thread::sleep(Duration::from_millis(500));
     let s = d.status();
     assert!(tick_of(&s) > t1, "ticks stopped after a refused reload");
-    assert_eq!(s["setpoint"].as_f64(), Some(55.0), "{s}");
+    assert_eq!(s["setpoint_c"].as_f64(), Some(55.0), "{s}");
 
     // A valid change is taken live.
     std::fs::write(&d.config, config(&d.dir.0, d.cdu, d.http, 52.0, "")).expect("write new config");
@@ -342,7 +342,7 @@ fn sighup_with_invalid_config_keeps_running_and_logs() {
     let t0 = Instant::now();
     loop {
         let s = d.status();
-        if s["setpoint"].as_f64() == Some(52.0) {
+        if s["setpoint_c"].as_f64() == Some(52.0) {
             break;
         }
         assert!(t0.elapsed() < START, "set point not taken: {s}");

@@ -214,7 +214,7 @@ async fn endpoints_answer_with_the_right_status_codes() {
     let back: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("JSON");
     let expected = serde_json::to_value(snapshot(true)).expect("snapshot encodes");
     assert_eq!(back, expected);
-    assert_eq!(back["gpus"][0]["margin_to_slowdown"], 27.5);
+    assert_eq!(back["gpus"][0]["margin_to_slowdown_k"], 27.5);
 
     let (code, _) = get(&c, &format!("{}/nope", s.base)).await;
     assert_eq!(code, 404);

@@ -324,9 +324,17 @@ impl CduSample {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Actuation {
     /// Write the pump speed command of a CDU.
-    SetPumpSpeed { cdu: String, speed: Percent },
+    SetPumpSpeed {
+        cdu: String,
+        #[serde(rename = "speed_pct")]
+        speed: Percent,
+    },
     /// Set one GPU's power limit.
-    SetPowerCap { gpu: GpuKey, limit: Watts },
+    SetPowerCap {
+        gpu: GpuKey,
+        #[serde(rename = "limit_w")]
+        limit: Watts,
+    },
     /// Write the next heartbeat value to a CDU's watchdog register.
     FeedWatchdog { cdu: String, value: u16 },
 }
@@ -562,7 +570,37 @@ pub enum Command {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum CommandOutcome {
     Accepted,
-    Rejected { reason: String },
+    /// `kind` is for tools, `reason` for people.
+    Rejected {
+        kind: RejectKind,
+        reason: String,
+    },
+}
+
+/// Why a command was refused, as a stable snake_case word (docs/mqtt.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// Not a JSON object, or an `id` that is neither a string nor a number.
+    BadJson,
+    /// Larger than the command size limit; not parsed.
+    TooLarge,
+    /// Published with the retain flag, which would run it again on every reconnect.
+    Retained,
+    /// No `command`, or one coolantd does not know.
+    UnknownCommand,
+    /// A known command with a field missing, unknown or of the wrong type.
+    BadField,
+    /// A value outside the configured limits.
+    OutOfRange,
+    /// Not allowed in the current mode (a pump speed outside manual mode).
+    WrongMode,
+    /// No active alarm has that id.
+    UnknownAlarm,
+    /// The command queue to the controller is full.
+    Busy,
+    /// The controller is shutting down.
+    ShuttingDown,
 }
 
 /// A field value in a metric point.
@@ -584,6 +622,7 @@ pub struct Point {
     pub tags: Vec<(String, String)>,
     pub fields: Vec<(String, FieldValue)>,
     /// Wall-clock time, nanoseconds since the Unix epoch.
+    #[serde(rename = "time_unix_ns")]
     pub time_ns: i64,
 }
 
@@ -764,12 +803,18 @@ pub struct TickOutput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CduStatus {
     pub name: String,
+    // The JSON keys are the InfluxDB field names, unit suffix included (docs/json.md).
+    #[serde(rename = "supply_temp_c")]
     pub supply: Option<f64>,
-    #[serde(rename = "return")]
+    #[serde(rename = "return_temp_c")]
     pub return_: Option<f64>,
+    #[serde(rename = "flow_lpm")]
     pub flow: Option<f64>,
+    #[serde(rename = "dp_kpa")]
     pub differential_pressure: Option<f64>,
+    #[serde(rename = "pump_command_pct")]
     pub pump_command: Option<f64>,
+    #[serde(rename = "pump_feedback_pct")]
     pub pump_feedback: Option<f64>,
     pub leak: Option<bool>,
     pub remote_enable: Option<bool>,
@@ -786,9 +831,12 @@ pub struct CduStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CduLinkStatus {
     /// Age of the newest completed poll at this tick, ms of control time (`None` before the
-    /// first poll completes). Older than `control.max_sample_age_ms` is a lost input.
+    /// first poll completes). Older than `control.max_sample_age_ms` is a lost input. JSON
+    /// durations are seconds (docs/json.md).
+    #[serde(rename = "sample_age_s", with = "ms_as_seconds")]
     pub sample_age_ms: Option<f64>,
     /// Wall time the newest completed poll took, ms.
+    #[serde(rename = "poll_duration_s", with = "ms_as_seconds")]
     pub poll_ms: Option<f64>,
     /// True when this tick's poll had not finished within the tick's budget for CDUs, so
     /// the tick went on with an older sample.
@@ -801,6 +849,19 @@ pub struct CduLinkStatus {
     /// Modbus requests and how many of them timed out, since start.
     pub requests: u64,
     pub timeouts: u64,
+}
+
+/// Milliseconds held in the model, seconds in JSON (`*_s`, docs/json.md).
+mod ms_as_seconds {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        ms.map(|ms| ms / 1e3).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.map(|s| s * 1e3))
+    }
 }
 
 /// The service loop's own timing, for the `tick` metrics.
@@ -822,11 +883,17 @@ pub struct GpuStatus {
     pub key: GpuKey,
     pub uuid: String,
     pub name: String,
+    // The JSON keys are the InfluxDB field names, unit suffix included (docs/json.md).
+    #[serde(rename = "core_temp_c")]
     pub core: Option<f64>,
+    #[serde(rename = "hbm_temp_c")]
     pub hbm: Option<f64>,
+    #[serde(rename = "power_w")]
     pub power: Option<f64>,
+    #[serde(rename = "power_limit_w")]
     pub limit: Option<f64>,
     /// Kelvin left to the slowdown threshold.
+    #[serde(rename = "margin_to_slowdown_k")]
     pub margin_to_slowdown: Option<f64>,
 }
 
@@ -836,13 +903,16 @@ pub struct Snapshot {
     pub site: String,
     pub host: String,
     /// Wall-clock time of the tick, nanoseconds since the Unix epoch.
+    #[serde(rename = "time_unix_ns")]
     pub time_ns: i64,
     /// Ticks since start.
     pub tick: u64,
     pub dry_run: bool,
     pub mode: Mode,
     pub state: ControlState,
+    #[serde(rename = "setpoint_c")]
     pub setpoint: f64,
+    #[serde(rename = "controlled_c")]
     pub controlled: Option<f64>,
     pub ready: bool,
     pub cdus: Vec<CduStatus>,

@@ -40,7 +40,9 @@ struct Sensor {
 
 /// The discovery config messages (topic, retained payload) for a snapshot's sensors: the
 /// hottest GPU, the controlled value, the control state, and per CDU supply and return
-/// temperature, flow and pump speed.
+/// temperature, flow and pump speed. The object ids predate the unit-suffixed JSON keys and
+/// stay as they were, so that Home Assistant updates its entities in place (same
+/// `unique_id`) when the retained configs are republished with the new templates.
 pub fn messages(
     discovery_prefix: &str,
     topics: &Topics,
@@ -54,7 +56,7 @@ pub fn messages(
             object: "hottest_gpu".into(),
             name: "Hottest GPU temperature".into(),
             state_topic: topics.telemetry.clone(),
-            template: "{{ value_json.hottest_gpu_core }}".into(),
+            template: "{{ value_json.hottest_gpu_core_temp_c }}".into(),
             unit: Some("°C"),
             device_class: Some("temperature"),
         },
@@ -62,7 +64,7 @@ pub fn messages(
             object: "controlled".into(),
             name: "Controlled temperature".into(),
             state_topic: topics.telemetry.clone(),
-            template: "{{ value_json.controlled }}".into(),
+            template: "{{ value_json.controlled_c }}".into(),
             unit: Some("°C"),
             device_class: Some("temperature"),
         },
@@ -78,14 +80,14 @@ pub fn messages(
     for cdu in &snap.cdus {
         let n = &cdu.name;
         let id = ha_id(n);
-        // `return` is a Jinja keyword-free identifier but reads badly; index by string.
+        // Index by string: CDU names may hold `-` and `.`, which dotted access cannot take.
         let field = |f: &str| format!("{{{{ value_json.cdus['{n}']['{f}'] }}}}");
         sensors.extend([
             Sensor {
                 object: format!("{id}{SEP}supply"),
                 name: format!("{n} supply temperature"),
                 state_topic: topics.telemetry.clone(),
-                template: field("supply"),
+                template: field("supply_temp_c"),
                 unit: Some("°C"),
                 device_class: Some("temperature"),
             },
@@ -93,7 +95,7 @@ pub fn messages(
                 object: format!("{id}{SEP}return"),
                 name: format!("{n} return temperature"),
                 state_topic: topics.telemetry.clone(),
-                template: field("return"),
+                template: field("return_temp_c"),
                 unit: Some("°C"),
                 device_class: Some("temperature"),
             },
@@ -101,7 +103,7 @@ pub fn messages(
                 object: format!("{id}{SEP}flow"),
                 name: format!("{n} flow"),
                 state_topic: topics.telemetry.clone(),
-                template: field("flow"),
+                template: field("flow_lpm"),
                 unit: Some("L/min"),
                 device_class: Some("volume_flow_rate"),
             },
@@ -109,7 +111,7 @@ pub fn messages(
                 object: format!("{id}{SEP}pump_speed"),
                 name: format!("{n} pump speed"),
                 state_topic: topics.telemetry.clone(),
-                template: field("pump_feedback"),
+                template: field("pump_feedback_pct"),
                 unit: Some("%"),
                 device_class: None,
             },
@@ -194,10 +196,74 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&m[3].1).expect("JSON");
         assert_eq!(
             v["value_template"],
-            "{{ value_json.cdus['cdu.a']['supply'] }}"
+            "{{ value_json.cdus['cdu.a']['supply_temp_c'] }}"
         );
         assert_eq!(v["availability_topic"], "coolantd/s.1/n01/availability");
         assert_eq!(v["unit_of_measurement"], "°C");
+    }
+
+    /// Resolves a template `{{ value_json.a['b']['c'] }}` in a JSON document.
+    fn resolve<'v>(template: &str, doc: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+        let path = template
+            .strip_prefix("{{ value_json.")?
+            .strip_suffix(" }}")?;
+        let (first, mut rest) = path.split_at(path.find('[').unwrap_or(path.len()));
+        let mut v = doc.get(first)?;
+        while let Some(r) = rest.strip_prefix("['") {
+            let end = r.find("']")?;
+            v = v.get(&r[..end])?;
+            rest = &r[end + 2..];
+        }
+        rest.is_empty().then_some(v)
+    }
+
+    /// Every template reads a key the telemetry or state message really has: a key renamed
+    /// in the payload without its template would show as "unknown" in Home Assistant.
+    #[test]
+    fn every_template_reads_a_value_the_messages_carry() {
+        let mut snap = snap_with("s", "h", &["cdu-a", "cdu.b"]);
+        for c in &mut snap.cdus {
+            c.supply = Some(30.0);
+            c.return_ = Some(40.0);
+            c.flow = Some(120.0);
+            c.pump_feedback = Some(55.0);
+        }
+        snap.controlled = Some(61.0);
+        snap.gpus = vec![crate::model::GpuStatus {
+            key: crate::model::GpuKey {
+                host: "h".into(),
+                index: 0,
+            },
+            uuid: "GPU-0".into(),
+            name: "NVIDIA H200".into(),
+            core: Some(61.0),
+            hbm: None,
+            power: None,
+            limit: None,
+            margin_to_slowdown: None,
+        }];
+        let t = Topics::new("coolantd", "s", "h");
+        let telemetry: serde_json::Value =
+            serde_json::from_slice(&super::super::payload::telemetry_json(&snap)).expect("JSON");
+        let state: serde_json::Value =
+            serde_json::from_slice(&super::super::payload::state_json(&snap).0).expect("JSON");
+        let m = messages("homeassistant", &t, "s", "h", &snap);
+        assert_eq!(m.len(), 3 + 4 * 2);
+        for (topic, p) in &m {
+            let cfg: serde_json::Value = serde_json::from_slice(p).expect("JSON");
+            let template = cfg["value_template"].as_str().expect("template");
+            let doc = if cfg["state_topic"] == t.state.as_str() {
+                &state
+            } else {
+                &telemetry
+            };
+            let v = resolve(template, doc).unwrap_or_else(|| panic!("{topic}: {template}"));
+            if cfg.get("unit_of_measurement").is_some() {
+                assert!(v.is_number(), "{topic}: {template} = {v}");
+            } else {
+                assert!(v.is_string(), "{topic}: {template} = {v}");
+            }
+        }
     }
 
     fn snap_with(site: &str, host: &str, cdus: &[&str]) -> Snapshot {

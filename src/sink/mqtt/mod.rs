@@ -19,7 +19,7 @@ pub mod sparkplug;
 pub use config::{MqttConfig, MqttProtocol, MqttTlsConfig};
 pub use payload::{parse_command, BadCommand, Topics, OFFLINE, ONLINE};
 
-use crate::model::{AlarmEvent, Command, CommandOutcome, Snapshot};
+use crate::model::{AlarmEvent, Command, CommandOutcome, RejectKind, Snapshot};
 use client::{Client, EventLoop, Incoming, Message};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -754,7 +754,7 @@ fn on_command(
     let reply_topic = response_topic
         .clone()
         .unwrap_or_else(|| shared.topics.reply.clone());
-    let reject = |id: Option<String>, reason: String| {
+    let reject = |id: Option<String>, kind: RejectKind, reason: String| {
         crate::log_limited!(
             warn,
             "MQTT command rejected",
@@ -763,7 +763,7 @@ fn on_command(
         );
         shared.push_reply(Message {
             topic: reply_topic.clone(),
-            payload: payload::reply_json(id.as_deref(), &CommandOutcome::Rejected { reason }),
+            payload: payload::reply_json(id.as_deref(), &CommandOutcome::Rejected { kind, reason }),
             reliable: true,
             retain: false,
             correlation_data: correlation_data.clone(),
@@ -778,6 +778,7 @@ fn on_command(
         // Read in full (see client.rs) so that the session survives it, but never parsed.
         reject(
             None,
+            RejectKind::TooLarge,
             format!(
                 "message too large for a command: {} bytes, the limit is {MAX_COMMAND} bytes",
                 payload.len()
@@ -789,13 +790,14 @@ fn on_command(
         // A retained command would run again on every reconnect: refuse it.
         reject(
             None,
+            RejectKind::Retained,
             "retained commands are not accepted: publish commands without the retain flag".into(),
         );
         return;
     }
     let (id, command) = match parse_command(payload) {
         Ok(v) => v,
-        Err(bad) => return reject(bad.id, bad.reason),
+        Err(bad) => return reject(bad.id, bad.kind, bad.reason),
     };
     // MQTT 5: without an `id` in the payload, the correlation data is the id.
     let id = id.or_else(|| {
@@ -830,11 +832,14 @@ fn on_command(
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => reject(
             id,
+            RejectKind::Busy,
             format!("busy: {COMMAND_QUEUE} commands are already waiting for the controller"),
         ),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            reject(id, "the controller is shutting down".into())
-        }
+        Err(mpsc::error::TrySendError::Closed(_)) => reject(
+            id,
+            RejectKind::ShuttingDown,
+            "the controller is shutting down".into(),
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::model::{
     Alarm, AlarmEvent, AlarmTransition, CduStatus, Command, CommandOutcome, ControlState,
-    FieldValue, GpuStatus, Mode, Point, Severity, Snapshot,
+    FieldValue, GpuStatus, Mode, Point, RejectKind, Severity, Snapshot,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -44,7 +44,7 @@ struct MetricOut<'a> {
     measurement: &'a str,
     tags: BTreeMap<&'a str, &'a str>,
     fields: BTreeMap<&'a str, &'a FieldValue>,
-    time_ns: i64,
+    time_unix_ns: i64,
 }
 
 fn metric(p: &Point) -> MetricOut<'_> {
@@ -56,7 +56,7 @@ fn metric(p: &Point) -> MetricOut<'_> {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
         fields: p.fields.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-        time_ns: p.time_ns,
+        time_unix_ns: p.time_ns,
     }
 }
 
@@ -69,20 +69,22 @@ pub fn hottest_gpu(snap: &Snapshot) -> Option<f64> {
         .reduce(f64::max)
 }
 
+/// Keys as in `/status`: a number's unit is the suffix of its key (docs/json.md).
 #[derive(Serialize)]
 struct Telemetry<'a> {
-    time_ns: i64,
+    time_unix_ns: i64,
     tick: u64,
     mode: Mode,
     state: ControlState,
-    setpoint: f64,
-    controlled: Option<f64>,
+    setpoint_c: f64,
+    controlled_c: Option<f64>,
     ready: bool,
     dry_run: bool,
-    hottest_gpu_core: Option<f64>,
+    hottest_gpu_core_temp_c: Option<f64>,
     /// The tick's decisions; in dry-run mode nothing was written ("would set").
     decisions: Vec<String>,
-    /// Keyed by CDU name, so that a template can say `value_json.cdus['cdu-a'].supply`.
+    /// Keyed by CDU name, so that a template can say
+    /// `value_json.cdus['cdu-a'].supply_temp_c`.
     cdus: BTreeMap<&'a str, &'a CduStatus>,
     /// Keyed by `host/gpuN`.
     gpus: BTreeMap<String, &'a GpuStatus>,
@@ -94,15 +96,15 @@ struct Telemetry<'a> {
 /// the alarm list (it is in the retained state).
 pub fn telemetry_json(snap: &Snapshot) -> Vec<u8> {
     let t = Telemetry {
-        time_ns: snap.time_ns,
+        time_unix_ns: snap.time_ns,
         tick: snap.tick,
         mode: snap.mode,
         state: snap.state,
-        setpoint: snap.setpoint,
-        controlled: snap.controlled,
+        setpoint_c: snap.setpoint,
+        controlled_c: snap.controlled,
         ready: snap.ready,
         dry_run: snap.dry_run,
-        hottest_gpu_core: hottest_gpu(snap),
+        hottest_gpu_core_temp_c: hottest_gpu(snap),
         decisions: snap
             .decisions
             .iter()
@@ -156,7 +158,7 @@ fn alarm(a: &Alarm) -> AlarmOut<'_> {
 struct StateKey<'a> {
     mode: Mode,
     state: ControlState,
-    setpoint: f64,
+    setpoint_c: f64,
     ready: bool,
     dry_run: bool,
     alarms: Vec<AlarmOut<'a>>,
@@ -167,8 +169,8 @@ struct StateOut<'a> {
     #[serde(flatten)]
     key: StateKey<'a>,
     /// Moves every tick; published at the telemetry rate, not on every change.
-    controlled: Option<f64>,
-    time_ns: i64,
+    controlled_c: Option<f64>,
+    time_unix_ns: i64,
 }
 
 /// The retained state message, and the stepwise part of it (for change detection).
@@ -176,7 +178,7 @@ pub fn state_json(snap: &Snapshot) -> (Vec<u8>, Vec<u8>) {
     let key = StateKey {
         mode: snap.mode,
         state: snap.state,
-        setpoint: snap.setpoint,
+        setpoint_c: snap.setpoint,
         ready: snap.ready,
         dry_run: snap.dry_run,
         alarms: snap.alarms.iter().map(alarm).collect(),
@@ -184,8 +186,8 @@ pub fn state_json(snap: &Snapshot) -> (Vec<u8>, Vec<u8>) {
     let key_bytes = to_vec(&key);
     let full = StateOut {
         key,
-        controlled: snap.controlled,
-        time_ns: snap.time_ns,
+        controlled_c: snap.controlled,
+        time_unix_ns: snap.time_ns,
     };
     (to_vec(&full), key_bytes)
 }
@@ -195,16 +197,16 @@ struct EventOut<'a> {
     transition: AlarmTransition,
     alarm: AlarmOut<'a>,
     at_uptime_s: f64,
-    time_ns: i64,
+    time_unix_ns: i64,
 }
 
-/// An alarm event; `time_ns` is the wall-clock time it was handed to the sink.
-pub fn event_json(ev: &AlarmEvent, time_ns: i64) -> Vec<u8> {
+/// An alarm event; `time_unix_ns` is the wall-clock time it was handed to the sink.
+pub fn event_json(ev: &AlarmEvent, time_unix_ns: i64) -> Vec<u8> {
     to_vec(&EventOut {
         transition: ev.transition,
         alarm: alarm(&ev.alarm),
         at_uptime_s: ev.at.as_secs_f64(),
-        time_ns,
+        time_unix_ns,
     })
 }
 
@@ -217,7 +219,8 @@ struct ReplyOut<'a> {
 }
 
 /// A command reply: `{"id":"abc","result":"accepted"}` or
-/// `{"id":"abc","result":"rejected","reason":"..."}`; no `id` when the command had none.
+/// `{"id":"abc","result":"rejected","kind":"out_of_range","reason":"..."}`; no `id` when the
+/// command had none.
 pub fn reply_json(id: Option<&str>, outcome: &CommandOutcome) -> Vec<u8> {
     to_vec(&ReplyOut { id, outcome })
 }
@@ -227,17 +230,33 @@ pub fn reply_json(id: Option<&str>, outcome: &CommandOutcome) -> Vec<u8> {
 pub struct BadCommand {
     /// The correlation id, when one could be read.
     pub id: Option<String>,
+    pub kind: RejectKind,
     pub reason: String,
 }
+
+impl BadCommand {
+    /// The reply's outcome.
+    pub fn outcome(self) -> CommandOutcome {
+        CommandOutcome::Rejected {
+            kind: self.kind,
+            reason: self.reason,
+        }
+    }
+}
+
+/// The command names [`Command`] knows, in its serde spelling.
+const COMMANDS: [&str; 4] = ["set_setpoint", "set_mode", "set_pump_speed", "ack_alarm"];
 
 /// Parses a command message: a JSON object with an optional `id` (string or number) and the
 /// fields of [`Command`]. Structural checks only; limits and state are the core's business.
 pub fn parse_command(payload: &[u8]) -> Result<(Option<String>, Command), BadCommand> {
-    let bad = |id: Option<String>, reason: String| BadCommand { id, reason };
-    let value: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| bad(None, format!("not valid JSON: {e}")))?;
+    use RejectKind::{BadField, BadJson, UnknownCommand};
+    let bad =
+        |id: Option<String>, kind: RejectKind, reason: String| BadCommand { id, kind, reason };
+    let value: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| bad(None, BadJson, format!("not valid JSON: {e}")))?;
     let serde_json::Value::Object(mut map) = value else {
-        return Err(bad(None, "expected a JSON object".into()));
+        return Err(bad(None, BadJson, "expected a JSON object".into()));
     };
     let id = match map.remove("id") {
         None | Some(serde_json::Value::Null) => None,
@@ -246,16 +265,32 @@ pub fn parse_command(payload: &[u8]) -> Result<(Option<String>, Command), BadCom
         Some(other) => {
             return Err(bad(
                 None,
+                BadJson,
                 format!("`id` must be a string or a number, got {other}"),
             ))
         }
     };
-    if !map.contains_key("command") {
-        return Err(bad(
-            id,
-            "missing field `command` (one of set_setpoint, set_mode, set_pump_speed, ack_alarm)"
-                .into(),
-        ));
+    let known = COMMANDS.join(", ");
+    match map.get("command") {
+        None => {
+            return Err(bad(
+                id,
+                UnknownCommand,
+                format!("missing field `command` (one of {known})"),
+            ))
+        }
+        Some(serde_json::Value::String(c)) if COMMANDS.contains(&c.as_str()) => {}
+        // Worded like serde's own message, which the replies carried before kinds existed.
+        Some(other) => {
+            let name = other
+                .as_str()
+                .map_or_else(|| other.to_string(), |s| format!("`{s}`"));
+            return Err(bad(
+                id,
+                UnknownCommand,
+                format!("unknown variant {name} for `command`, expected one of {known}"),
+            ));
+        }
     }
     // `Command::AckAlarm` names the alarm `id`, which on MQTT is the correlation id; so
     // here the alarm goes in `alarm`, and the command is built by hand.
@@ -266,6 +301,7 @@ pub fn parse_command(payload: &[u8]) -> Result<(Option<String>, Command), BadCom
         {
             return Err(bad(
                 id,
+                BadField,
                 format!("unknown field `{extra}`, expected `alarm` (the alarm id)"),
             ));
         }
@@ -273,14 +309,20 @@ pub fn parse_command(payload: &[u8]) -> Result<(Option<String>, Command), BadCom
             Some(serde_json::Value::String(alarm)) => Ok((id, Command::AckAlarm { id: alarm })),
             Some(other) => Err(bad(
                 id,
+                BadField,
                 format!("invalid type: `alarm` must be a string (the alarm id), got {other}"),
             )),
-            None => Err(bad(id, "missing field `alarm` (the alarm id)".into())),
+            None => Err(bad(
+                id,
+                BadField,
+                "missing field `alarm` (the alarm id)".into(),
+            )),
         };
     }
+    // The command is known, so what serde refuses is one of its fields.
     match serde_json::from_value::<Command>(serde_json::Value::Object(map)) {
         Ok(cmd) => Ok((id, cmd)),
-        Err(e) => Err(bad(id, e.to_string())),
+        Err(e) => Err(bad(id, BadField, e.to_string())),
     }
 }
 
@@ -374,16 +416,41 @@ mod tests {
     fn telemetry_uses_metric_names_and_keys_cdus_by_name() {
         let v: serde_json::Value =
             serde_json::from_slice(&telemetry_json(&snap())).expect("telemetry is JSON");
-        assert_eq!(v["hottest_gpu_core"], 61.5);
-        assert_eq!(v["cdus"]["cdu-a"]["supply"], 30.0);
-        assert_eq!(v["cdus"]["cdu-a"]["return"], 40.0);
-        assert_eq!(v["gpus"]["h/gpu1"]["core"], 58.0);
+        assert_eq!(v["hottest_gpu_core_temp_c"], 61.5);
+        assert_eq!(v["setpoint_c"], 65.0);
+        assert_eq!(v["controlled_c"], 61.5);
+        assert_eq!(v["time_unix_ns"], 1_700_000_000_000_000_000_i64);
+        assert_eq!(v["cdus"]["cdu-a"]["supply_temp_c"], 30.0);
+        assert_eq!(v["cdus"]["cdu-a"]["return_temp_c"], 40.0);
+        assert_eq!(v["cdus"]["cdu-a"]["flow_lpm"], 120.0);
+        assert_eq!(v["cdus"]["cdu-a"]["pump_feedback_pct"], 54.0);
+        assert_eq!(v["gpus"]["h/gpu0"]["power_limit_w"], 700.0);
+        assert_eq!(v["gpus"]["h/gpu0"]["margin_to_slowdown_k"], 27.5);
+        assert_eq!(v["gpus"]["h/gpu1"]["core_temp_c"], 58.0);
+        assert_eq!(v["metrics"][0]["time_unix_ns"], 5);
         assert_eq!(v["metrics"][0]["measurement"], "gpu");
         assert_eq!(v["metrics"][0]["tags"]["index"], "0");
         assert_eq!(v["metrics"][0]["fields"]["core_temperature"], 61.5);
         assert_eq!(v["metrics"][0]["fields"]["pstate"], 0);
         assert_eq!(v["state"], "running");
         assert!(v.get("alarms").is_none());
+    }
+
+    /// The link's times are milliseconds in the model and seconds in JSON, both ways.
+    #[test]
+    fn link_times_go_out_in_seconds() {
+        let mut s = snap();
+        s.cdus[0].link.sample_age_ms = Some(250.0);
+        s.cdus[0].link.poll_ms = Some(4.0);
+        let v: serde_json::Value = serde_json::from_slice(&telemetry_json(&s)).expect("JSON");
+        let link = &v["cdus"]["cdu-a"]["link"];
+        assert_eq!(link["sample_age_s"], 0.25, "{link}");
+        assert_eq!(link["poll_duration_s"], 0.004, "{link}");
+        assert!(link.get("sample_age_ms").is_none(), "{link}");
+        // `coolantd status` decodes `/status` back into the model.
+        let back: CduStatus = serde_json::from_value(v["cdus"]["cdu-a"].clone()).expect("decodes");
+        assert_eq!(back.link.sample_age_ms, Some(250.0));
+        assert_eq!(back.link.poll_ms, Some(4.0));
     }
 
     #[test]
@@ -409,7 +476,9 @@ mod tests {
         assert_eq!(v["alarms"][0]["id"], "leak:cdu-a");
         assert_eq!(v["alarms"][0]["severity"], "critical");
         assert_eq!(v["dry_run"], true);
-        assert_eq!(v["controlled"], 62.0);
+        assert_eq!(v["controlled_c"], 62.0);
+        assert_eq!(v["setpoint_c"], 65.0);
+        assert!(v.get("time_unix_ns").is_some(), "{v}");
     }
 
     #[test]
@@ -419,10 +488,14 @@ mod tests {
         let r = reply_json(
             None,
             &CommandOutcome::Rejected {
+                kind: RejectKind::OutOfRange,
                 reason: "no".into(),
             },
         );
-        assert_eq!(r, br#"{"result":"rejected","reason":"no"}"#);
+        assert_eq!(
+            r,
+            br#"{"result":"rejected","kind":"out_of_range","reason":"no"}"#
+        );
     }
 
     #[test]
@@ -458,6 +531,49 @@ mod tests {
         assert!(e.reason.contains("invalid type"), "{}", e.reason);
         let e = parse_command(br#"{"command":"ack_alarm","alarm":"a","x":1}"#).expect_err("extra");
         assert!(e.reason.contains("unknown field `x`"), "{}", e.reason);
+    }
+
+    /// Each structural rejection carries its kind; a tool must not parse `reason`.
+    #[test]
+    fn bad_commands_carry_a_kind() {
+        use RejectKind::*;
+        for (payload, kind) in [
+            (&b"{not json"[..], BadJson),
+            (b"[1,2]", BadJson),
+            (br#"{"id":[1],"command":"set_mode","mode":"auto"}"#, BadJson),
+            (br#"{"id":"a","celsius":3}"#, UnknownCommand),
+            (br#"{"id":"a","command":"explode"}"#, UnknownCommand),
+            (br#"{"id":"a","command":7}"#, UnknownCommand),
+            (
+                br#"{"id":"a","command":"set_setpoint","celsius":"hot"}"#,
+                BadField,
+            ),
+            (br#"{"id":"a","command":"set_setpoint"}"#, BadField),
+            (
+                br#"{"id":"a","command":"set_mode","mode":"auto","x":1}"#,
+                BadField,
+            ),
+            (
+                br#"{"id":"a","command":"set_mode","mode":"turbo"}"#,
+                BadField,
+            ),
+            (br#"{"id":"a","command":"ack_alarm"}"#, BadField),
+        ] {
+            let e = parse_command(payload).expect_err("rejected");
+            assert_eq!(
+                e.kind,
+                kind,
+                "{}: {}",
+                String::from_utf8_lossy(payload),
+                e.reason
+            );
+            let v: serde_json::Value =
+                serde_json::from_slice(&reply_json(e.id.as_deref(), &e.clone().outcome()))
+                    .expect("JSON");
+            let word = serde_json::to_value(kind).expect("kind");
+            assert_eq!(v["kind"], word, "{v}");
+            assert_eq!(v["reason"], e.reason.as_str(), "{v}");
+        }
     }
 
     #[test]

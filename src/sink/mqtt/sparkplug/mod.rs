@@ -20,7 +20,7 @@ pub use node::{BdSeq, EdgeNode, Out, Topics};
 
 use super::client::{self, Client, EventLoop, Incoming};
 use super::{CommandRequest, MqttConfig, SinkError};
-use crate::model::{Command, CommandOutcome, Snapshot};
+use crate::model::{Command, CommandOutcome, RejectKind, Snapshot};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -293,6 +293,7 @@ async fn node_loop(
                             &label,
                             &command,
                             &CommandOutcome::Rejected {
+                                kind: RejectKind::Busy,
                                 reason: format!(
                                     "busy: {COMMAND_QUEUE} commands are already waiting for the controller"
                                 ),

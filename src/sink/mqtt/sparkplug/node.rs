@@ -734,7 +734,7 @@ impl EdgeNode {
     pub fn on_outcome(&mut self, label: &str, command: &Command, outcome: &CommandOutcome) {
         let text = match outcome {
             CommandOutcome::Accepted => format!("accepted: {label}"),
-            CommandOutcome::Rejected { reason } => format!("rejected: {label}: {reason}"),
+            CommandOutcome::Rejected { reason, .. } => format!("rejected: {label}: {reason}"),
         };
         if let (CommandOutcome::Accepted, Command::SetPumpSpeed { percent }) = (outcome, command) {
             self.node

@@ -19,7 +19,7 @@ use super::supervisor::{Causes, FailsafeCause, Supervisor};
 use super::{CduSetup, TickInput};
 use crate::model::{
     Actuation, ActuationOutcome, CduSample, Command, CommandOutcome, ControlState, GpuKey,
-    GpuSample, GpuStatic, LoopReport, Mode, Mono, Severity, TickOutput,
+    GpuSample, GpuStatic, LoopReport, Mode, Mono, RejectKind, Severity, TickOutput,
 };
 use crate::units::{Celsius, Percent, Watts};
 use cap::{CapLoop, CduView};
@@ -317,12 +317,12 @@ impl Controller {
     /// An operator command, validated against the limits and the current state. Nothing
     /// changes when it is rejected.
     pub fn command(&mut self, now: Mono, cmd: &Command) -> CommandOutcome {
-        let reject = |reason: String| CommandOutcome::Rejected { reason };
+        let reject = |kind, reason: String| CommandOutcome::Rejected { kind, reason };
         match cmd {
             Command::SetSetpoint { celsius } => {
                 let c = *celsius;
                 if let Err(reason) = self.cfg.check_setpoint(c, self.lowest_slowdown()) {
-                    return reject(reason);
+                    return reject(RejectKind::OutOfRange, reason);
                 }
                 self.setpoint = c;
                 CommandOutcome::Accepted
@@ -341,12 +341,18 @@ impl Controller {
             }
             Command::SetPumpSpeed { percent } => {
                 if self.mode != Mode::Manual {
-                    return reject("pump speed can only be set in manual mode".into());
+                    return reject(
+                        RejectKind::WrongMode,
+                        "pump speed can only be set in manual mode".into(),
+                    );
                 }
                 let p = *percent;
                 let (lo, hi) = (self.cfg.pump.min_speed, self.cfg.pump.max_speed);
                 if !(p.is_finite() && p >= lo && p <= hi) {
-                    return reject(format!("pump speed {p} % is outside {lo}..={hi} %"));
+                    return reject(
+                        RejectKind::OutOfRange,
+                        format!("pump speed {p} % is outside {lo}..={hi} %"),
+                    );
                 }
                 self.manual_speed = Some(p);
                 CommandOutcome::Accepted
@@ -355,7 +361,7 @@ impl Controller {
                 if self.alarms.acknowledge(now, id) {
                     CommandOutcome::Accepted
                 } else {
-                    reject(format!("no active alarm `{id}`"))
+                    reject(RejectKind::UnknownAlarm, format!("no active alarm `{id}`"))
                 }
             }
         }
