@@ -7,6 +7,7 @@
 pub mod collect;
 pub mod config;
 pub mod control;
+pub mod link;
 pub mod model;
 pub mod profile;
 pub mod service;
