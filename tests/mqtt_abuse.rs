@@ -7,8 +7,8 @@ mod mosquitto;
 #[path = "support/mqtt_client.rs"]
 mod mqtt_client;
 
-use coolantd::model::{Command, ControlState, FieldValue, Mode, Point, Snapshot};
 use coolantd::link::mqtt::{MqttConfig, MqttSink};
+use coolantd::model::{Command, ControlState, FieldValue, Mode, Point, Snapshot};
 use mosquitto::Mosquitto;
 use mqtt_client::{Received, TestClient};
 use std::path::Path;

@@ -5,11 +5,11 @@ mod mosquitto;
 #[path = "support/mqtt_client.rs"]
 mod mqtt_client;
 
+use coolantd::link::mqtt::{CommandRequest, MqttConfig, MqttProtocol, MqttSink};
 use coolantd::model::{
     Alarm, AlarmEvent, AlarmTransition, CduStatus, Command, CommandOutcome, ControlState,
     FieldValue, GpuKey, GpuStatus, Mode, Point, Severity, Snapshot,
 };
-use coolantd::link::mqtt::{CommandRequest, MqttConfig, MqttProtocol, MqttSink};
 use mosquitto::Mosquitto;
 use mqtt_client::TestClient;
 use std::time::Duration;

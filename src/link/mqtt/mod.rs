@@ -6,38 +6,42 @@
 //! - a publisher task moves the outbox to rumqttc while connected, and after every CONNACK
 //!   republishes availability, state and discovery and renews the subscription;
 //! - a polling task drives rumqttc's event loop continuously (nothing is sent otherwise),
-//!   reconnects with capped exponential backoff, and parses commands.
+//!   reconnects with capped exponential backoff, and hands incoming messages to the router.
 //!
+//! Where each part lives: this file holds the caller's side and the outbox; `connection.rs`
+//! the session (connect, last will, both tasks, reconnect backoff, credentials and TLS);
+//! `routing.rs` what the session subscribes to and which handler an incoming topic reaches;
+//! `commands.rs` command parsing, validation and the reply; `payload.rs` the topic tree and
+//! JSON shapes; `discovery.rs` Home Assistant discovery; `sparkplug/` the Sparkplug B node.
 //! The topic tree and payloads are described in docs/mqtt.md.
 
 mod client;
+mod commands;
 mod config;
+mod connection;
 mod discovery;
 mod payload;
+mod routing;
 pub mod sparkplug;
 
+pub use commands::{CommandRequest, MAX_COMMAND};
 pub use config::{MqttConfig, MqttProtocol, MqttTlsConfig};
+pub use connection::check_connect;
 pub use payload::{parse_command, BadCommand, Topics, OFFLINE, ONLINE};
 
-use crate::model::{AlarmEvent, Command, CommandOutcome, Snapshot};
-use client::{Client, EventLoop, Incoming, Message};
+use crate::model::{AlarmEvent, Snapshot};
+use client::{Client, Message};
+use commands::{Route, COMMAND_QUEUE};
+// Private imports, visible to `sparkplug`, whose second session uses the same credentials.
+use connection::{poll_loop, publish_loop, read_password, tls_config};
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
-
-/// A well-formed command from MQTT, for the control core to judge.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommandRequest {
-    /// The `id` of the command message (or its MQTT 5 correlation data); pass it back to
-    /// [`MqttSink::reply`].
-    pub correlation_id: Option<String>,
-    pub command: Command,
-}
+use tracing::{info, warn};
 
 /// What the sink holds for the broker (see [`MqttSink::backlog`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,31 +82,13 @@ pub enum SinkError {
     NoRuntime,
 }
 
-/// Capacity of the command receiver. An operator sends a command every few seconds at
-/// most; more than this waiting means the core is stuck, and further commands are rejected.
-const COMMAND_QUEUE: usize = 32;
 /// Alarm events kept while the broker is away; the oldest go first. InfluxDB is the
 /// lossless record; MQTT consumers re-sync from the retained state.
 pub const EVENT_QUEUE: usize = 1_000;
 /// Replies kept while the broker is away.
 const REPLY_QUEUE: usize = 100;
-/// MQTT 5 response routes remembered for replies the core has not sent yet.
-const ROUTES: usize = 64;
 /// How long `shutdown` waits for the last messages, `offline` and DISCONNECT to go out.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest command accepted (commands are under 1 KiB); larger messages on the command topic
-/// are refused with a reply, and the session stays up.
-pub const MAX_COMMAND: usize = 64 * 1024;
-/// A session must have lasted this long for the reconnect backoff to start again from its
-/// minimum: a broker that closes every session at once must not be retried in a tight loop.
-const STABLE_SESSION: Duration = Duration::from_secs(10);
-
-/// Where a reply goes when the command asked for an MQTT 5 response topic.
-struct Route {
-    id: String,
-    topic: String,
-    correlation_data: Option<Vec<u8>>,
-}
 
 #[derive(Default)]
 struct Outbox {
@@ -358,28 +344,6 @@ impl MqttSink {
         self.shared.wake.notify_one();
     }
 
-    /// Answers a command: to its MQTT 5 response topic when it named one, else to
-    /// `.../command/reply`.
-    pub fn reply(&self, correlation_id: Option<&str>, outcome: &CommandOutcome) {
-        let s = &self.shared;
-        let route = correlation_id.and_then(|id| {
-            let mut ob = s.outbox();
-            let i = ob.routes.iter().position(|r| r.id == id)?;
-            ob.routes.remove(i)
-        });
-        let (topic, correlation_data) = match route {
-            Some(r) => (r.topic, r.correlation_data),
-            None => (s.topics.reply.clone(), None),
-        };
-        s.push_reply(Message {
-            topic,
-            payload: payload::reply_json(correlation_id, outcome),
-            reliable: true,
-            retain: false,
-            correlation_data,
-        });
-    }
-
     /// What is waiting for the broker, and what was dropped since start.
     pub fn backlog(&self) -> MqttBacklog {
         let ob = self.shared.outbox();
@@ -427,439 +391,5 @@ impl MqttSink {
             poller.abort();
         }
         info!("MQTT sink stopped");
-    }
-}
-
-/// `check-config --connect`: connects once with the configured credentials and TLS, waits
-/// for the broker's CONNACK and disconnects cleanly. It uses its own client id, so a running
-/// daemon is not kicked off, and its own will topic (`<base>/check-config`), so the daemon's
-/// availability is never touched; a clean disconnect discards the will anyway.
-pub async fn check_connect(
-    cfg: &MqttConfig,
-    site: &str,
-    host: &str,
-    timeout: Duration,
-) -> Result<(), String> {
-    let password = read_password(cfg).map_err(|e| e.to_string())?;
-    let tls = match &cfg.tls {
-        Some(t) => Some(tls_config(t).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let topics = Topics::new(&cfg.topic_prefix, site, host);
-    let (client, mut eventloop) = client::build(client::Connect {
-        cfg,
-        client_id: format!("coolantd-check-config-{host}-{}", std::process::id()),
-        will_topic: format!("{}/check-config", topics.base),
-        will_payload: OFFLINE.as_bytes().to_vec(),
-        will_retain: false,
-        password,
-        tls,
-    });
-    let handshake = async {
-        loop {
-            match eventloop.poll().await? {
-                Incoming::ConnAck => break,
-                _ => continue,
-            }
-        }
-        client.disconnect().await?;
-        loop {
-            match eventloop.poll().await {
-                Ok(Incoming::DisconnectSent) | Err(_) => return Ok(()),
-                Ok(_) => continue,
-            }
-        }
-    };
-    tokio::time::timeout(timeout, handshake)
-        .await
-        .map_err(|_| format!("no CONNACK within {} s", timeout.as_secs()))?
-}
-
-pub(super) fn read_password(cfg: &MqttConfig) -> Result<Option<String>, SinkError> {
-    if let Some(p) = &cfg.password {
-        return Ok(Some(p.clone()));
-    }
-    if let Some(file) = &cfg.password_file {
-        let s = std::fs::read_to_string(file).map_err(|source| SinkError::PasswordFile {
-            file: file.clone(),
-            source,
-        })?;
-        return Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()));
-    }
-    if let Some(var) = &cfg.password_env {
-        return std::env::var(var)
-            .map(Some)
-            .map_err(|_| SinkError::PasswordEnv { var: var.clone() });
-    }
-    Ok(None)
-}
-
-fn read_pem(
-    key: &'static str,
-    file: &Path,
-    markers: &[&str],
-    expected: &'static str,
-) -> Result<Vec<u8>, SinkError> {
-    let bytes = std::fs::read(file).map_err(|source| SinkError::TlsFile {
-        key,
-        file: file.to_path_buf(),
-        source,
-    })?;
-    let text = String::from_utf8_lossy(&bytes);
-    if !markers.iter().any(|m| text.contains(m)) {
-        return Err(SinkError::TlsPem {
-            key,
-            file: file.to_path_buf(),
-            expected,
-        });
-    }
-    Ok(bytes)
-}
-
-pub(super) fn tls_config(t: &MqttTlsConfig) -> Result<rumqttc::TlsConfiguration, SinkError> {
-    // rumqttc builds its rustls config with the process-wide crypto provider; install ring
-    // once. An error only means a provider is already installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = read_pem(
-        "mqtt.tls.ca_file",
-        &t.ca_file,
-        &["-----BEGIN CERTIFICATE-----"],
-        "certificate",
-    )?;
-    let client_auth = match (&t.client_cert_file, &t.client_key_file) {
-        (Some(c), Some(k)) => Some((
-            read_pem(
-                "mqtt.tls.client_cert_file",
-                c,
-                &["-----BEGIN CERTIFICATE-----"],
-                "certificate",
-            )?,
-            read_pem(
-                "mqtt.tls.client_key_file",
-                k,
-                &[
-                    "-----BEGIN PRIVATE KEY-----",
-                    "-----BEGIN RSA PRIVATE KEY-----",
-                    "-----BEGIN EC PRIVATE KEY-----",
-                ],
-                "private key",
-            )?,
-        )),
-        _ => None,
-    };
-    Ok(rumqttc::TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    })
-}
-
-/// Moves the outbox to rumqttc while connected; after every CONNACK first restores what a
-/// fresh session lacks.
-async fn publish_loop(
-    client: Client,
-    shared: Arc<Shared>,
-    mut gen_rx: watch::Receiver<u64>,
-    commands_enabled: bool,
-) {
-    let mut seen_gen = 0u64;
-    loop {
-        let closing = shared.closing.load(Ordering::SeqCst);
-        let connected = shared.connected.load(Ordering::SeqCst);
-        let gen = *gen_rx.borrow_and_update();
-        if connected && gen != 0 && gen != seen_gen {
-            seen_gen = gen;
-            on_connack(&client, &shared, commands_enabled).await;
-        }
-        if connected {
-            if let Some(m) = shared.next() {
-                if m.payload.len() > client::MAX_OUTGOING {
-                    warn!(topic = %m.topic, bytes = m.payload.len(), "MQTT message too large, not sent");
-                } else if let Err(e) = client.publish(m).await {
-                    debug!(error = %e, "MQTT publish not queued");
-                }
-                continue;
-            }
-        }
-        if closing {
-            if connected {
-                let m = msg(&shared.topics.availability, OFFLINE.into(), true, true);
-                if let Err(e) = client.publish(m).await {
-                    warn!(error = %e, "could not publish MQTT availability `offline`");
-                }
-                if let Err(e) = client.disconnect().await {
-                    warn!(error = %e, "could not disconnect from the MQTT broker");
-                }
-            }
-            return;
-        }
-        tokio::select! {
-            _ = shared.wake.notified() => {}
-            r = gen_rx.changed() => if r.is_err() { return },
-        }
-    }
-}
-
-async fn on_connack(client: &Client, shared: &Shared, commands_enabled: bool) {
-    let t = &shared.topics;
-    let mut first = vec![msg(&t.availability, ONLINE.into(), true, true)];
-    {
-        let mut ob = shared.outbox();
-        // The newest state replaces any older one still waiting.
-        ob.state = None;
-        if let Some(s) = &ob.last_state {
-            first.push(msg(&t.state, s.clone(), true, true));
-        }
-        // A broker restarted without persistence has forgotten the retained discovery.
-        ob.discovery_pending = !ob.discovery.is_empty();
-    }
-    for m in first {
-        if let Err(e) = client.publish(m).await {
-            warn!(error = %e, "MQTT publish after connect failed");
-        }
-    }
-    if commands_enabled {
-        // A clean session has no subscriptions: renew it on every connection.
-        if let Err(e) = client.subscribe(&t.command).await {
-            warn!(error = %e, topic = %t.command, "MQTT subscribe failed");
-        }
-    }
-}
-
-async fn poll_loop(
-    mut eventloop: EventLoop,
-    shared: Arc<Shared>,
-    gen_tx: watch::Sender<u64>,
-    commands: Option<mpsc::Sender<CommandRequest>>,
-    backoff_min: Duration,
-    backoff_max: Duration,
-) {
-    let mut backoff = Backoff::new(backoff_min, backoff_max);
-    let mut gen = 0u64;
-    let mut failures = 0u64;
-    loop {
-        match eventloop.poll().await {
-            Ok(Incoming::ConnAck) => {
-                gen += 1;
-                shared.connected.store(true, Ordering::SeqCst);
-                gen_tx.send_replace(gen);
-                backoff.connected(Instant::now());
-                crate::log_limited!(
-                    info,
-                    "connected to the MQTT broker",
-                    attempts = failures + 1
-                );
-                failures = 0;
-            }
-            Ok(Incoming::Publish {
-                topic,
-                payload,
-                retain,
-                response_topic,
-                correlation_data,
-            }) => {
-                if let Some(tx) = &commands {
-                    if topic == shared.topics.command {
-                        on_command(
-                            &shared,
-                            tx,
-                            &payload,
-                            retain,
-                            response_topic,
-                            correlation_data,
-                        );
-                    }
-                }
-            }
-            Ok(Incoming::DisconnectSent) => {
-                shared.connected.store(false, Ordering::SeqCst);
-                return;
-            }
-            Ok(Incoming::Other) => {}
-            Err(e) => {
-                let was = shared.connected.swap(false, Ordering::SeqCst);
-                gen_tx.send_replace(0);
-                if shared.closing.load(Ordering::SeqCst) {
-                    return;
-                }
-                failures += 1;
-                let delay = backoff.failed(Instant::now());
-                if was {
-                    crate::log_limited!(
-                        warn,
-                        "lost the MQTT broker, reconnecting",
-                        error = %e,
-                        retry_in_ms = delay.as_millis() as u64
-                    );
-                } else if failures.is_power_of_two() {
-                    warn!(error = %e, attempts = failures, retry_in_ms = delay.as_millis() as u64, "cannot reach the MQTT broker");
-                }
-                // rumqttc retries at once on the next poll; wait first so that a dead broker
-                // does not get a connection attempt in a tight loop.
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
-/// The reconnect delay: doubles from `min` to `max` on every failure, and starts again from
-/// `min` only after a session that lasted [`STABLE_SESSION`]. Resetting on every CONNACK
-/// would retry a broker that closes each session at once (a retained message it cannot
-/// deliver, a client-id takeover, a packet limit) at the minimum delay forever.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-    up_since: Option<Instant>,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max,
-            next: min,
-            up_since: None,
-        }
-    }
-
-    /// A session started at `now`.
-    fn connected(&mut self, now: Instant) {
-        self.up_since = Some(now);
-    }
-
-    /// The connection failed at `now` (a lost session or a failed attempt): the delay
-    /// before the next attempt.
-    fn failed(&mut self, now: Instant) -> Duration {
-        if let Some(up) = self.up_since.take() {
-            if now.saturating_duration_since(up) >= STABLE_SESSION {
-                self.next = self.min;
-            }
-        }
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-}
-
-fn on_command(
-    shared: &Shared,
-    tx: &mpsc::Sender<CommandRequest>,
-    payload: &[u8],
-    retain: bool,
-    response_topic: Option<String>,
-    correlation_data: Option<Vec<u8>>,
-) {
-    let reply_topic = response_topic
-        .clone()
-        .unwrap_or_else(|| shared.topics.reply.clone());
-    let reject = |id: Option<String>, reason: String| {
-        crate::log_limited!(
-            warn,
-            "MQTT command rejected",
-            correlation_id = ?id,
-            reason = %reason
-        );
-        shared.push_reply(Message {
-            topic: reply_topic.clone(),
-            payload: payload::reply_json(id.as_deref(), &CommandOutcome::Rejected { reason }),
-            reliable: true,
-            retain: false,
-            correlation_data: correlation_data.clone(),
-        });
-    };
-    if payload.is_empty() {
-        // An empty message is how a retained message is cleared; it is not a command.
-        debug!("ignoring an empty message on the command topic");
-        return;
-    }
-    if payload.len() > MAX_COMMAND {
-        // Read in full (see client.rs) so that the session survives it, but never parsed.
-        reject(
-            None,
-            format!(
-                "message too large for a command: {} bytes, the limit is {MAX_COMMAND} bytes",
-                payload.len()
-            ),
-        );
-        return;
-    }
-    if retain {
-        // A retained command would run again on every reconnect: refuse it.
-        reject(
-            None,
-            "retained commands are not accepted: publish commands without the retain flag".into(),
-        );
-        return;
-    }
-    let (id, command) = match parse_command(payload) {
-        Ok(v) => v,
-        Err(bad) => return reject(bad.id, bad.reason),
-    };
-    // MQTT 5: without an `id` in the payload, the correlation data is the id.
-    let id = id.or_else(|| {
-        correlation_data
-            .as_ref()
-            .map(|c| match std::str::from_utf8(c) {
-                Ok(s) => s.to_string(),
-                Err(_) => c.iter().map(|b| format!("{b:02x}")).collect(),
-            })
-    });
-    if let (Some(topic), Some(id)) = (response_topic, &id) {
-        let mut ob = shared.outbox();
-        if ob.routes.len() >= ROUTES {
-            ob.routes.pop_front();
-        }
-        ob.routes.push_back(Route {
-            id: id.clone(),
-            topic,
-            correlation_data: correlation_data.clone(),
-        });
-    }
-    crate::log_limited!(
-        info,
-        "MQTT command received",
-        correlation_id = ?id,
-        command = ?command
-    );
-    match tx.try_send(CommandRequest {
-        correlation_id: id.clone(),
-        command,
-    }) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => reject(
-            id,
-            format!("busy: {COMMAND_QUEUE} commands are already waiting for the controller"),
-        ),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            reject(id, "the controller is shutting down".into())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_while_sessions_die_at_once_and_resets_after_a_stable_one() {
-        let ms = Duration::from_millis;
-        let mut b = Backoff::new(ms(100), ms(1_600));
-        let mut t = Instant::now();
-        let mut delays = Vec::new();
-        for _ in 0..7 {
-            b.connected(t);
-            t += ms(50);
-            let d = b.failed(t);
-            delays.push(d.as_millis());
-            t += d;
-        }
-        assert_eq!(delays, [100, 200, 400, 800, 1_600, 1_600, 1_600]);
-        // A session that stayed up starts the sequence again.
-        b.connected(t);
-        assert_eq!(b.failed(t + STABLE_SESSION), ms(100));
-        // Failed attempts without a session keep doubling.
-        assert_eq!(b.failed(t + STABLE_SESSION), ms(200));
     }
 }
