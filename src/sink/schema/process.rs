@@ -123,4 +123,22 @@ mod tests {
             assert!(!m.help.is_empty(), "{}", m.name);
         }
     }
+
+    #[test]
+    fn docs_list_exactly_these_metrics() {
+        let doc = include_str!("../../../docs/metrics.md");
+        let mut documented: Vec<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter(|l| l.starts_with("coolantd_"))
+            .filter_map(|l| l.split(['`', '{']).next())
+            .collect();
+        documented.sort_unstable();
+        let mut ours: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        ours.sort_unstable();
+        assert_eq!(
+            documented, ours,
+            "docs/metrics.md vs sink/schema/process.rs"
+        );
+    }
 }

@@ -168,7 +168,7 @@ fn value_of(v: &FieldValue) -> Option<proto::Value> {
 }
 
 /// Which kind of device a point belongs to, and the metric name of each field: the
-/// measurement and the field as named in `sink/schema.rs`, `<measurement>/<field>`.
+/// measurement and the field as named in `sink/schema/`, `<measurement>/<field>`.
 fn metric_name(measurement: &str, field: &str) -> String {
     format!("{measurement}/{field}")
 }
