@@ -1,13 +1,14 @@
 //! coolantd: keeps liquid-cooled GPU clusters cool with as little pump energy and as little
 //! lost GPU performance as possible.
 //!
-//! The crate is an IO shell ([`collect`], [`sink`], [`service`]) around a pure control core,
+//! The crate is an IO shell ([`collect`], [`sink`], [`link`], [`service`]) around a pure control core,
 //! the crate `coolantd-core` ([`control`], [`model`], [`units`], [`validate`]), re-exported
 //! here so that `crate::model::…` and `coolantd::control::…` paths stay what they were. See
 //! ARCHITECTURE.md for the map and the rules each part keeps.
 
 pub mod collect;
 pub mod config;
+pub mod link;
 pub mod profile;
 pub mod service;
 pub mod sim;

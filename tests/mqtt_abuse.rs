@@ -7,8 +7,8 @@ mod mosquitto;
 #[path = "support/mqtt_client.rs"]
 mod mqtt_client;
 
+use coolantd::link::mqtt::{MqttConfig, MqttSink};
 use coolantd::model::{Command, ControlState, FieldValue, Mode, Point, Snapshot};
-use coolantd::sink::mqtt::{MqttConfig, MqttSink};
 use mosquitto::Mosquitto;
 use mqtt_client::{Received, TestClient};
 use std::path::Path;
@@ -216,7 +216,7 @@ async fn over_mqtt5_the_broker_keeps_an_oversize_command_away() {
     );
     let mut op = TestClient::connect(broker.port(), "operator", &[&availability]).await;
     let mut c = cfg(broker.port());
-    c.protocol = coolantd::sink::mqtt::MqttProtocol::V5;
+    c.protocol = coolantd::link::mqtt::MqttProtocol::V5;
     c.keep_alive_s = 5;
     let (sink, mut rx) = MqttSink::start(&c, SITE, HOST).expect("sink starts");
     let seen = op.collect(Duration::from_secs(4)).await;

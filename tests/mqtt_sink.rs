@@ -5,11 +5,11 @@ mod mosquitto;
 #[path = "support/mqtt_client.rs"]
 mod mqtt_client;
 
+use coolantd::link::mqtt::{CommandRequest, MqttConfig, MqttProtocol, MqttSink};
 use coolantd::model::{
     Alarm, AlarmEvent, AlarmTransition, CduStatus, Command, CommandOutcome, ControlState,
     FieldValue, GpuKey, GpuStatus, Mode, Point, Severity, Snapshot,
 };
-use coolantd::sink::mqtt::{CommandRequest, MqttConfig, MqttProtocol, MqttSink};
 use mosquitto::Mosquitto;
 use mqtt_client::TestClient;
 use std::time::Duration;
@@ -618,7 +618,7 @@ async fn backlog_stays_bounded_while_the_broker_is_away() {
     c.reconnect_min_ms = 1_500;
     c.reconnect_max_ms = 1_500;
     let (sink, _rx) = MqttSink::start(&c, SITE, HOST).expect("start");
-    let total = 2 * coolantd::sink::mqtt::EVENT_QUEUE;
+    let total = 2 * coolantd::link::mqtt::EVENT_QUEUE;
     for tick in 0..total as u64 {
         sink.publish_snapshot(&snapshot(tick, ControlState::Boot, 50.0));
         sink.publish_event(&AlarmEvent {
@@ -638,7 +638,7 @@ async fn backlog_stays_bounded_while_the_broker_is_away() {
     }
     let b = sink.backlog();
     assert!(!sink.is_connected());
-    assert_eq!(b.events, coolantd::sink::mqtt::EVENT_QUEUE);
+    assert_eq!(b.events, coolantd::link::mqtt::EVENT_QUEUE);
     assert_eq!(b.dropped_events, (total - b.events) as u64);
     assert!(b.telemetry);
 
@@ -673,7 +673,7 @@ async fn backlog_stays_bounded_while_the_broker_is_away() {
     // watcher may subscribe a moment after the sink reconnects and starts flushing (the
     // broker gives no way to order the two), so the head of the queue can be missed: what
     // arrives must be an in-order run of the kept events that ends with the newest.
-    let first_kept = total - coolantd::sink::mqtt::EVENT_QUEUE;
+    let first_kept = total - coolantd::link::mqtt::EVENT_QUEUE;
     let first_seen = total - events.len();
     assert!(
         first_seen >= first_kept,

@@ -35,7 +35,7 @@ pub struct Config {
     /// The built-in plant simulator; absent on a real site.
     pub simulator: Option<crate::sim::SimConfig>,
     pub influx: Option<crate::sink::influx::InfluxConfig>,
-    pub mqtt: Option<crate::sink::mqtt::MqttConfig>,
+    pub mqtt: Option<crate::link::mqtt::MqttConfig>,
     pub http: Option<crate::service::http::HttpConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,

@@ -893,97 +893,62 @@ pub fn render_metrics(snap: &Snapshot, health: Option<&Health>, now: Instant) ->
     for p in &snap.points {
         add_point(&mut families, p);
     }
-    let mut own: Vec<(&str, &'static str, &str, f64)> = vec![
-        (
-            "coolantd_snapshot_tick",
-            "gauge",
-            "Tick number of the snapshot served",
-            snap.tick as f64,
-        ),
-        (
-            "coolantd_snapshot_ready",
-            "gauge",
-            "1 when every required input is valid",
-            bool_f64(snap.ready),
-        ),
-        (
-            "coolantd_dry_run",
-            "gauge",
-            "1 when actuations are computed but not written",
-            bool_f64(snap.dry_run),
-        ),
+    use crate::sink::schema::process::{self as own_metrics, ProcessMetric};
+    let mut own: Vec<(ProcessMetric, f64)> = vec![
+        (own_metrics::SNAPSHOT_TICK, snap.tick as f64),
+        (own_metrics::SNAPSHOT_READY, bool_f64(snap.ready)),
+        (own_metrics::DRY_RUN, bool_f64(snap.dry_run)),
     ];
     if let Some(h) = health {
         own.extend([
+            (own_metrics::TICKS_TOTAL, h.ticks() as f64),
             (
-                "coolantd_ticks_total",
-                "counter",
-                "Healthy control ticks since start",
-                h.ticks() as f64,
-            ),
-            (
-                "coolantd_tick_duration_seconds",
-                "gauge",
-                "Duration of the last control tick",
+                own_metrics::TICK_DURATION_SECONDS,
                 h.last_tick_duration_ns.load(Ordering::Relaxed) as f64 / 1e9,
             ),
             (
-                "coolantd_tick_duration_max_seconds",
-                "gauge",
-                "Longest control tick since start",
+                own_metrics::TICK_DURATION_MAX_SECONDS,
                 h.max_tick_duration_ns.load(Ordering::Relaxed) as f64 / 1e9,
             ),
             (
-                "coolantd_uptime_seconds",
-                "gauge",
-                "Seconds since the daemon started",
+                own_metrics::UPTIME_SECONDS,
                 now.saturating_duration_since(h.started).as_secs_f64(),
             ),
-        ]);
-        own.extend([
             (
-                crate::sink::schema::HTTP_CONNECTIONS_SHED_TOTAL,
-                "counter",
-                "HTTP connections closed to make room for a new one (every slot was taken)",
+                own_metrics::HTTP_CONNECTIONS_SHED_TOTAL,
                 h.http_shed.load(Ordering::Relaxed) as f64,
             ),
             (
-                crate::sink::schema::HTTP_CONNECTIONS_TIMED_OUT_TOTAL,
-                "counter",
-                "HTTP connections closed for a request head not sent in time or for silence",
+                own_metrics::HTTP_CONNECTIONS_TIMED_OUT_TOTAL,
                 h.http_timed_out.load(Ordering::Relaxed) as f64,
             ),
         ]);
         if let Some(age) = h.last_tick_age(now) {
-            own.push((
-                "coolantd_last_tick_age_seconds",
-                "gauge",
-                "Seconds since the last healthy control tick",
-                age.as_secs_f64(),
-            ));
+            own.push((own_metrics::LAST_TICK_AGE_SECONDS, age.as_secs_f64()));
         }
     }
     // The running version, as the usual `*_build_info` gauge with the value 1.
+    let info = own_metrics::BUILD_INFO;
     add_sample(
         &mut families,
-        "coolantd_build_info".to_string(),
-        "gauge",
-        || "coolantd version, always 1".to_string(),
+        info.name.to_string(),
+        info.kind.as_str(),
+        || info.help.to_string(),
         render_labels(&[("version".into(), env!("CARGO_PKG_VERSION").into())]),
         1.0,
         0,
     );
-    for (name, kind, help, value) in own {
+    for (m, value) in own {
         // A point family of the same name wins; the daemon's own value is then left out
         // rather than producing a duplicate family the scraper would reject.
-        if families.contains_key(name) {
+        if families.contains_key(m.name) {
             continue;
         }
         add_sample(
             &mut families,
-            name.to_string(),
-            kind,
-            || help.to_string(),
+            m.name.to_string(),
+            m.kind.as_str(),
+            || m.help.to_string(),
             String::new(),
             value,
             0,

@@ -425,7 +425,7 @@ pub async fn connect(
         let mc = mc.resolved(cfg.base_dir());
         out.push(Reach {
             what: format!("mqtt {}:{}", mc.host, mc.port()),
-            result: crate::sink::mqtt::check_connect(
+            result: crate::link::mqtt::check_connect(
                 &mc,
                 &cfg.site.name,
                 &host,

@@ -9,6 +9,8 @@ use crate::collect::modbus::ModbusCdu;
 use crate::collect::{BoardFacts, GpuBackend, GpuError};
 use crate::config::{Config, GpuBackendKind};
 use crate::control::{CduSetup, Controller, TickInput};
+use crate::link::mqtt::sparkplug::SparkplugSink;
+use crate::link::mqtt::{CommandRequest, MqttSink};
 use crate::model::{
     Actuation, ActuationError, ActuationOutcome, CduLinkStatus, CduSample, CduStatus, GpuSample,
     GpuSlowSample, GpuStatic, GpuStatus, Mono, RegisterFault, Role, Snapshot, TickTiming,
@@ -21,8 +23,6 @@ use crate::service::loop_alarms::LoopAlarms;
 use crate::service::sink_alarms::SinkAlarms;
 use crate::sim::{Rehearsal, SimRuntime};
 use crate::sink::influx::InfluxSink;
-use crate::sink::mqtt::sparkplug::SparkplugSink;
-use crate::sink::mqtt::{CommandRequest, MqttSink};
 use crate::sink::schema::{self, Ctx};
 use crate::units::{Percent, Watts};
 use anyhow::Context as _;

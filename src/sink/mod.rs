@@ -1,7 +1,7 @@
-//! Sinks: where metrics, state and alarms go (InfluxDB through a disk spool, MQTT).
+//! Sinks: where metrics only go out (InfluxDB through a disk spool), and the schema that names
+//! them. MQTT, which also takes commands in, is a link: see [`crate::link`].
 
 pub mod influx;
 pub mod lineproto;
-pub mod mqtt;
 pub mod schema;
 pub mod spool;
