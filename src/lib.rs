@@ -5,8 +5,9 @@
 //! [`service`]). See ARCHITECTURE.md for the map and the rules each module keeps.
 
 pub mod collect;
-pub mod config;
 pub mod control;
+pub mod files;
+pub mod log_limit;
 pub mod model;
 pub mod profile;
 pub mod service;
@@ -14,3 +15,7 @@ pub mod sim;
 pub mod sink;
 pub mod units;
 pub mod validate;
+
+/// The site configuration is assembled at the top, in the service; `crate::config` keeps its
+/// short path.
+pub use service::config;

@@ -8,9 +8,10 @@
 //! documented in `firmware-profiles/README.md` and in the header of
 //! `firmware-profiles/cdu/generic-cdu.toml`.
 
-use crate::config::{parse_toml, read_file, ConfigError, ConfigIssue, Issues};
+use crate::files::{parse_toml, read_file};
 use crate::model::Role;
 use crate::units::Percent;
+use crate::validate::{ConfigError, ConfigIssue, Issues};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;

@@ -2,5 +2,6 @@
 
 pub mod cdu;
 pub mod gpu;
+pub mod thermal;
 
 pub use cdu::{ByteOrder, CduProfile, DataType, Register, RegisterKind};

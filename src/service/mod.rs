@@ -1,6 +1,7 @@
 //! The service shell: the daemon's run loop, signals, systemd notification, HTTP endpoint.
 
 pub mod cdu_link;
+pub mod config;
 pub mod http;
 pub mod limits;
 pub mod logging;

@@ -34,7 +34,17 @@ pub async fn probe(cfg: Config, json: bool) -> anyhow::Result<()> {
     let host = cfg.site.host_name();
     let profiles = load_profiles(&cfg)?;
     let sim = match &cfg.simulator {
-        Some(sc) => Some(SimRuntime::start(sc, &cfg, &host, &profiles.gpu, false).await?),
+        Some(sc) => Some(
+            SimRuntime::start(
+                sc,
+                &cfg.path,
+                &cfg.profiles_path(),
+                &host,
+                &profiles.gpu,
+                false,
+            )
+            .await?,
+        ),
         None => None,
     };
     let gpus = open_gpus(&cfg, &host, &profiles.gpu, sim.as_ref())?;
@@ -327,7 +337,15 @@ pub async fn sim_only(cfg: Config) -> anyhow::Result<()> {
         .simulator
         .as_ref()
         .context("`coolantd sim` needs a [simulator] section")?;
-    let sim = SimRuntime::start(sc, &cfg, &host, &profiles.gpu, true).await?;
+    let sim = SimRuntime::start(
+        sc,
+        &cfg.path,
+        &cfg.profiles_path(),
+        &host,
+        &profiles.gpu,
+        true,
+    )
+    .await?;
     tracing::info!(modbus = %sim.modbus_addr(), "simulated CDU serving Modbus TCP; Ctrl-C to stop");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -259,9 +259,15 @@ impl Daemon {
                 "REHEARSAL: running this configuration on the simulator; no real CDU or GPU is touched"
             );
             Some(
-                Rehearsal::start(&cfg, &host, &profiles.gpu, &profiles.cdu, opts.sim_autostep)
-                    .await
-                    .context("starting the rehearsal")?,
+                Rehearsal::start(
+                    cfg.rehearsed(),
+                    &host,
+                    &profiles.gpu,
+                    &profiles.cdu,
+                    opts.sim_autostep,
+                )
+                .await
+                .context("starting the rehearsal")?,
             )
         } else {
             None
@@ -271,9 +277,16 @@ impl Daemon {
         let sim = match &cfg.simulator {
             Some(_) if rehearsal.is_some() => None,
             Some(sc) => Some(
-                SimRuntime::start(sc, &cfg, &host, &profiles.gpu, opts.sim_autostep)
-                    .await
-                    .context("starting the plant simulator")?,
+                SimRuntime::start(
+                    sc,
+                    &cfg.path,
+                    &cfg.profiles_path(),
+                    &host,
+                    &profiles.gpu,
+                    opts.sim_autostep,
+                )
+                .await
+                .context("starting the plant simulator")?,
             ),
             None => None,
         };

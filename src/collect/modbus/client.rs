@@ -5,9 +5,9 @@
 //! would show up as a mismatching header later) and the next attempt reconnects after a
 //! capped exponential backoff, so a dead CDU is not hammered.
 
+use super::config::{CduConfig, CduTransport, Parity};
 use super::decode::{decode_bit, decode_words, encode, EncodeError, Encoded};
 use super::plan::{plan, ReadRequest};
-use crate::config::{CduConfig, CduTransport, Parity};
 use crate::model::{CduSample, Mono, RegisterReading, Role, SensorFault};
 use crate::profile::cdu::{CduProfile, DataType, Register, RegisterKind};
 use std::sync::Arc;
