@@ -353,3 +353,61 @@ fn the_parser_sees_every_form_of_import() {
         ["units", "model", "sim", "validate", "profile", "service"]
     );
 }
+
+/// Every call in `src/service/**` and `src/main.rs` (the daemon and its commands) that
+/// writes to hardware: an NVML `set_power_limit(` or a CDU register `write(` with a role.
+/// The backends that implement the setters (collect, sim) are below and are not callers.
+fn hardware_writes() -> Vec<(String, String)> {
+    let mut paths = Vec::new();
+    rust_files(&src_dir().join("service"), &mut paths);
+    paths.push(src_dir().join("main.rs"));
+    let mut found = Vec::new();
+    for p in paths {
+        let text =
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        let rel = p
+            .strip_prefix(src_dir())
+            .unwrap_or(&p)
+            .display()
+            .to_string();
+        for line in code_only(&text).lines() {
+            let t = line.trim();
+            if t.starts_with("fn ") || t.starts_with("pub fn ") || t.starts_with("pub async fn ") {
+                continue;
+            }
+            let nvml = t.contains("set_power_limit(");
+            let cdu = t.find("write(").is_some_and(|i| {
+                let args = &t[i..];
+                let args = &args[..args.find(')').unwrap_or(args.len())];
+                args.contains("role") || args.contains("Role::")
+            });
+            if nvml || cdu {
+                found.push((format!("src/{rel}"), t.to_string()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn only_the_actuate_module_writes_to_hardware() {
+    let writes = hardware_writes();
+    let (inside, outside): (Vec<_>, Vec<_>) = writes
+        .into_iter()
+        .partition(|(file, _)| file == "src/service/daemon/actuate.rs");
+    // The scan must see the real calls, or it would pass on anything.
+    assert!(
+        inside.iter().any(|(_, l)| l.contains("set_power_limit("))
+            && inside.iter().any(|(_, l)| l.contains("write(")),
+        "the scan found no NVML setter or CDU write in actuate.rs: {inside:?}"
+    );
+    assert!(
+        outside.is_empty(),
+        "hardware writes outside src/service/daemon/actuate.rs (move them there):\n{}",
+        outside
+            .iter()
+            .map(|(f, l)| format!("{f}: {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -20,7 +20,7 @@ pub enum GpuBackendKind {
 }
 
 /// `[gpus]`: where GPU readings come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpusConfig {
     #[serde(default)]

@@ -163,7 +163,7 @@ where
 }
 
 /// On a terminal the service loop keeps a live status line without a newline
-/// (`service::serve`); each log line first returns to column 0 and erases it, so the two
+/// (`service::daemon::serve`); each log line first returns to column 0 and erases it, so the two
 /// are never glued together. The status line is redrawn on the next tick.
 struct ClearLine(Format<Full>);
 

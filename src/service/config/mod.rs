@@ -47,7 +47,7 @@ pub struct Config {
 
 impl Config {
     /// Reads, parses and validates a configuration file (not yet the profiles it names;
-    /// see [`crate::service::run::load_profiles`]).
+    /// see [`crate::service::daemon::load_profiles`]).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = read_file(file)?;
         Config::parse(&text, file)
