@@ -7,11 +7,16 @@
 //! ARCHITECTURE.md for the map and the rules each part keeps.
 
 pub mod collect;
-pub mod config;
+pub mod files;
 pub mod link;
+pub mod log_limit;
 pub mod profile;
 pub mod service;
 pub mod sim;
 pub mod sink;
 
 pub use coolantd_core::{control, model, units, validate};
+
+/// The site configuration is assembled at the top, in the service; `crate::config` keeps its
+/// short path.
+pub use service::config;

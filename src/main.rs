@@ -221,9 +221,9 @@ fn main() -> ExitCode {
                 dry_run,
                 rehearse,
             } => {
-                service::serve::run(
+                service::daemon::serve::run(
                     &config,
-                    service::run::RunOptions {
+                    service::daemon::RunOptions {
                         dry_run,
                         sim_autostep: true,
                         sinks: true,
@@ -233,7 +233,7 @@ fn main() -> ExitCode {
                 .await
             }
             Cmd::Probe { json, .. } => service::probe::probe(cfg, json).await,
-            Cmd::Sim { .. } => service::probe::sim_only(cfg).await,
+            Cmd::Sim { .. } => service::simulate::sim_only(cfg).await,
             Cmd::Status { json, .. } => service::status::status(&cfg, json).await,
             Cmd::Restore { .. }
             | Cmd::CheckConfig { .. }
@@ -324,7 +324,7 @@ fn check_config(path: &std::path::Path, connect: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return refused(&e),
     };
-    let profiles = match service::run::load_profiles(&cfg) {
+    let profiles = match service::daemon::load_profiles(&cfg) {
         Ok(p) => p,
         Err(e) => return refused(&e),
     };
@@ -376,9 +376,9 @@ fn check_config(path: &std::path::Path, connect: bool) -> ExitCode {
 }
 
 /// `coolantd restore`, which must work even when the configuration does not validate (see
-/// [`service::probe::RestoreTarget::load`]).
+/// [`service::restore::RestoreTarget::load`]).
 fn restore(config: &std::path::Path, force: bool) -> ExitCode {
-    let (target, refused) = service::probe::RestoreTarget::load(config);
+    let (target, refused) = service::restore::RestoreTarget::load(config);
     match &target.config {
         Some(cfg) => service::logging::init(&cfg.logging),
         None => service::logging::init(&Default::default()),
@@ -389,5 +389,5 @@ fn restore(config: &std::path::Path, force: bool) -> ExitCode {
             target.state_dir.display()
         );
     }
-    exit_code(service::probe::restore(target, force))
+    exit_code(service::restore::restore(target, force))
 }

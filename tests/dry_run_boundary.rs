@@ -424,3 +424,39 @@ async fn a_live_run_crosses_both_boundaries() {
         c.modbus_writes
     );
 }
+
+/// A GPU whose power cap NVML refuses as not supported is asked once, then remembered: the
+/// leak emergency asks for the minimum cap on every GPU for as long as it lasts, and the
+/// refusing GPU must not cost an NVML call (and a log line) on each of those ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_nvml_does_not_support_is_asked_once() {
+    let rig = Rig::start("cap-unsupported", Mode::Live).await;
+    rig.replay
+        .set_faults("unsupported 3 nvmlDeviceSetPowerManagementLimit\n");
+    rig.ticks(3).await;
+    rig.proxy.set_patch(Some(leak_patch()));
+    rig.wait_status("the leak emergency", |s| s["state"] == "emergency")
+        .await;
+    rig.ticks(10).await;
+    let set = "nvmlDeviceSetPowerManagementLimit";
+    assert!(
+        rig.replay.count(set, Some(2)) >= 1,
+        "the other GPUs were capped: {:?}",
+        rig.replay.setter_calls()
+    );
+    assert_eq!(
+        rig.replay.count(set, Some(3)),
+        1,
+        "GPU 3 refused its cap as not supported; it must be asked once in 10 emergency \
+         ticks: {:?}",
+        rig.replay.setter_calls()
+    );
+    assert_eq!(
+        rig.log()
+            .matches("power caps are not supported for this GPU")
+            .count(),
+        1,
+        "logged once:\n{}",
+        rig.log()
+    );
+}

@@ -1,10 +1,13 @@
 //! Collectors: the IO adapters that read GPUs (NVML or the simulator) and CDUs (Modbus) and
 //! turn what they read into [`crate::model`] samples.
 
+pub mod config;
 pub mod modbus;
 pub mod nvml;
 
 use crate::model::{GpuKey, GpuSample, GpuSlowSample, GpuStatic, Mono};
+/// Board facts come from the GPU profile (the lower layer); re-exported where NVML uses them.
+pub use crate::profile::gpu::BoardFacts;
 use crate::units::Watts;
 
 /// Errors at the GPU boundary, worded for the person who has to fix them.
@@ -49,17 +52,4 @@ pub trait GpuBackend: Send + Sync {
 
     /// Sets one GPU's power limit. Dry-run never reaches this method.
     fn set_power_limit(&self, gpu: &GpuKey, limit: Watts) -> Result<(), GpuError>;
-}
-
-/// A board model's facts from its GPU profile, used where NVML does not report them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BoardFacts {
-    pub profile: String,
-    pub slowdown: crate::units::Celsius,
-    pub gpu_max: crate::units::Celsius,
-    pub hbm_max: crate::units::Celsius,
-    pub shutdown: crate::units::Celsius,
-    pub power_min: Watts,
-    pub power_max: Watts,
-    pub power_default: Watts,
 }

@@ -2,9 +2,10 @@
 //! clocks) and the simulator's fitted thermal parameters for that board and the cooling behind
 //! it. Loaded from `firmware-profiles/gpu/<name>.toml`; the profile's name is the file stem.
 
-use crate::config::{parse_toml, read_file, ConfigError, Issues};
-use crate::sim::thermal::ThermalParams;
+use super::thermal::ThermalParams;
+use crate::files::{parse_toml, read_file};
 use crate::units::{Celsius, Megahertz, Watts};
+use crate::validate::{ConfigError, Issues};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -223,7 +224,7 @@ impl GpuProfiles {
     pub fn load_dir(dir: &Path) -> Result<GpuProfiles, ConfigError> {
         let entries = std::fs::read_dir(dir).map_err(|e| ConfigError {
             file: dir.to_path_buf(),
-            issues: vec![crate::config::ConfigIssue {
+            issues: vec![crate::validate::ConfigIssue {
                 key: "(folder)".into(),
                 expected: format!("a readable folder of GPU profiles: {e}"),
             }],
@@ -272,11 +273,7 @@ impl GpuProfiles {
 impl GpuProfiles {
     /// The facts for an NVML board name: from the profile whose pattern matches it, else from
     /// the `default` profile (`gpus.default_profile`), else none.
-    pub fn board_facts_for(
-        &self,
-        nvml_name: &str,
-        default: Option<&str>,
-    ) -> Option<crate::collect::BoardFacts> {
+    pub fn board_facts_for(&self, nvml_name: &str, default: Option<&str>) -> Option<BoardFacts> {
         self.for_board(nvml_name)
             .or_else(|| default.and_then(|n| self.by_name(n)))
             .map(GpuProfile::board_facts)
@@ -285,8 +282,8 @@ impl GpuProfiles {
 
 impl GpuProfile {
     /// The facts the NVML backend falls back on where NVML does not report them.
-    pub fn board_facts(&self) -> crate::collect::BoardFacts {
-        crate::collect::BoardFacts {
+    pub fn board_facts(&self) -> BoardFacts {
+        BoardFacts {
             profile: self.name.clone(),
             slowdown: self.thresholds.slowdown_c,
             gpu_max: self.thresholds.gpu_max_c,
@@ -297,4 +294,17 @@ impl GpuProfile {
             power_default: self.power.default_w,
         }
     }
+}
+
+/// A board model's facts from its GPU profile, used where NVML does not report them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardFacts {
+    pub profile: String,
+    pub slowdown: Celsius,
+    pub gpu_max: Celsius,
+    pub hbm_max: Celsius,
+    pub shutdown: Celsius,
+    pub power_min: Watts,
+    pub power_max: Watts,
+    pub power_default: Watts,
 }

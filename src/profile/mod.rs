@@ -2,5 +2,8 @@
 
 pub mod cdu;
 pub mod gpu;
+pub mod load;
+pub mod thermal;
 
 pub use cdu::{ByteOrder, CduProfile, DataType, Register, RegisterKind};
+pub use load::{load_profiles, LoadedProfiles};

@@ -190,7 +190,7 @@ async fn run(
             let done = tokio::select! {
                 biased;
                 _ = &mut stop => None,
-                r = cdu.write(role, value) => Some(r),
+                r = crate::service::daemon::actuate::write_register(&mut cdu, role, value) => Some(r),
             };
             match done {
                 Some(r) => report(Report::Written {

@@ -76,7 +76,7 @@ const DEFAULT_STALE_PERIODS: u32 = 3;
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `[http]`: the health, metrics and status endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Serve the endpoint at all. Defaults to true when the section is present.

@@ -1,6 +1,8 @@
 //! The service shell: the daemon's run loop, signals, systemd notification, HTTP endpoint.
 
 pub mod cdu_link;
+pub mod config;
+pub mod daemon;
 pub mod http;
 pub mod limits;
 pub mod logging;
@@ -8,8 +10,12 @@ pub mod loop_alarms;
 pub mod notify;
 pub mod preflight;
 pub mod probe;
-pub mod run;
-pub mod serve;
+pub mod restore;
+pub mod simulate;
 pub mod sink_alarms;
 pub mod status;
 pub mod tune;
+
+// The paths before the daemon and its run loop moved together into `daemon/`.
+pub use daemon as run;
+pub use daemon::serve;

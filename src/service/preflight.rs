@@ -4,7 +4,9 @@
 //! refuses first, with the same message.
 
 use crate::config::{Config, ConfigError, ConfigIssue, GpuBackendKind, Issues};
+use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
+use crate::profile::LoadedProfiles;
 use std::path::Path;
 
 /// One issue in the configuration file itself.
@@ -251,11 +253,7 @@ pub fn notes(cfg: &Config) -> Vec<String> {
 /// The last line of `check-config`: whether this configuration writes anything, and what.
 /// `gpu_count` is the number of GPUs when it is known (simulated, or NVML opened by
 /// `--connect`).
-pub fn verdict(
-    cfg: &Config,
-    profiles: &crate::service::run::LoadedProfiles,
-    gpu_count: Option<usize>,
-) -> String {
+pub fn verdict(cfg: &Config, profiles: &LoadedProfiles, gpu_count: Option<usize>) -> String {
     use crate::model::Role;
     if cfg.site.dry_run {
         return "DRY RUN: decides, logs and publishes everything, writes nothing to any CDU or \
@@ -318,10 +316,7 @@ pub struct Reach {
 /// `check-config --connect`: reads every CDU once (a full Modbus poll, no write), connects
 /// to the MQTT broker and asks the database for its health, and with `gpus.backend = "nvml"`
 /// opens NVML and counts the GPUs. Returns what was tried and the GPU count when known.
-pub async fn connect(
-    cfg: &Config,
-    profiles: &crate::service::run::LoadedProfiles,
-) -> (Vec<Reach>, Option<usize>) {
+pub async fn connect(cfg: &Config, profiles: &LoadedProfiles) -> (Vec<Reach>, Option<usize>) {
     use std::time::{Duration, Instant};
     let mut out = Vec::new();
     let host = cfg.site.host_name();
@@ -456,4 +451,69 @@ async fn database_health(url: &str) -> Result<String, String> {
         }
     }
     Err(last)
+}
+
+/// Loads every firmware profile the configuration names (`profile::load_profiles`) and checks
+/// them against the rest of the file: each CDU profile maps the roles the control loop needs
+/// and polls within `control.max_sample_age_ms`, and the set point suits the GPU profiles.
+/// Used by `check-config`, `run` and reload.
+pub fn load_profiles(cfg: &Config) -> Result<LoadedProfiles, ConfigError> {
+    let dir = cfg.profiles_path();
+    check_profiles_dir(cfg, &dir)?;
+    let cdus: Vec<(&str, &str)> = cfg
+        .cdus
+        .iter()
+        .map(|c| (c.name.as_str(), c.profile.as_str()))
+        .collect();
+    let profiles = crate::profile::load_profiles(
+        &dir,
+        &cfg.path,
+        &cdus,
+        &cfg.control.required_roles(),
+        cfg.gpus.default_profile.as_deref(),
+        |i, p| check_poll_fits(cfg, i, p),
+    )?;
+    check_setpoint(cfg, &profiles.gpu)?;
+    Ok(profiles)
+}
+
+/// Refuses a CDU whose timeout cannot deliver a sample the control core accepts.
+///
+/// A poll is one request per block of the profile's read plan, each allowed `timeout_ms`,
+/// after a reconnect (one more) when the last poll failed; no request is retried within a
+/// poll (a failure drops the connection and the next poll retries after the backoff). The
+/// sample is stamped when the poll starts and reaches the core at the tick after it
+/// completes, up to one period later. So a CDU answering every request just inside its
+/// timeout delivers samples up to `(requests + 1) × timeout_ms + period_ms` old; beyond
+/// `control.max_sample_age_ms` such a CDU, slow but answering as configured, would read as
+/// lost on every poll. The tick itself never waits for it longer than half a period.
+fn check_poll_fits(cfg: &Config, index: usize, profile: &CduProfile) -> Result<(), ConfigError> {
+    let c = &cfg.cdus[index];
+    let requests = crate::collect::modbus::plan::plan(profile).len() as u64;
+    // In wall time: a simulator sped up by `time_scale` ages samples faster, but its CDU
+    // answers on loopback in well under a millisecond, and refusing sim.toml whenever
+    // time_scale is raised would take the documented speed-up away.
+    let worst = (requests + 1) * c.timeout_ms + cfg.control.period_ms;
+    if worst <= cfg.control.max_sample_age_ms {
+        return Ok(());
+    }
+    let fits = cfg
+        .control
+        .max_sample_age_ms
+        .saturating_sub(cfg.control.period_ms)
+        / (requests + 1);
+    Err(ConfigError {
+        file: cfg.path.clone(),
+        issues: vec![ConfigIssue {
+            key: format!("cdu[{index}].timeout_ms"),
+            expected: format!(
+                "a timeout whose worst-case poll fits control.max_sample_age_ms: profile `{}` \
+                 polls in {requests} request(s) plus a reconnect, each allowed {} ms, \
+                 and the sample waits up to one control.period_ms ({} ms) for a tick: {worst} ms \
+                 in all, more than control.max_sample_age_ms = {} ms; use timeout_ms <= {fits} \
+                 or raise control.max_sample_age_ms",
+                profile.name, c.timeout_ms, cfg.control.period_ms, cfg.control.max_sample_age_ms
+            ),
+        }],
+    })
 }

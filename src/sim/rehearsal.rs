@@ -8,18 +8,32 @@
 //! cannot reach a real CDU whatever the configuration says.
 
 use super::{build_plant, cdu_server, CduState, Plant, SimConfig, SimGpus};
+use crate::collect::config::{GpuBackendKind, GpusConfig};
+use crate::collect::modbus::config::{CduConfig, CduTransport};
 use crate::collect::GpuBackend;
-use crate::config::{CduConfig, CduTransport, Config, ConfigError, ConfigIssue, GpuBackendKind};
 use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
+use crate::validate::{ConfigError, ConfigIssue};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
 /// GPUs per host when neither `gpus.indices` nor `[simulator]` says how many: an HGX board.
 const DEFAULT_GPUS_PER_HOST: u32 = 8;
+
+/// The sections of the site configuration a rehearsal simulates; the service fills it from its
+/// assembled configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Configured<'a> {
+    /// The configuration file, for error messages.
+    pub file: &'a Path,
+    pub cdus: &'a [CduConfig],
+    pub gpus: &'a GpusConfig,
+    pub simulator: Option<&'a SimConfig>,
+}
 
 /// A running rehearsal: the plant, one simulated CDU server per `[[cdu]]`, the simulated GPUs.
 pub struct Rehearsal {
@@ -37,16 +51,16 @@ impl Rehearsal {
     /// With `autostep` the plant advances in real time (× the `[simulator]` time scale, when
     /// the configuration has one).
     pub async fn start(
-        cfg: &Config,
+        cfg: Configured<'_>,
         host: &str,
         gpu_profiles: &GpuProfiles,
         cdu_profiles: &BTreeMap<String, Arc<CduProfile>>,
         autostep: bool,
     ) -> anyhow::Result<Rehearsal> {
-        let mut sc = cfg.simulator.clone().unwrap_or_default();
+        let mut sc = cfg.simulator.cloned().unwrap_or_default();
         let (board, count) = board_and_count(cfg, gpu_profiles, &sc)?;
         let mut hosts: Vec<String> = Vec::new();
-        for c in &cfg.cdus {
+        for c in cfg.cdus {
             let hs = if c.hosts.is_empty() {
                 vec![host.to_string()]
             } else {
@@ -72,7 +86,7 @@ impl Rehearsal {
         }
         let mut addrs = Vec::new();
         let mut servers = Vec::new();
-        for c in &cfg.cdus {
+        for c in cfg.cdus {
             let state: Arc<Mutex<dyn CduState>> = plant.clone();
             // Port 0: the operating system picks a free loopback port, so a rehearsal never
             // clashes with `coolantd sim` or another rehearsal.
@@ -176,7 +190,7 @@ fn transport_text(t: &CduTransport) -> String {
 /// `[simulator]` board, else the only GPU profile there is), `gpus.indices` (else the
 /// `[simulator]` count, else 8).
 fn board_and_count<'a>(
-    cfg: &Config,
+    cfg: Configured<'_>,
     gpu_profiles: &'a GpuProfiles,
     sc: &SimConfig,
 ) -> Result<(&'a crate::profile::gpu::GpuProfile, u32), ConfigError> {
@@ -184,7 +198,7 @@ fn board_and_count<'a>(
         .gpus
         .default_profile
         .clone()
-        .or_else(|| cfg.simulator.as_ref().map(|s| s.gpu_profile.clone()))
+        .or_else(|| cfg.simulator.map(|s| s.gpu_profile.clone()))
         .or_else(|| {
             (gpu_profiles.len() == 1)
                 .then(|| gpu_profiles.iter().next().map(|p| p.name.clone()))
@@ -194,7 +208,7 @@ fn board_and_count<'a>(
     let Some(board) = board else {
         let names: Vec<&str> = gpu_profiles.iter().map(|p| p.name.as_str()).collect();
         return Err(ConfigError {
-            file: cfg.path.clone(),
+            file: cfg.file.to_path_buf(),
             issues: vec![ConfigIssue {
                 key: "gpus.default_profile".into(),
                 expected: format!(
@@ -219,7 +233,7 @@ fn board_and_count<'a>(
 /// the register and the role. Registers without a role (status bits the controller only
 /// records) are served as 0.
 pub fn check_simulable(
-    cfg: &Config,
+    cfg: Configured<'_>,
     index: usize,
     profile: &CduProfile,
     state: &dyn CduState,
@@ -243,7 +257,7 @@ pub fn check_simulable(
         Ok(())
     } else {
         Err(ConfigError {
-            file: cfg.path.clone(),
+            file: cfg.file.to_path_buf(),
             issues,
         })
     }

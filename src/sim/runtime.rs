@@ -3,11 +3,11 @@
 
 use super::{build_plant, cdu_server, CduState, Plant, SimConfig, SimGpus};
 use crate::collect::GpuBackend;
-use crate::config::Config;
 use crate::profile::cdu::CduProfile;
 use crate::profile::gpu::GpuProfiles;
 use anyhow::Context as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -31,7 +31,8 @@ impl SimRuntime {
     /// caller steps it with [`SimRuntime::step`], as the closed-loop tests do.
     pub async fn start(
         sc: &SimConfig,
-        cfg: &Config,
+        file: &Path,
+        profiles_dir: &Path,
         host: &str,
         gpu_profiles: &GpuProfiles,
         autostep: bool,
@@ -42,8 +43,7 @@ impl SimRuntime {
                 sc.gpu_profile
             )
         })?;
-        let cdu_path = cfg
-            .resolve(&cfg.site.profiles_dir)
+        let cdu_path = profiles_dir
             .join("cdu")
             .join(format!("{}.toml", sc.cdu_profile));
         let cdu_profile = Arc::new(CduProfile::load(&cdu_path)?);
@@ -71,9 +71,9 @@ impl SimRuntime {
                         || "another process".to_string(),
                         |(pid, name)| format!("process {pid} ({name})"),
                     );
-                return Err(crate::config::ConfigError {
-                    file: cfg.path.clone(),
-                    issues: vec![crate::config::ConfigIssue {
+                return Err(crate::validate::ConfigError {
+                    file: file.to_path_buf(),
+                    issues: vec![crate::validate::ConfigIssue {
                         key: "simulator.listen".into(),
                         expected: format!(
                             "a free address for the simulated CDU, but {} is already in \

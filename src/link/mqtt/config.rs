@@ -19,7 +19,7 @@ pub enum MqttProtocol {
 }
 
 /// `[mqtt.tls]`: TLS towards the broker. Paths are PEM files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttTlsConfig {
     /// The certificate authority (or authorities) that signed the broker's certificate.
@@ -33,7 +33,7 @@ pub struct MqttTlsConfig {
 }
 
 /// `[mqtt]`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// Broker host name or address.

@@ -56,7 +56,7 @@ pub enum InfluxApi {
 }
 
 /// `[influx]`: where metrics go and how hard the sink tries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxConfig {
     /// Base URL of the InfluxDB (or compatible) server, for example `http://influx:8086`.

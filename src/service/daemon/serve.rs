@@ -1,15 +1,15 @@
 //! `coolantd run`: the service loop around [`Daemon::tick`] — the period timer, signals,
 //! systemd notification, the HTTP endpoint and the live status line.
 
-use super::http::{self, Health};
-use super::notify::Notifier;
-use super::run::{status_line, Daemon, RunOptions};
+use super::{status_line, Daemon, Now, RunOptions};
 use crate::config::Config;
+use crate::service::http::{self, Health};
+use crate::service::notify::Notifier;
 use anyhow::Context as _;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How long shutdown may take before the daemon gives up on flushing sinks.
@@ -68,7 +68,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let cfg = Config::load(config_path)?;
-    let watchdog = super::notify::watchdog_interval();
+    let watchdog = crate::service::notify::watchdog_interval();
     fits_watchdog(&cfg, watchdog)?;
     // The text the running configuration came from, so a reload can say what changed.
     let mut config_text = std::fs::read_to_string(config_path).unwrap_or_default();
@@ -151,8 +151,14 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                 }
             }
             _ = timer.tick() => {
-                let now = start.elapsed().mul_f64(time_scale);
+                // The tick's time, read here once: plant time (scaled monotonic), wall time
+                // for the points, and the real start its CDU budget counts from.
                 let t0 = Instant::now();
+                let now = Now {
+                    mono: t0.duration_since(start).mul_f64(time_scale),
+                    wall: SystemTime::now(),
+                    started: t0,
+                };
                 let snap = daemon.tick(now).await;
                 let took = t0.elapsed();
                 health.tick(took);

@@ -1,141 +1,11 @@
-//! The sections of the configuration that describe the site itself: identity, GPUs, CDUs
-//! and logging.
+//! `[[cdu]]`: how to reach one CDU over Modbus (TCP or RTU), its unit id, profile and
+//! timeout. It lives beside the client it configures; `service::config` only assembles it.
 
-use super::Issues;
+use crate::files::check_name;
+use crate::validate::Issues;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// `[site]`: who this daemon is and where it keeps its files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteConfig {
-    /// Site name, used in metric tags and MQTT topics.
-    pub name: String,
-    /// This host's name in metric tags and topics; defaults to the system host name.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Where the spool, recorded power limits and dead letters live.
-    #[serde(default = "default_state_dir")]
-    pub state_dir: PathBuf,
-    /// Folder of firmware profiles, relative to the configuration file.
-    #[serde(default = "default_profiles_dir")]
-    pub profiles_dir: PathBuf,
-    /// Log and publish every decision, write nothing to any GPU or CDU.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/coolantd")
-}
-
-fn default_profiles_dir() -> PathBuf {
-    PathBuf::from("../firmware-profiles")
-}
-
-impl SiteConfig {
-    pub(super) fn validate(&self, issues: &mut Issues) {
-        check_name(&self.name, "site.name", issues);
-        if let Some(h) = &self.host {
-            check_name(h, "site.host", issues);
-        }
-    }
-
-    /// The host name to use: configured, or the system's.
-    pub fn host_name(&self) -> String {
-        if let Some(h) = &self.host {
-            return h.clone();
-        }
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".to_string())
-    }
-}
-
-/// Names end up in MQTT topics and metric tags: keep them to characters that need no escaping.
-fn check_name(v: &str, key: &str, issues: &mut Issues) {
-    let ok = !v.is_empty()
-        && v.len() <= 64
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    issues.check(
-        ok,
-        key,
-        // Debug formatting shows a control character escaped instead of invisibly.
-        format!("1 to 64 characters of letters, digits, '-', '_' or '.', got {v:?}"),
-    );
-}
-
-/// Which GPU backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum GpuBackendKind {
-    /// The real GPUs through NVML.
-    #[default]
-    Nvml,
-    /// The plant simulator's GPUs.
-    Simulated,
-    /// No GPUs on this host. Readings of other hosts are not received yet, so the pump loop
-    /// then has no GPU input and the supervisor holds the CDU at its failsafe speed.
-    None,
-}
-
-/// `[gpus]`: where GPU readings come from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GpusConfig {
-    #[serde(default)]
-    pub backend: GpuBackendKind,
-    /// With `backend = "nvml"`: when NVML cannot be loaded, run on the simulator's GPUs
-    /// instead of refusing to start. Meant for demos, never for production.
-    #[serde(default)]
-    pub fallback_to_simulated: bool,
-    /// Only these NVML indices; empty means all.
-    #[serde(default)]
-    pub indices: Vec<u32>,
-    /// GPU profile to use when no profile's name pattern matches the board's name.
-    #[serde(default)]
-    pub default_profile: Option<String>,
-    /// How often the slow counters (energy, violation time, ECC) are read, in milliseconds.
-    #[serde(default = "default_slow_period_ms")]
-    pub slow_period_ms: u64,
-}
-
-fn default_slow_period_ms() -> u64 {
-    10_000
-}
-
-impl Default for GpusConfig {
-    fn default() -> Self {
-        GpusConfig {
-            backend: GpuBackendKind::default(),
-            fallback_to_simulated: false,
-            indices: Vec::new(),
-            default_profile: None,
-            slow_period_ms: default_slow_period_ms(),
-        }
-    }
-}
-
-impl GpusConfig {
-    pub(super) fn validate(&self, issues: &mut Issues) {
-        issues.check(
-            (1_000..=3_600_000).contains(&self.slow_period_ms),
-            "gpus.slow_period_ms",
-            format!(
-                "a period between 1000 and 3600000 ms, got {}",
-                self.slow_period_ms
-            ),
-        );
-    }
-
-    pub fn slow_period(&self) -> Duration {
-        Duration::from_millis(self.slow_period_ms)
-    }
-}
 
 /// Serial parity for Modbus RTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -277,7 +147,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 impl CduConfig {
-    pub(super) fn validate(&self, key: &str, issues: &mut Issues) {
+    pub fn validate(&self, key: &str, issues: &mut Issues) {
         check_name(&self.name, &format!("{key}.name"), issues);
         match &self.transport {
             CduTransport::Tcp { address } => {
@@ -336,53 +206,5 @@ impl CduConfig {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable on a terminal, plain key=value lines (journald-friendly) otherwise.
-    #[default]
-    Auto,
-    Text,
-    Json,
-}
-
-/// `[logging]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoggingConfig {
-    /// A `tracing` filter such as `info` or `coolantd=debug`; `RUST_LOG` overrides it.
-    #[serde(default = "default_level")]
-    pub level: String,
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-fn default_level() -> String {
-    "info".into()
-}
-
-impl Default for LoggingConfig {
-    fn default() -> Self {
-        LoggingConfig {
-            level: default_level(),
-            format: LogFormat::default(),
-        }
-    }
-}
-
-impl LoggingConfig {
-    pub(super) fn validate(&self, issues: &mut Issues) {
-        issues.check(
-            tracing_subscriber::EnvFilter::try_new(&self.level).is_ok(),
-            "logging.level",
-            format!(
-                "a tracing filter such as `info` or `coolantd=debug`, got `{}`",
-                self.level
-            ),
-        );
     }
 }

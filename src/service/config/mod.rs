@@ -9,11 +9,11 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 mod site;
+pub use crate::collect::config::{GpuBackendKind, GpusConfig};
+pub use crate::collect::modbus::config::{CduConfig, CduTransport, Parity, MAX_TIMEOUT_MS};
+pub use crate::files::{parse_toml, read_file};
 pub use crate::validate::{ConfigError, ConfigIssue, Issues};
-pub use site::{
-    CduConfig, CduTransport, GpuBackendKind, GpusConfig, LogFormat, LoggingConfig, Parity,
-    SiteConfig,
-};
+pub use site::{LogFormat, LoggingConfig, SiteConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,52 +45,9 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-/// Parses TOML text into `T`, reporting the dotted key path and the position of the first
-/// error. Shared by the site configuration and the firmware profiles.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(
-    text: &str,
-    file: &Path,
-) -> Result<T, ConfigError> {
-    let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let pos = inner
-            .span()
-            .map(|s| {
-                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                format!(" (line {line})")
-            })
-            .unwrap_or_default();
-        let key = if path == "." || path.is_empty() {
-            "(top level)".to_string()
-        } else {
-            path
-        };
-        ConfigError {
-            file: file.to_path_buf(),
-            issues: vec![ConfigIssue {
-                key,
-                expected: format!("{}{pos}", inner.message().trim_end()),
-            }],
-        }
-    })
-}
-
-/// Reads a file into a string, with an error that names it.
-pub fn read_file(file: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        issues: vec![ConfigIssue {
-            key: "(file)".into(),
-            expected: format!("a readable file: {e}"),
-        }],
-    })
-}
-
 impl Config {
     /// Reads, parses and validates a configuration file (not yet the profiles it names;
-    /// see [`crate::service::run::load_profiles`]).
+    /// see [`crate::service::daemon::load_profiles`]).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = read_file(file)?;
         Config::parse(&text, file)
@@ -197,6 +154,21 @@ impl Config {
             p.to_path_buf()
         } else {
             self.base_dir().join(p)
+        }
+    }
+
+    /// The firmware profiles folder, resolved.
+    pub fn profiles_path(&self) -> PathBuf {
+        self.resolve(&self.site.profiles_dir)
+    }
+
+    /// The sections a rehearsal simulates (`run --rehearse`).
+    pub fn rehearsed(&self) -> crate::sim::rehearsal::Configured<'_> {
+        crate::sim::rehearsal::Configured {
+            file: &self.path,
+            cdus: &self.cdus,
+            gpus: &self.gpus,
+            simulator: self.simulator.as_ref(),
         }
     }
 }
