@@ -2,13 +2,12 @@
 //! read from stderr as the journal or a file would get it, its state through `coolantd
 //! status` and `/readyz`.
 
+use coolantd_testkit::daemon_process::DaemonProcess;
 use coolantd_testkit::sim_daemon;
 
 use sim_daemon::{free_port, http_get, sim_config_text, TempDir};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
@@ -17,11 +16,10 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A `coolantd run` child with its stderr collected; killed on drop.
 struct Run {
-    child: Child,
+    proc: DaemonProcess,
     _dir: TempDir,
     config: PathBuf,
     http: u16,
-    log: Arc<Mutex<String>>,
 }
 
 impl Run {
@@ -40,55 +38,28 @@ impl Run {
         );
         let config = dir.0.join("coolantd.toml");
         std::fs::write(&config, text).expect("write config");
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coolantd run");
-        let log = Arc::new(Mutex::new(String::new()));
-        let l = log.clone();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = l.lock().expect("log lock");
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let proc = DaemonProcess::spawn(
+            Command::new(BIN)
+                .arg("run")
+                .args(args)
+                .arg("--config")
+                .arg(&config),
+        );
         Run {
-            child,
+            proc,
             _dir: dir,
             config,
             http,
-            log,
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
+        self.proc.log()
     }
 
     /// Waits until a log line satisfies `pred`; returns it.
     fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let t0 = Instant::now();
-        loop {
-            if let Some(l) = self.log().lines().find(|l| pred(l)) {
-                return l.to_string();
-            }
-            assert!(
-                t0.elapsed() < WAIT,
-                "no {what} within {WAIT:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.proc.wait_line(what, WAIT, pred)
     }
 
     /// Waits until `path` answers with a body satisfying `pred`; returns (code, body).
@@ -110,18 +81,11 @@ impl Run {
 
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.proc.id().to_string()])
             .status()
             .expect("kill")
             .success();
         assert!(ok, "kill -{sig}");
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,14 +3,14 @@
 //! on the plant simulator (8 simulated H200s, a simulated CDU on real Modbus TCP) with free
 //! loopback ports, a private state folder and a 100 ms control period.
 
+use coolantd_testkit::daemon_process::DaemonProcess;
 use coolantd_testkit::sim_daemon;
 
 use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,11 @@ fn config(dir: &Path, cdu_port: u16, http_port: u16, setpoint: f64, extra: &str)
 /// A running daemon: its stderr collected line by line, every notification it sent, and the
 /// process killed on drop if a test fails before stopping it.
 struct Daemon {
-    child: Child,
+    proc: DaemonProcess,
     dir: TempDir,
     config: PathBuf,
     http: u16,
     cdu: u16,
-    log: Arc<Mutex<String>>,
     notes: Arc<Mutex<Vec<String>>>,
 }
 
@@ -82,40 +81,24 @@ impl Daemon {
             }
         });
 
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coolantd run");
-        let log = Arc::new(Mutex::new(String::new()));
-        let l = log.clone();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = l.lock().expect("log lock");
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let proc = DaemonProcess::spawn(
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("NOTIFY_SOCKET", &sock_path),
+        );
         Daemon {
-            child,
+            proc,
             dir,
             config,
             http,
             cdu,
-            log,
             notes,
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
+        self.proc.log()
     }
 
     fn notes(&self) -> Vec<String> {
@@ -140,18 +123,10 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str) -> String {
-        let t0 = Instant::now();
-        loop {
-            let log = self.log();
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            assert!(
-                t0.elapsed() < START,
-                "no log line with {needle:?} within {START:?}; log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc
+            .wait_line(&format!("log line with {needle:?}"), START, |l| {
+                l.contains(needle)
+            })
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -181,29 +156,13 @@ impl Daemon {
     }
 
     fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        self.proc.signal(sig);
     }
 
-    /// Waits up to `bound` for the process to exit.
+    /// Waits up to `bound` for the process to exit; returns its status and how long it took.
     fn wait_exit(&mut self, bound: Duration) -> Option<(ExitStatus, Duration)> {
         let t0 = Instant::now();
-        while t0.elapsed() < bound {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return Some((st, t0.elapsed()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.wait_exit(bound).map(|(st, at)| (st, at - t0))
     }
 }
 

@@ -7,14 +7,15 @@
 //! the safe pump speed through the slow CDU before it exits. A reload of `control.period_ms`
 //! must change the tick rate of the running daemon.
 
+use coolantd_testkit::daemon_process::DaemonProcess;
 use coolantd_testkit::sim_daemon;
 
 use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -156,64 +157,39 @@ impl Proxy {
 
 /// A running daemon with its stderr collected; killed on drop if a test fails early.
 struct Daemon {
-    child: Child,
+    proc: DaemonProcess,
     _dir: TempDir,
     config: PathBuf,
     http: u16,
-    log: Arc<Mutex<String>>,
 }
 
 impl Daemon {
     fn start(dir: TempDir, text: &str, http: u16) -> Daemon {
         let config = dir.0.join("coolantd.toml");
         std::fs::write(&config, text).expect("write config");
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coolantd run");
-        let log = Arc::new(Mutex::new(String::new()));
-        let l = log.clone();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = l.lock().expect("log lock");
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let proc = DaemonProcess::spawn(
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env_remove("NOTIFY_SOCKET"),
+        );
         Daemon {
-            child,
+            proc,
             _dir: dir,
             config,
             http,
-            log,
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
+        self.proc.log()
     }
 
     fn wait_log(&self, needle: &str) -> String {
-        let t0 = Instant::now();
-        loop {
-            let log = self.log();
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            assert!(
-                t0.elapsed() < START,
-                "no log line with {needle:?} within {START:?}; log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc
+            .wait_line(&format!("log line with {needle:?}"), START, |l| {
+                l.contains(needle)
+            })
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -242,29 +218,12 @@ impl Daemon {
     }
 
     fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        self.proc.signal(sig);
     }
 
     /// Waits up to `bound` for the process to exit; returns its status and when it was seen.
     fn wait_exit(&mut self, bound: Duration) -> Option<(ExitStatus, Instant)> {
-        let t0 = Instant::now();
-        while t0.elapsed() < bound {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return Some((st, Instant::now()));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.wait_exit(bound)
     }
 }
 

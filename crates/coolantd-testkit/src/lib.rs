@@ -8,12 +8,13 @@
 //! - [`modbus_common`], [`pymodbus_map`]: simulated CDU states, the pymodbus register map and
 //!   peer detection; [`modbus_proxy`]: a Modbus TCP proxy that counts, hangs and rewrites.
 //! - [`sim_daemon`]: a daemon on the plant simulator, in process or as configuration text for
-//!   the real binary.
+//!   the real binary; [`daemon_process`]: the real binary as a child, its log collected.
 //! - [`nvml_replay`]: private copies of the replay NVML library (crates/nvml-replay).
 //!
 //! The Python peers (`python/pymodbus_cdu.py`, `python/spb_host.py`) live beside this crate
 //! and are found through [`python_script`].
 
+pub mod daemon_process;
 pub mod influxdb1;
 pub mod modbus_common;
 pub mod modbus_proxy;
