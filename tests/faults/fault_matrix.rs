@@ -17,7 +17,7 @@ use coolantd::model::{Command, ControlState, GpuKey, Mode, Snapshot};
 use coolantd::service::run::Daemon;
 use coolantd::sim::{GpuFault, Plant, Workload};
 use coolantd::units::Celsius;
-use modbus_proxy::{Patch, Proxy};
+use modbus_proxy::{exception_patch, Patch, Proxy, FC4_BYTES};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -28,9 +28,6 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// CDU costs the test little time.
 const TIMEOUT_MS: u64 = 50;
 const CDU: &str = "cdu-sim";
-/// The simulated CDU answers the sim-cdu profile's input registers 0..=11 in one read
-/// (function code 4, 12 registers = 24 bytes); the patches below rely on that layout.
-const FC4_BYTES: u8 = 24;
 
 /// Replaces the 4 bytes of a FLOAT32 input register at `offset` (registers from 0) in the
 /// poll's function-code-4 response; `cdab` swaps the words as the profile's order says.
@@ -43,17 +40,6 @@ fn float_patch(register: usize, value: f32, cdab: bool) -> Patch {
         let bytes = if cdab { [b[2], b[3], b[0], b[1]] } else { b };
         let at = 2 + 2 * register;
         pdu[at..at + 4].copy_from_slice(&bytes);
-        true
-    })
-}
-
-/// Answers every input-register read with Modbus exception 0x04 (server device failure).
-fn exception_patch() -> Patch {
-    Box::new(|pdu: &mut Vec<u8>| {
-        if pdu.first() != Some(&4) {
-            return false;
-        }
-        *pdu = vec![0x84, 0x04];
         true
     })
 }

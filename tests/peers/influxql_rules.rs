@@ -20,10 +20,11 @@
 
 use coolantd_testkit::influxdb1;
 use coolantd_testkit::modbus_proxy;
+use coolantd_testkit::server;
 use coolantd_testkit::sim_daemon;
 
 use influxdb1::Influx1;
-use modbus_proxy::{Patch, Proxy};
+use modbus_proxy::{cdu_fault_patch, exception_patch, Proxy};
 use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
 use std::net::SocketAddr;
@@ -34,8 +35,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
 const DB: &str = "coolantd";
 const HOST: &str = "sim-node01";
-/// The simulated CDU answers the sim-cdu profile's input registers 0..=11 in one read.
-const FC4_BYTES: u8 = 24;
 /// How long each phase streams at the test's 200 ms control period.
 const PHASE: Duration = Duration::from_secs(4);
 
@@ -194,39 +193,6 @@ fn evaluate(db: &Influx1, rule: &Rule, from_ms: i64, to_ms: i64) -> bool {
     })
 }
 
-/// Rewrites the CDU's sensor answers: supply 50 °C, return 65 °C, flow 2 l/min (word-swapped,
-/// as the profile says) and the leak cable wet (discrete input 0).
-fn cdu_fault_patch() -> Patch {
-    Box::new(|pdu: &mut Vec<u8>| match pdu.first() {
-        Some(4) if pdu.len() == 2 + usize::from(FC4_BYTES) && pdu[1] == FC4_BYTES => {
-            let put = |pdu: &mut Vec<u8>, reg: usize, b: [u8; 4]| {
-                pdu[2 + 2 * reg..6 + 2 * reg].copy_from_slice(&b)
-            };
-            put(pdu, 0, 50.0f32.to_be_bytes());
-            put(pdu, 2, 65.0f32.to_be_bytes());
-            let f = 2.0f32.to_be_bytes();
-            put(pdu, 4, [f[2], f[3], f[0], f[1]]);
-            true
-        }
-        Some(2) if pdu.len() >= 3 => {
-            pdu[2] |= 1;
-            true
-        }
-        _ => false,
-    })
-}
-
-/// Answers every input-register read with Modbus exception 0x04 (server device failure).
-fn exception_patch() -> Patch {
-    Box::new(|pdu: &mut Vec<u8>| {
-        if pdu.first() != Some(&4) {
-            return false;
-        }
-        *pdu = vec![0x84, 0x04];
-        true
-    })
-}
-
 struct Daemon {
     child: Child,
     log: std::path::PathBuf,
@@ -237,18 +203,7 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
     fn stop(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        server::stop_gracefully(&mut self.child, Duration::from_secs(20));
     }
 }
 

@@ -18,10 +18,11 @@
 //! - the daemon stopped: telemetry stale (`up == 0`).
 
 use coolantd_testkit::modbus_proxy;
+use coolantd_testkit::server;
 use coolantd_testkit::sim_daemon;
 use coolantd_testkit::victoria;
 
-use modbus_proxy::{Patch, Proxy};
+use modbus_proxy::{cdu_fault_patch, exception_patch, Proxy};
 use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
 use std::collections::BTreeSet;
@@ -34,7 +35,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use victoria::Victoria;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
-const FC4_BYTES: u8 = 24;
 /// Generous for a loaded 2-core machine: scrape 2 s, remote write ~1 s, evaluation 1 s.
 const FIRE_WITHIN: Duration = Duration::from_secs(40);
 
@@ -201,18 +201,7 @@ impl Proc {
         )
     }
     fn stop(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        server::stop_gracefully(&mut self.child, Duration::from_secs(20));
     }
 }
 
@@ -221,36 +210,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn cdu_fault_patch() -> Patch {
-    Box::new(|pdu: &mut Vec<u8>| match pdu.first() {
-        Some(4) if pdu.len() == 2 + usize::from(FC4_BYTES) && pdu[1] == FC4_BYTES => {
-            let put = |pdu: &mut Vec<u8>, reg: usize, b: [u8; 4]| {
-                pdu[2 + 2 * reg..6 + 2 * reg].copy_from_slice(&b)
-            };
-            put(pdu, 0, 50.0f32.to_be_bytes());
-            put(pdu, 2, 65.0f32.to_be_bytes());
-            let f = 2.0f32.to_be_bytes();
-            put(pdu, 4, [f[2], f[3], f[0], f[1]]);
-            true
-        }
-        Some(2) if pdu.len() >= 3 => {
-            pdu[2] |= 1;
-            true
-        }
-        _ => false,
-    })
-}
-
-fn exception_patch() -> Patch {
-    Box::new(|pdu: &mut Vec<u8>| {
-        if pdu.first() != Some(&4) {
-            return false;
-        }
-        *pdu = vec![0x84, 0x04];
-        true
-    })
 }
 
 /// The shipped rules with `for:` set to 0 s and the group interval to 1 s.

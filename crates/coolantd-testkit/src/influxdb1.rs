@@ -104,8 +104,8 @@ bind-address = "127.0.0.1:{rpc}"
 
     /// Stops the server gracefully (SIGTERM), keeping its data.
     pub fn stop(&mut self) {
-        if let Some(c) = self.child.take() {
-            server::stop_gracefully(c, Duration::from_secs(15));
+        if let Some(mut c) = self.child.take() {
+            server::stop_gracefully(&mut c, Duration::from_secs(15));
         }
     }
 

@@ -16,6 +16,43 @@ pub const WRITE_FUNCTION_CODES: [u8; 6] = [5, 6, 15, 16, 22, 23];
 
 pub type Patch = Box<dyn Fn(&mut Vec<u8>) -> bool + Send>;
 
+/// The simulated CDU answers the sim-cdu profile's input registers 0..=11 in one read
+/// (function code 4, 12 registers = 24 bytes); the patches rely on that layout.
+pub const FC4_BYTES: u8 = 24;
+
+/// Rewrites the simulated CDU's sensor answers: supply 50 °C, return 65 °C, flow 2 l/min
+/// (word-swapped, as the profile says) and the leak cable wet (discrete input 0).
+pub fn cdu_fault_patch() -> Patch {
+    Box::new(|pdu: &mut Vec<u8>| match pdu.first() {
+        Some(4) if pdu.len() == 2 + usize::from(FC4_BYTES) && pdu[1] == FC4_BYTES => {
+            let put = |pdu: &mut Vec<u8>, reg: usize, b: [u8; 4]| {
+                pdu[2 + 2 * reg..6 + 2 * reg].copy_from_slice(&b)
+            };
+            put(pdu, 0, 50.0f32.to_be_bytes());
+            put(pdu, 2, 65.0f32.to_be_bytes());
+            let f = 2.0f32.to_be_bytes();
+            put(pdu, 4, [f[2], f[3], f[0], f[1]]);
+            true
+        }
+        Some(2) if pdu.len() >= 3 => {
+            pdu[2] |= 1;
+            true
+        }
+        _ => false,
+    })
+}
+
+/// Answers every input-register read with Modbus exception 0x04 (server device failure).
+pub fn exception_patch() -> Patch {
+    Box::new(|pdu: &mut Vec<u8>| {
+        if pdu.first() != Some(&4) {
+            return false;
+        }
+        *pdu = vec![0x84, 0x04];
+        true
+    })
+}
+
 /// Sits between the daemon and the simulated CDU. `hang` swallows every response (the CDU
 /// accepts TCP and requests but never answers); `delay_ms` holds every response that long
 /// (a slow CDU); `patch` rewrites response PDUs; write requests (function codes 5, 6, 15,

@@ -46,7 +46,7 @@ pub fn wait_ready(
 
 /// Stops a server with SIGTERM (so it flushes what it ingested), killing it if it has not
 /// exited within `grace`.
-pub fn stop_gracefully(mut child: Child, grace: Duration) {
+pub fn stop_gracefully(child: &mut Child, grace: Duration) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

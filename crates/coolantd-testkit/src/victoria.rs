@@ -88,8 +88,8 @@ impl Victoria {
 
     /// Stops the server gracefully (SIGTERM, so it flushes what it ingested), keeping its data.
     pub fn stop(&mut self) {
-        if let Some(c) = self.child.take() {
-            server::stop_gracefully(c, Duration::from_secs(10));
+        if let Some(mut c) = self.child.take() {
+            server::stop_gracefully(&mut c, Duration::from_secs(10));
         }
     }
 
