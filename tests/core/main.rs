@@ -1,6 +1,9 @@
-//! The control core, the plant simulator and the file parsers, in process and without peers: the fast, pure tests.
+//! The control core, the plant simulator and the file parsers, in process and without peers: the
+//! fast, pure tests.
 //!
-//! One test binary (`cargo test --test core`); each module is one former test file.
+//! One test binary: `cargo test --test core` runs it, `cargo test --test core MODULE::` one module.
+//! Each module is one former test file of tests/; `control_support` is the small deterministic
+//! plant that the control tests share.
 
 mod closed_loop;
 mod control_faults;

@@ -1,6 +1,9 @@
-//! The daemon as operators run it: the real binary and the service under systemd's protocols, dry runs, rehearsals, the command line, configuration checks, the shipped files and the install walkthrough.
+//! The daemon as operators run it: the real binary and the service under systemd's protocols, dry
+//! runs, rehearsals, the command line, configuration checks, the shipped files and the install
+//! walkthrough.
 //!
-//! One test binary (`cargo test --test daemon`); each module is one former test file.
+//! One test binary: `cargo test --test daemon` runs it, `cargo test --test daemon MODULE::` one
+//! module. Each module is one former test file of tests/.
 
 mod check_config;
 mod cli_tune;

@@ -1,6 +1,10 @@
-//! The collectors and sinks against real peers: Modbus (the simulator's server, pymodbus over TCP and RTU, mbpoll), MQTT and Sparkplug B (Mosquitto, pysparkplug), InfluxDB (VictoriaMetrics, InfluxDB 1.6), the shipped alert rules on real engines, the replay NVML library and the JSON schemas.
+//! The collectors and sinks against real peers: Modbus (the simulator's server, pymodbus over TCP
+//! and RTU, mbpoll), MQTT and Sparkplug B (Mosquitto, pysparkplug), InfluxDB (VictoriaMetrics,
+//! InfluxDB 1.6), the shipped alert rules on real engines, the replay NVML library and the JSON
+//! schemas.
 //!
-//! One test binary (`cargo test --test peers`); each module is one former test file.
+//! One test binary: `cargo test --test peers` runs it, `cargo test --test peers MODULE::` one
+//! module. Each module is one former test file of tests/.
 
 mod influx_reject;
 mod influx_spool;
