@@ -6,6 +6,7 @@
 //! run must make no NVML setter call and send no Modbus write, watchdog writes included. The
 //! same run without dry-run shows that both counters do count.
 
+use coolantd_testkit::daemon_process::DaemonProcess;
 use coolantd_testkit::modbus_proxy;
 use coolantd_testkit::mosquitto;
 use coolantd_testkit::mqtt_client;
@@ -16,11 +17,9 @@ use modbus_proxy::Proxy;
 use nvml_replay::Replay;
 use serde_json::Value;
 use sim_daemon::{free_port, sim_config_text, TempDir};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
@@ -45,8 +44,7 @@ struct Rig {
     dir: TempDir,
     config: PathBuf,
     http: u16,
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
+    proc: DaemonProcess,
 }
 
 fn config_text(
@@ -101,26 +99,12 @@ impl Rig {
         if mode == Mode::Flag {
             cmd.arg("--dry-run");
         }
-        let mut child = cmd
-            // NVML is found the way the driver's library is: by its name on the search path.
-            .env("LD_LIBRARY_PATH", &replay.dir)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coolantd run");
-        let log = Arc::new(Mutex::new(String::new()));
-        let l = log.clone();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = l.lock().expect("log lock");
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let proc = DaemonProcess::spawn(
+            cmd
+                // NVML is found the way the driver's library is: by its name on the search path.
+                .env("LD_LIBRARY_PATH", &replay.dir)
+                .env_remove("NOTIFY_SOCKET"),
+        );
         Rig {
             replay,
             proxy,
@@ -128,13 +112,12 @@ impl Rig {
             dir,
             config,
             http,
-            child: Some(child),
-            log,
+            proc,
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
+        self.proc.log()
     }
 
     fn status(&self) -> Option<Value> {
@@ -177,11 +160,7 @@ impl Rig {
     }
 
     fn signal(&self, sig: libc::c_int) {
-        let child = self.child.as_ref().expect("running");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        self.proc.signal(sig);
     }
 
     async fn wait_log(&self, needle: &str) {
@@ -197,26 +176,16 @@ impl Rig {
     }
 
     async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
+            if let Some(st) = self.proc.try_wait() {
                 return st;
             }
             if tokio::time::Instant::now() >= deadline {
-                let _ = child.kill();
+                self.proc.kill();
                 panic!("still running after SIGTERM; log:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

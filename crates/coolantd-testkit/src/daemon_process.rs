@@ -73,6 +73,17 @@ impl DaemonProcess {
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits up to `bound` for the process to exit; returns its status and when it was seen.
     pub fn wait_exit(&mut self, bound: Duration) -> Option<(ExitStatus, Instant)> {
         let t0 = Instant::now();
