@@ -3,8 +3,7 @@
 //!
 //! `cargo bench --bench modbus -- --warm-up-time 1 --measurement-time 3`
 
-#[path = "../tests/support/modbus_common.rs"]
-mod common;
+use coolantd_testkit::modbus_common as common;
 
 use common::{sim_profile_path, tcp_config, MapState};
 use coolantd::collect::modbus::decode::{decode_bit, decode_words, encode, Encoded};

@@ -84,7 +84,7 @@ EOF
 before="$(limits < "$work/probe-before.json")"
 
 echo "== the NVML backend test"
-cargo test --release --test nvml_backend -- --nocapture > "$work/nvml_backend.log" 2>&1 && rc=0 || rc=$?
+cargo test --release --test peers nvml_backend:: -- --nocapture > "$work/nvml_backend.log" 2>&1 && rc=0 || rc=$?
 grep -E "^test |test result|^read [0-9]+ GPU" "$work/nvml_backend.log" || true
 [ "$rc" = 0 ] || { echo "device-check: the NVML backend test failed (log: $work/nvml_backend.log)" >&2; exit 1; }
 

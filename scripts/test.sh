@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # pysparkplug (an independent Sparkplug B implementation) plays the primary host application
-# in tests/sparkplug_host.rs; PyPI only, so it lives in a venv of Debian's python3. Pinned,
+# in tests/peers/sparkplug_host.rs; PyPI only, so it lives in a venv of Debian's python3. Pinned,
 # with its dependencies, so that a clean machine tests against the same host.
 spb_venv=target/spb-venv
 if ! "$spb_venv/bin/python" -c 'import pysparkplug' >/dev/null 2>&1; then
