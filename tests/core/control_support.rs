@@ -2,7 +2,6 @@
 //! resistance falls with pump speed, a CDU whose pump follows its command with a lag, and the
 //! bookkeeping a shell does (apply actuations, report outcomes). Not the real simulator: just
 //! enough physics to show that the loops settle and that faults get the right reactions.
-#![allow(dead_code)]
 
 use coolantd::control::{CduSetup, ControlConfig, Controller, TickInput};
 use coolantd::model::{
