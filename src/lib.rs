@@ -14,3 +14,4 @@ pub mod sim;
 pub mod sink;
 pub mod units;
 pub mod validate;
+pub mod wire;
