@@ -4,6 +4,7 @@
 //! The crate is a pure control core ([`control`]) inside an IO shell ([`collect`], [`sink`],
 //! [`service`]). See ARCHITECTURE.md for the map and the rules each module keeps.
 
+pub mod agent;
 pub mod collect;
 pub mod config;
 pub mod control;
