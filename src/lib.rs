@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod model;
 pub mod profile;
+pub mod remote;
 pub mod service;
 pub mod sim;
 pub mod sink;
