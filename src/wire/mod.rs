@@ -28,7 +28,6 @@ pub use msg::{
 pub use topic::{Kind, Topic};
 
 use prost::Message as _;
-use std::collections::BTreeSet;
 use std::fmt;
 
 /// The version this build speaks.
@@ -128,10 +127,14 @@ pub trait WireMessage: prost::Message + Default + Clone + Sized {
 /// Encodes a message with this build's version, after the same checks a receiver makes, so
 /// nothing leaves that a peer would refuse.
 pub fn encode<M: WireMessage>(msg: &M) -> Result<Vec<u8>, WireError> {
-    let mut m = msg.clone();
-    m.set_version(VERSION);
-    m.validate()?;
-    let bytes = m.encode_to_vec();
+    msg.validate()?;
+    let bytes = if msg.version() == Some(VERSION) {
+        msg.encode_to_vec()
+    } else {
+        let mut m = msg.clone();
+        m.set_version(VERSION);
+        m.encode_to_vec()
+    };
     check_size(M::KIND, bytes.len())?;
     Ok(bytes)
 }
@@ -178,9 +181,11 @@ struct Check {
 }
 
 impl Check {
+    /// `field` is a closure so the name is only formatted for an error: the checks run on
+    /// every message, and formatting every name tripled the cost of decoding.
     fn range(
         &self,
-        field: String,
+        field: impl FnOnce() -> String,
         value: f32,
         (lo, hi): (f32, f32),
         expected: &'static str,
@@ -190,18 +195,18 @@ impl Check {
         } else {
             Err(WireError::Implausible {
                 kind: self.kind,
-                field,
+                field: field(),
                 value: f64::from(value),
                 expected,
             })
         }
     }
 
-    fn temp(&self, field: String, value: f32) -> Result<(), WireError> {
+    fn temp(&self, field: impl FnOnce() -> String, value: f32) -> Result<(), WireError> {
         self.range(field, value, TEMP_RANGE_C, "a temperature in -40..=150 °C")
     }
 
-    fn power(&self, field: String, value: f32) -> Result<(), WireError> {
+    fn power(&self, field: impl FnOnce() -> String, value: f32) -> Result<(), WireError> {
         self.range(field, value, POWER_RANGE_W, "a power in 0..=3000 W")
     }
 
@@ -256,7 +261,8 @@ impl Check {
                 max: MAX_GPUS,
             });
         }
-        let mut seen = BTreeSet::new();
+        // Indices are at most 255: a 256-bit set, no allocation.
+        let mut seen = [0u64; 4];
         for index in indices {
             if index > MAX_INDEX {
                 return Err(WireError::Implausible {
@@ -266,12 +272,14 @@ impl Check {
                     expected: "an NVML index in 0..=255",
                 });
             }
-            if !seen.insert(index) {
+            let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+            if seen[word] & bit != 0 {
                 return Err(WireError::DuplicateGpu {
                     kind: self.kind,
                     index,
                 });
             }
+            seen[word] |= bit;
         }
         Ok(())
     }
@@ -292,16 +300,16 @@ impl WireMessage for Readings {
         for g in &self.gpus {
             let i = g.index;
             if let Some(t) = g.core_c {
-                c.temp(format!("gpus[{i}].core_c"), t)?;
+                c.temp(|| format!("gpus[{i}].core_c"), t)?;
             }
             if let Some(t) = g.hbm_c {
-                c.temp(format!("gpus[{i}].hbm_c"), t)?;
+                c.temp(|| format!("gpus[{i}].hbm_c"), t)?;
             }
             if let Some(p) = g.power_w {
-                c.power(format!("gpus[{i}].power_w"), p)?;
+                c.power(|| format!("gpus[{i}].power_w"), p)?;
             }
             if let Some(p) = g.limit_w {
-                c.power(format!("gpus[{i}].limit_w"), p)?;
+                c.power(|| format!("gpus[{i}].limit_w"), p)?;
             }
         }
         Ok(())
@@ -325,14 +333,14 @@ impl WireMessage for Facts {
             c.text("uuid", &g.uuid)?;
             c.text("board", &g.board)?;
             c.text("profile", &g.profile)?;
-            c.temp(format!("gpus[{i}].slowdown_c"), g.slowdown_c)?;
-            c.temp(format!("gpus[{i}].shutdown_c"), g.shutdown_c)?;
-            c.temp(format!("gpus[{i}].gpu_max_c"), g.gpu_max_c)?;
-            c.temp(format!("gpus[{i}].hbm_max_c"), g.hbm_max_c)?;
-            c.power(format!("gpus[{i}].power_min_w"), g.power_min_w)?;
-            c.power(format!("gpus[{i}].power_max_w"), g.power_max_w)?;
-            c.power(format!("gpus[{i}].power_default_w"), g.power_default_w)?;
-            c.power(format!("gpus[{i}].original_limit_w"), g.original_limit_w)?;
+            c.temp(|| format!("gpus[{i}].slowdown_c"), g.slowdown_c)?;
+            c.temp(|| format!("gpus[{i}].shutdown_c"), g.shutdown_c)?;
+            c.temp(|| format!("gpus[{i}].gpu_max_c"), g.gpu_max_c)?;
+            c.temp(|| format!("gpus[{i}].hbm_max_c"), g.hbm_max_c)?;
+            c.power(|| format!("gpus[{i}].power_min_w"), g.power_min_w)?;
+            c.power(|| format!("gpus[{i}].power_max_w"), g.power_max_w)?;
+            c.power(|| format!("gpus[{i}].power_default_w"), g.power_default_w)?;
+            c.power(|| format!("gpus[{i}].original_limit_w"), g.original_limit_w)?;
             // A board whose range is empty or upside down cannot be capped safely.
             if !(g.power_min_w > 0.0 && g.power_min_w <= g.power_max_w) {
                 return Err(WireError::Implausible {
@@ -369,7 +377,7 @@ impl WireMessage for CapLease {
         c.indices(self.caps.iter().map(|g| g.index))?;
         for cap in &self.caps {
             c.range(
-                format!("caps[{}].limit_w", cap.index),
+                || format!("caps[{}].limit_w", cap.index),
                 cap.limit_w,
                 (1.0, POWER_RANGE_W.1),
                 "a power limit in 1..=3000 W",
@@ -393,7 +401,7 @@ impl WireMessage for CapAck {
         c.indices(self.results.iter().map(|g| g.index))?;
         for r in &self.results {
             if let Some(p) = r.enforced_w {
-                c.power(format!("results[{}].enforced_w", r.index), p)?;
+                c.power(|| format!("results[{}].enforced_w", r.index), p)?;
             }
             if let Some(d) = &r.detail {
                 c.text("detail", d)?;
