@@ -210,6 +210,9 @@ fn a_restart_is_recognised_and_the_old_sessions_late_will_is_ignored() {
     // The agent crashed and restarted: a new session counting from 1 again.
     let mut new = FakeAgent::new("n1", 200, 0);
     src.handle(ms(3000), "n1", Kind::Status, &new.status(true));
+    // Between its status and its first readings, the old session's fresh readings still
+    // count: a restart alone makes no lost input.
+    assert!(src.view(ms(3000)).lost.is_empty());
     src.handle(ms(3000), "n1", Kind::Readings, &new.readings(61.0));
     assert_eq!(src.counters().restarts, 1);
     assert_eq!(

@@ -137,6 +137,8 @@ struct HostState {
     /// The session we follow, and the last sequence number accepted from it.
     session: Option<u64>,
     last_seq: u64,
+    /// Whether `last_seq` belongs to the current session (false until its first reading).
+    seq_known: bool,
     /// Sessions this host has left behind (a restart); hearing one again is a conflict.
     retired: Vec<u64>,
     latest: Option<(Mono, Readings)>,
@@ -231,7 +233,7 @@ impl RemoteSource {
             return;
         }
         let st = self.hosts.get_mut(host).expect("checked by handle");
-        if st.latest.is_some() && m.seq <= st.last_seq {
+        if st.seq_known && m.seq <= st.last_seq {
             self.counters.replays += 1;
             self.events.push_back(RemoteEvent::Replay {
                 host: host.to_string(),
@@ -239,7 +241,7 @@ impl RemoteSource {
             });
             return;
         }
-        if st.latest.is_some() && m.seq > st.last_seq + 1 {
+        if st.seq_known && m.seq > st.last_seq + 1 {
             let missed = m.seq - st.last_seq - 1;
             self.counters.gaps += 1;
             self.counters.missed += missed;
@@ -248,13 +250,14 @@ impl RemoteSource {
                 missed,
             });
         }
-        if st.latest.is_none() {
+        if !st.seq_known {
             self.events.push_back(RemoteEvent::HostOnline {
                 host: host.to_string(),
                 session: m.session,
             });
         }
         st.last_seq = m.seq;
+        st.seq_known = true;
         // Readings are proof of life: a last will that fired before a reconnect is over.
         st.offline = false;
         st.latest = Some((now, m));
@@ -286,7 +289,9 @@ impl RemoteSource {
                     st.retired.remove(0);
                 }
                 st.session = Some(session);
+                // Readings heard during the conflict may be either agent's: start afresh.
                 st.latest = None;
+                st.seq_known = false;
                 self.events.push_back(RemoteEvent::DuplicateHostCleared {
                     host: host.to_string(),
                 });
@@ -321,9 +326,10 @@ impl RemoteSource {
                     st.retired.remove(0);
                 }
                 st.session = Some(session);
-                // A restart resets the sequence: the next reading starts a new count.
-                st.latest = None;
-                st.last_seq = 0;
+                // A restart resets the sequence: the next reading starts a new count. The
+                // latest readings stay: they are real readings of the same GPUs, and the
+                // staleness bound still applies to them.
+                st.seq_known = false;
                 self.counters.restarts += 1;
                 self.events.push_back(RemoteEvent::HostRestarted {
                     host: host.to_string(),
