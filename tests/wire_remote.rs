@@ -534,3 +534,25 @@ fn a_lease_round_trip_through_the_agent_with_a_vanished_gpu() {
     assert_eq!(enforced.len(), 8);
     assert!(enforced.iter().all(|(_, w)| *w == Watts(400.0)));
 }
+
+#[test]
+fn hosts_are_added_and_removed_by_reload_and_others_keep_their_state() {
+    let mut src = source(&["n1", "n2"]);
+    let mut a = FakeAgent::new("n1", 1, 0);
+    let mut b = FakeAgent::new("n2", 2, 0);
+    let mut c = FakeAgent::new("n3", 3, 0);
+    src.handle(ms(0), "n1", Kind::Readings, &a.readings(60.0));
+    src.handle(ms(0), "n2", Kind::Readings, &b.readings(60.0));
+    assert_eq!(src.view(ms(0)).samples.len(), 16);
+    src.set_hosts(&["n1".to_string(), "n3".to_string()]);
+    // n1 keeps its readings and sequence; n2 is now unknown; n3 is expected but unheard.
+    let view = src.view(ms(100));
+    assert_eq!(view.samples.len(), 8);
+    assert_eq!(view.lost, vec![("n3".to_string(), LostReason::NeverHeard)]);
+    src.handle(ms(1000), "n2", Kind::Readings, &b.readings(60.0));
+    assert_eq!(src.counters().unknown_host, 1);
+    src.handle(ms(1000), "n1", Kind::Readings, &a.readings(60.0));
+    src.handle(ms(1000), "n3", Kind::Readings, &c.readings(60.0));
+    assert_eq!(src.counters().gaps, 0);
+    assert!(src.view(ms(1000)).lost.is_empty());
+}

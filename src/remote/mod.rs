@@ -185,6 +185,16 @@ impl RemoteSource {
         }
     }
 
+    /// Changes the expected hosts (a reload): new hosts start unheard, hosts no longer
+    /// listed are forgotten, the others keep their state.
+    pub fn set_hosts(&mut self, hosts: &[String]) {
+        self.hosts.retain(|h, _| hosts.contains(h));
+        for h in hosts {
+            self.hosts.entry(h.clone()).or_default();
+        }
+        self.cfg.hosts = hosts.to_vec();
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
