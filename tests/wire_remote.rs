@@ -556,3 +556,28 @@ fn hosts_are_added_and_removed_by_reload_and_others_keep_their_state() {
     assert_eq!(src.counters().gaps, 0);
     assert!(src.view(ms(1000)).lost.is_empty());
 }
+
+#[test]
+fn a_failed_write_on_the_agent_is_sent_again_and_a_permanent_refusal_is_not() {
+    let mut s = sender();
+    s.set_caps("n1", caps(400.0));
+    let first = s.poll_transmit(ms(0)).remove(0);
+    let mut ack = ack_of(&first);
+    ack.results[3] = wire::CapResult::refused(3, Refusal::Failed, "NVML timed out");
+    ack.results[5] = wire::CapResult::refused(5, Refusal::NotSupported, "no setter");
+    s.handle_ack(ms(100), &ack);
+    assert!(
+        s.poll_transmit(ms(1000)).is_empty(),
+        "not before ack_timeout"
+    );
+    let again = s.poll_transmit(ms(2100));
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].id, first.id);
+    assert_eq!(s.counters().retries, 1);
+    // This time only the permanent refusal comes back: nothing more is sent.
+    let mut ack = ack_of(&again[0]);
+    ack.results[5] = wire::CapResult::refused(5, Refusal::NotSupported, "no setter");
+    s.handle_ack(ms(2200), &ack);
+    assert!(s.poll_transmit(ms(4500)).is_empty());
+    assert_eq!(s.counters().refusals, 3);
+}

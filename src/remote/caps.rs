@@ -11,6 +11,9 @@
 //!   counts; changed caps get a new id and make older ids stale.
 //! - An unacknowledged lease is sent again after `ack_timeout`; after `alarm_after` attempts
 //!   an alarm is raised (once) and retrying goes on: a cap that matters must keep trying.
+//! - A GPU whose write failed on the agent (`Refusal::Failed`) gets the held caps sent again
+//!   under a new id after `ack_timeout`; permanent refusals (unknown GPU, out of range, not
+//!   supported) are reported and not retried.
 //! - Held caps are renewed `renew_before` their lease ends. The end is estimated from the
 //!   first send of the acknowledged lease, the earliest the agent can have started it, so a
 //!   renewal is never late because of network delay.
@@ -100,6 +103,9 @@ struct HostCaps {
     pending: Option<Pending>,
     held: Option<Held>,
     alarmed: bool,
+    /// When to send the held caps again because the agent's write failed on some GPU
+    /// (`Refusal::Failed`: a retry may succeed; the other refusals are permanent).
+    resend_failed_at: Option<Mono>,
     /// Recent ids of this host, to tell a stale ack from an unknown one.
     recent: VecDeque<u64>,
 }
@@ -165,10 +171,14 @@ impl CapSender {
                 (None, Some(h)) => {
                     h.caps != hc.wanted
                         || (!hc.wanted.is_empty() && now + self.cfg.renew_before >= h.until)
+                        || hc.resend_failed_at.is_some_and(|at| now >= at)
                 }
                 (None, None) => !hc.wanted.is_empty(),
             };
             if want_new {
+                if hc.resend_failed_at.take().is_some_and(|at| now >= at) {
+                    self.counters.retries += 1;
+                }
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 hc.recent.push_back(id);
@@ -213,7 +223,7 @@ impl CapSender {
     }
 
     /// Takes an agent's acknowledgement (already decoded and validated).
-    pub fn handle_ack(&mut self, _now: Mono, ack: &CapAck) {
+    pub fn handle_ack(&mut self, now: Mono, ack: &CapAck) {
         let Some(hc) = self.hosts.get_mut(&ack.host) else {
             self.counters.unknown_acks += 1;
             self.events.push_back(CapEvent::UnknownAck {
@@ -236,8 +246,12 @@ impl CapSender {
         };
         self.counters.acks += 1;
         let mut enforced = Vec::new();
+        hc.resend_failed_at = None;
         for r in &ack.results {
             if let Some(refusal) = r.refusal_kind() {
+                if refusal == Refusal::Failed {
+                    hc.resend_failed_at = Some(now + self.cfg.ack_timeout);
+                }
                 self.counters.refusals += 1;
                 self.events.push_back(CapEvent::Refused {
                     host: ack.host.clone(),
