@@ -19,3 +19,7 @@ mod schema_names;
 mod sim_plant;
 mod sim_profile;
 mod sim_thermal_fit;
+mod wire_agent;
+mod wire_format;
+mod wire_purity;
+mod wire_remote;

@@ -32,6 +32,18 @@ const LAYERS: &[(&str, &str)] = &[
     ),
     ("control", "the pure control core"),
     (
+        "wire",
+        "the rack wire format between host agents and CDU controllers",
+    ),
+    (
+        "remote",
+        "the controller's remote GPU source and cap sender (sans-IO)",
+    ),
+    (
+        "agent",
+        "the host agent's cap lease and local thermal guard (sans-IO)",
+    ),
+    (
         "profile",
         "firmware profiles: register maps, board facts, the fitted plate model",
     ),
