@@ -43,6 +43,11 @@ fn root() -> &'static Path {
 
 impl Loop {
     fn new(feed_forward: bool) -> Loop {
+        Loop::build(feed_forward, None)
+    }
+
+    /// With `anticipate_lead_s` in place of the configured one.
+    fn build(feed_forward: bool, anticipate_lead_s: Option<f64>) -> Loop {
         let profiles = GpuProfiles::load_dir(&root().join("firmware-profiles/gpu"))
             .expect("GPU profiles load");
         let gpu = profiles.by_name("h100-sxm").expect("h100-sxm profile");
@@ -53,6 +58,9 @@ impl Loop {
         cfg.setpoint = SETPOINT;
         cfg.supervisor.startup_suppress_s = 0.0;
         cfg.feed_forward.enabled = feed_forward;
+        if let Some(lead) = anticipate_lead_s {
+            cfg.feed_forward.anticipate_lead_s = lead;
+        }
         let sim = SimConfig {
             workload: Workload::Step {
                 at_s: STEP_AT_S as f64,
@@ -311,5 +319,54 @@ fn feed_forward_switches_off_without_a_bump_when_power_is_stale_or_missing() {
     assert!(
         text.contains("ff_engaged") && text.contains("ff_off_reason"),
         "{text}"
+    );
+}
+
+/// The hottest core's peak (the plant's truth, not the rounded readings) over the 200 s after
+/// the load step, and the pump command when the core first reached the set point.
+fn peak_after_step(l: &mut Loop) -> (f64, Option<f64>) {
+    l.run_to(STEP_AT_S);
+    let mut peak = f64::MIN;
+    let mut pump_at_sp = None;
+    for _ in 0..200 {
+        l.tick();
+        let core = l.plant().hottest_core().get();
+        if core >= SETPOINT && pump_at_sp.is_none() {
+            pump_at_sp = Some(l.command());
+        }
+        peak = peak.max(core);
+    }
+    (peak, pump_at_sp)
+}
+
+#[test]
+fn anticipation_brings_the_pump_up_before_the_core_reaches_the_set_point() {
+    // Below the set point the feedback terms hold the pump at its minimum, whatever the
+    // feed-forward says; without anticipation the pump starts only once the core is there,
+    // and the H100's core overshoots while the pump slews up.
+    let mut late = Loop::build(true, Some(0.0));
+    let (peak_late, pump_late) = peak_after_step(&mut late);
+    let mut early = Loop::new(true);
+    let (peak_early, pump_early) = peak_after_step(&mut early);
+    let (pump_late, pump_early) = (
+        pump_late.expect("the core reaches the set point"),
+        pump_early.unwrap_or(f64::NAN),
+    );
+    assert!(
+        peak_late - SETPOINT > 1.0,
+        "without anticipation the overshoot is only {:.2} K: this test no longer separates \
+         the two",
+        peak_late - SETPOINT
+    );
+    assert!(
+        peak_early - SETPOINT <= 1.0,
+        "overshoot {:.2} K with anticipation (target ≤ 1.0 K on the H100), {:.2} K without",
+        peak_early - SETPOINT,
+        peak_late - SETPOINT
+    );
+    // Reaching the set point (if at all) with the pump already well up, not at its minimum.
+    assert!(
+        pump_early.is_nan() || pump_early >= pump_late + 20.0,
+        "pump at the set point: {pump_early:.1} % with anticipation, {pump_late:.1} % without"
     );
 }

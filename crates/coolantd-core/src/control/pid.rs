@@ -366,6 +366,22 @@ impl Pid {
         Ok(self.terms)
     }
 
+    /// Applies an output imposed from outside as if the error were zero: the integrator takes
+    /// all of it (less the feed-forward and the last derivative term), so that the PID resumes
+    /// from `applied` without a bump when the measurement reaches the set point. `track` would
+    /// instead fold the present proportional term into the integrator, which comes back as a
+    /// kick of kp·|error| once the error closes.
+    pub fn preload(&mut self, applied: f64, ff: f64) {
+        if !(applied.is_finite() && ff.is_finite()) {
+            return;
+        }
+        self.output = applied.clamp(self.params.out_min, self.params.out_max);
+        self.integral = self.bounded_integral(self.output - ff - self.terms.d);
+        self.terms.i = self.integral;
+        self.terms.ff = ff;
+        self.terms.output = self.output;
+    }
+
     /// Applies an output without any measurement (it is unknown). The integrator is set to
     /// the output minus the last feed-forward, and the derivative history is forgotten, so that
     /// the first automatic step after the measurement returns starts from here.

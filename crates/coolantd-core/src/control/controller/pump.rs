@@ -54,7 +54,30 @@ pub(super) struct PumpLoop {
     pub ff_report: Option<FeedForwardReport>,
     /// The pump has nothing more to give (or cannot be moved): the cap loop takes over.
     pub saturated: bool,
+    /// The controlled value's recent samples (for its envelope), its envelope last tick and
+    /// the envelope's filtered rate of change, K/s.
+    recent_pv: std::collections::VecDeque<(Mono, f64)>,
+    recent_env: std::collections::VecDeque<(Mono, f64)>,
+    rate: f64,
+    /// The anticipation raised the command above the PID's this tick.
+    pub anticipating: bool,
+    /// When the feed-forward last rose (a load step seen in the GPUs' power).
+    ff_rose_at: Option<Mono>,
 }
+
+/// How long after a rise of the feed-forward the anticipation may act, s: a load step's
+/// approach to the set point, not a periodic load's ripple around it.
+const ANTICIPATE_WINDOW_S: f64 = 60.0;
+/// A rise of the feed-forward by more than this in one tick is a load step, %; smaller ones
+/// are the model following the supply temperature and the learnt flow.
+const LOAD_STEP_PCT: f64 = 0.5;
+
+/// The controlled value's rate is its envelope's slope over this window, s: longer than the
+/// die's own jump after a load step (a few seconds), which says nothing about when the plate
+/// and coolant bring the core to the set point; long enough for whole-°C NVML readings.
+const RATE_WINDOW_S: f64 = 10.0;
+/// No slope is taken from fewer seconds than this (after a load step the window restarts).
+const RATE_MIN_SPAN_S: f64 = 5.0;
 
 /// What the pump loop needs to know this tick.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +111,11 @@ impl PumpLoop {
             ff: FeedForward::default(),
             ff_report: None,
             saturated: false,
+            recent_pv: std::collections::VecDeque::new(),
+            recent_env: std::collections::VecDeque::new(),
+            rate: 0.0,
+            anticipating: false,
+            ff_rose_at: None,
         }
     }
 
@@ -183,6 +211,23 @@ impl PumpLoop {
         if ff.engaged != ff_was_on {
             self.pid.shift_feed_forward(ff_before, ff.ff);
         }
+        if !ff.engaged {
+            self.ff_rose_at = None;
+        } else if ff_was_on && ff.ff > ff_before + LOAD_STEP_PCT {
+            self.ff_rose_at = Some(inp.now);
+        }
+        let step_seen = self
+            .ff_rose_at
+            .is_some_and(|at| inp.now.saturating_sub(at).as_secs_f64() <= ANTICIPATE_WINDOW_S);
+        if self.ff_rose_at == Some(inp.now) {
+            // The load rose: the die's own jump follows within seconds and says nothing about
+            // when the plate and coolant bring the core to the set point; measure the slope
+            // from here.
+            self.recent_env.clear();
+        }
+        let envelope = self.track_rate(inp.now, inp.controlled, cfg.feed_forward.hold_down_s);
+        let prev_cmd = self.command;
+        self.anticipating = false;
         let cmd = match (override_speed, inp.controlled) {
             (Some(u), Some(pv)) => {
                 let _ = self.pid.track(sp, pv, ff.ff, dt.max(1e-3), u);
@@ -192,10 +237,35 @@ impl PumpLoop {
                 self.pid.force(u);
                 u.clamp(lo, hi)
             }
-            (None, Some(pv)) => match self.pid.update(sp, pv, ff.ff, dt) {
-                Ok(t) => t.output,
-                Err(_) => self.pid.output(),
-            },
+            (None, Some(pv)) => {
+                let u = match self.pid.update(sp, pv, ff.ff, dt) {
+                    Ok(t) => t.output,
+                    Err(_) => self.pid.output(),
+                };
+                match self.anticipation(
+                    cfg,
+                    sp,
+                    envelope.unwrap_or(pv),
+                    prev_cmd,
+                    (ff.engaged && step_seen).then_some(ff.ff),
+                ) {
+                    Some(floor) if floor > u => {
+                        // At the pump's own slew, from where it is; the integrator takes
+                        // the floor, so the PID resumes from here at the set point.
+                        let applied = floor
+                            .min(prev_cmd + cfg.pump.slew_up_per_s * dt)
+                            .clamp(lo, hi);
+                        if applied > u {
+                            self.pid.preload(applied, ff.ff);
+                            self.anticipating = true;
+                            applied
+                        } else {
+                            u
+                        }
+                    }
+                    _ => u,
+                }
+            }
             (None, None) => self.pid.output(),
         };
         // Learn what the loop needed while it sits at its set point, unsaturated.
@@ -228,6 +298,67 @@ impl PumpLoop {
             || inp.state == ControlState::Failsafe
             || cmd >= hi - cfg.power_cap.saturation_margin;
         cmd
+    }
+
+    /// Follows the controlled value's upper envelope (its highest sample within `window_s`,
+    /// so that a periodic load's dips do not read as a falling and then steeply rising
+    /// temperature) and the envelope's slope over `RATE_WINDOW_S`; forgets both when the value
+    /// is unknown. Returns the envelope.
+    fn track_rate(&mut self, now: Mono, pv: Option<f64>, window_s: f64) -> Option<f64> {
+        let Some(pv) = pv.filter(|v| v.is_finite()) else {
+            self.recent_pv.clear();
+            self.recent_env.clear();
+            self.rate = 0.0;
+            return None;
+        };
+        self.recent_pv.push_back((now, pv));
+        while self
+            .recent_pv
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at).as_secs_f64() > window_s)
+        {
+            self.recent_pv.pop_front();
+        }
+        let env = self.recent_pv.iter().map(|(_, v)| *v).fold(pv, f64::max);
+        self.recent_env.push_back((now, env));
+        while self
+            .recent_env
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at).as_secs_f64() > RATE_WINDOW_S)
+        {
+            self.recent_env.pop_front();
+        }
+        self.rate = match self.recent_env.front() {
+            Some((at, first)) if now.saturating_sub(*at).as_secs_f64() >= RATE_MIN_SPAN_S => {
+                (env - first) / now.saturating_sub(*at).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        Some(env)
+    }
+
+    /// The feed-forward's speed as a floor for the command, when the controlled value rises
+    /// towards the set point faster than the pump could reach that speed: below the set point
+    /// the feedback terms hold the pump at its minimum, and the feed-forward alone (added to a
+    /// large negative P term) would not move it before the overshoot had begun.
+    fn anticipation(
+        &self,
+        cfg: &ControlConfig,
+        sp: f64,
+        pv: f64,
+        cmd: f64,
+        ff: Option<f64>,
+    ) -> Option<f64> {
+        let lead = cfg.feed_forward.anticipate_lead_s;
+        let ff = ff?;
+        if lead <= 0.0 || pv >= sp || self.rate <= 0.0 || ff <= cmd {
+            return None;
+        }
+        // Just in time: the speed from which the pump, at its slew limit, reaches the
+        // feed-forward's speed `lead` seconds before the set point is reached.
+        let time_to_sp = (sp - pv) / self.rate;
+        let floor = ff - cfg.pump.slew_up_per_s * (time_to_sp - lead).max(0.0);
+        (floor > cmd).then_some(floor)
     }
 
     /// The writes of this tick: the command when due, and the watchdog heartbeat. A CDU in
