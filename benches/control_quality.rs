@@ -85,6 +85,8 @@ enum Strategy {
     /// Feed-forward with SIMC gains at the design point (`coolantd tune`) instead of the
     /// configured ones.
     CoolantdTuned(Box<ControlConfig>),
+    /// Feed-forward with the SIMC gains scheduled at run time (`[control.pid] gain_schedule`).
+    CoolantdScheduled(Box<ControlConfig>),
     Fixed(f64),
     Naive {
         kp: f64,
@@ -288,23 +290,27 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
         .map_or((20.0, 100.0), |(a, b)| (a.0, b.0));
 
     let mut ctl = match strategy {
-        Strategy::Coolantd(cfg, _) | Strategy::CoolantdTuned(cfg) => {
+        Strategy::Coolantd(cfg, _)
+        | Strategy::CoolantdTuned(cfg)
+        | Strategy::CoolantdScheduled(cfg) => {
             let tuned = matches!(strategy, Strategy::CoolantdTuned(_));
-            let ff = &(tuned || matches!(strategy, Strategy::Coolantd(_, true)));
+            let scheduled = matches!(strategy, Strategy::CoolantdScheduled(_));
+            let ff = &(tuned || scheduled || matches!(strategy, Strategy::Coolantd(_, true)));
             let mut cfg = (**cfg).clone();
             cfg.setpoint = s.setpoint;
             cfg.feed_forward.enabled = *ff;
+            cfg.pid.gain_schedule = scheduled;
+            let th = &s.gpu.thermal;
+            let m = coolantd::control::tuning::LoopModel {
+                plate: th.plate_model(),
+                plate_capacity_j_per_k: th.plate_capacity_j_per_k,
+                die_capacity_j_per_k: th.die_capacity_j_per_k,
+                flow_per_gpu_at_full_lpm: s.sim.rated_flow_lpm_per_gpu,
+                pump_lag_s: s.sim.pump_time_constant_s,
+                period_s: PERIOD_S,
+            };
             if tuned {
                 // Model-based gains: SIMC at the design point (coolantd tune).
-                let th = &s.gpu.thermal;
-                let m = coolantd::control::tuning::LoopModel {
-                    plate: th.plate_model(),
-                    plate_capacity_j_per_k: th.plate_capacity_j_per_k,
-                    die_capacity_j_per_k: th.die_capacity_j_per_k,
-                    flow_per_gpu_at_full_lpm: s.sim.rated_flow_lpm_per_gpu,
-                    pump_lag_s: s.sim.pump_time_constant_s,
-                    period_s: PERIOD_S,
-                };
                 if let Some((_, g)) = m.design_point(
                     s.gpu.power.default_w.get(),
                     s.sim.supply_setpoint_c,
@@ -326,6 +332,9 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
             let mut c = Controller::new(&cfg, vec![setup], gpus.inventory());
             if *ff {
                 c.set_plate_model(CDU, Some(s.gpu.thermal.plate_model()));
+            }
+            if scheduled {
+                c.set_loop_model(CDU, Some(m));
             }
             Some(c)
         }
@@ -674,6 +683,10 @@ fn main() {
             strategies.push((
                 "coolantd + feed-forward, SIMC gains",
                 Strategy::CoolantdTuned(Box::new(control.clone())),
+            ));
+            strategies.push((
+                "coolantd + feed-forward, scheduled SIMC gains",
+                Strategy::CoolantdScheduled(Box::new(control.clone())),
             ));
             let rows: Vec<(&str, Metrics)> = strategies
                 .iter()

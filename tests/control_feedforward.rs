@@ -43,11 +43,12 @@ fn root() -> &'static Path {
 
 impl Loop {
     fn new(feed_forward: bool) -> Loop {
-        Loop::build(feed_forward, None)
+        Loop::build(feed_forward, None, false)
     }
 
-    /// With `anticipate_lead_s` in place of the configured one.
-    fn build(feed_forward: bool, anticipate_lead_s: Option<f64>) -> Loop {
+    /// With `anticipate_lead_s` in place of the configured one, and with the PID's gains
+    /// scheduled over the profile's loop model.
+    fn build(feed_forward: bool, anticipate_lead_s: Option<f64>, schedule: bool) -> Loop {
         let profiles = GpuProfiles::load_dir(&root().join("firmware-profiles/gpu"))
             .expect("GPU profiles load");
         let gpu = profiles.by_name("h100-sxm").expect("h100-sxm profile");
@@ -61,6 +62,7 @@ impl Loop {
         if let Some(lead) = anticipate_lead_s {
             cfg.feed_forward.anticipate_lead_s = lead;
         }
+        cfg.pid.gain_schedule = schedule;
         let sim = SimConfig {
             workload: Workload::Step {
                 at_s: STEP_AT_S as f64,
@@ -81,6 +83,19 @@ impl Loop {
         };
         let mut ctl = Controller::new(&cfg, vec![setup], gpus.inventory());
         ctl.set_plate_model(CDU, Some(gpu.thermal.plate_model()));
+        if schedule {
+            ctl.set_loop_model(
+                CDU,
+                Some(coolantd::control::tuning::LoopModel {
+                    plate: gpu.thermal.plate_model(),
+                    plate_capacity_j_per_k: gpu.thermal.plate_capacity_j_per_k,
+                    die_capacity_j_per_k: gpu.thermal.die_capacity_j_per_k,
+                    flow_per_gpu_at_full_lpm: sim.rated_flow_lpm_per_gpu,
+                    pump_lag_s: sim.pump_time_constant_s,
+                    period_s: 1.0,
+                }),
+            );
+        }
         Loop {
             plant,
             gpus,
@@ -344,7 +359,7 @@ fn anticipation_brings_the_pump_up_before_the_core_reaches_the_set_point() {
     // Below the set point the feedback terms hold the pump at its minimum, whatever the
     // feed-forward says; without anticipation the pump starts only once the core is there,
     // and the H100's core overshoots while the pump slews up.
-    let mut late = Loop::build(true, Some(0.0));
+    let mut late = Loop::build(true, Some(0.0), false);
     let (peak_late, pump_late) = peak_after_step(&mut late);
     let mut early = Loop::new(true);
     let (peak_early, pump_early) = peak_after_step(&mut early);
@@ -368,5 +383,34 @@ fn anticipation_brings_the_pump_up_before_the_core_reaches_the_set_point() {
     assert!(
         pump_early.is_nan() || pump_early >= pump_late + 20.0,
         "pump at the set point: {pump_early:.1} % with anticipation, {pump_late:.1} % without"
+    );
+}
+
+#[test]
+fn scheduled_gains_follow_the_operating_point() {
+    let mut l = Loop::build(true, None, true);
+    let gains = |out: &TickOutput| -> Option<(f64, f64)> {
+        let pump = out
+            .loops
+            .iter()
+            .find(|lp| lp.name == format!("pump:{CDU}"))?;
+        let tail = pump.reason.split("(scheduled kp ").nth(1)?;
+        let mut it = tail.trim_end_matches(')').split(" ki ");
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    let idle = l.run_to(STEP_AT_S);
+    let (kp_idle, _) = gains(&idle).expect("scheduled gains in the pump loop's reason");
+    let loaded = l.run_to(STEP_AT_S + 300);
+    let (kp_full, ki_full) = gains(&loaded).expect("scheduled gains under load");
+    let pump = l.command();
+    // The plant gain falls as flow rises, so kp rises with the pump speed (`coolantd tune`:
+    // 10.2 %/K at 20 %, 19.6 %/K at 70 % on this profile at 72 °C and 30 °C supply).
+    assert!(
+        kp_full > kp_idle + 3.0,
+        "kp {kp_idle:.1} at idle, {kp_full:.1} at full load with the pump at {pump:.0} %"
+    );
+    assert!(
+        (15.0..25.0).contains(&kp_full) && ki_full > 0.0,
+        "kp {kp_full:.1}, ki {ki_full:.2} at {pump:.0} %"
     );
 }

@@ -88,6 +88,14 @@ pub struct PidConfig {
     pub derivative_filter_s: f64,
     /// Anti-windup tracking time constant, s; unset: √(Ti·Td), or Ti without derivative.
     pub tracking_time_s: Option<f64>,
+    /// Schedule kp and ki over the operating point (pump speed, the load it holds, the supply
+    /// temperature) by the SIMC rule of `control/tuning.rs`, where the CDU's loop model is
+    /// known (`Controller::set_loop_model`); `kp`/`ki` apply otherwise. Not a configuration
+    /// key (yet): the daemon does not pass a loop model (it needs the loop's flow per GPU and
+    /// the pump's lag), and the benchmark finds it worse than fixed gains (docs/control.md),
+    /// so a key would only promise what the daemon does not do.
+    #[serde(skip)]
+    pub gain_schedule: bool,
 }
 
 impl Default for PidConfig {
@@ -106,6 +114,9 @@ impl Default for PidConfig {
             kd: 0.0,
             derivative_filter_s: 5.0,
             tracking_time_s: None,
+            // Off: in `cargo bench --bench control_quality` the scheduled SIMC gains cost pump
+            // energy and travel on every plant for little gain (docs/control.md).
+            gain_schedule: false,
         }
     }
 }

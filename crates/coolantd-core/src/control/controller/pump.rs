@@ -5,6 +5,7 @@ use super::write::{WritePolicy, WriteTracker};
 use crate::control::config::{ControlConfig, ControlledVariable};
 use crate::control::feedforward::{FeedForward, FfInput, PowerReading};
 use crate::control::pid::{Action, Pid, PidParams};
+use crate::control::tuning::{simc, LoopModel};
 use crate::control::CduSetup;
 use crate::model::{Actuation, ControlState, FeedForwardReport, LoopReport, Mono};
 use crate::units::Percent;
@@ -63,6 +64,10 @@ pub(super) struct PumpLoop {
     pub anticipating: bool,
     /// When the feed-forward last rose (a load step seen in the GPUs' power).
     ff_rose_at: Option<Mono>,
+    /// The loop model for gain scheduling (`[control.pid] gain_schedule`).
+    loop_model: Option<LoopModel>,
+    /// The scheduled gains in force, (kp, ki).
+    pub scheduled: Option<(f64, f64)>,
 }
 
 /// How long after a rise of the feed-forward the anticipation may act, s: a load step's
@@ -121,11 +126,40 @@ impl PumpLoop {
             rate: 0.0,
             anticipating: false,
             ff_rose_at: None,
+            loop_model: None,
+            scheduled: None,
         }
     }
 
     pub fn set_plate_model(&mut self, model: Option<crate::control::feedforward::PlateModel>) {
         self.ff.set_model(model);
+    }
+
+    pub fn set_loop_model(&mut self, model: Option<LoopModel>) {
+        self.loop_model = model;
+    }
+
+    /// SIMC gains at the operating point: the present command and the load it holds at the set
+    /// point with this supply temperature; moved in bumplessly (`Pid::retune`).
+    fn schedule_gains(&mut self, cfg: &ControlConfig, setup: &CduSetup, inp: &PumpInput<'_>) {
+        let model = self.loop_model.filter(|_| cfg.pid.gain_schedule);
+        let (Some(m), Some(supply)) = (model, inp.supply) else {
+            if self.scheduled.take().is_some() {
+                self.pid.set_params(pump_params(cfg, setup));
+            }
+            return;
+        };
+        let (lo, _) = pump_range(cfg, setup);
+        let u = self.command.max(lo).max(1.0);
+        let g = simc(&m.fopdt(m.power_held(u, supply, inp.setpoint), u));
+        // Outside the model's range (no load held, a set point below the supply) keep what is
+        // in force.
+        if !(g.kp.is_finite() && g.ki.is_finite() && g.kp > 0.0 && g.ki > 0.0) {
+            return;
+        }
+        let (kp, ki) = (g.kp.min(1000.0), g.ki.min(1000.0));
+        self.pid.retune(kp, ki);
+        self.scheduled = Some((kp, ki));
     }
 
     /// Pump following: the acknowledged command against the feedback.
@@ -231,6 +265,9 @@ impl PumpLoop {
             self.recent_env.clear();
         }
         let envelope = self.track_rate(inp.now, inp.controlled, cfg.feed_forward.hold_down_s);
+        if override_speed.is_none() {
+            self.schedule_gains(cfg, setup, inp);
+        }
         let prev_cmd = self.command;
         self.anticipating = false;
         let cmd = match (override_speed, inp.controlled) {
@@ -459,7 +496,7 @@ impl PumpLoop {
             _ => match (inp.controlled, driver) {
                 (Some(pv), Some(gpu)) => format!(
                     "PID: hottest GPU {gpu} at {pv:.1} °C ({}), set point {sp:.1} °C, error {:+.1} K; \
-                     P {:+.1} I {:+.1} D {:+.1} FF {:+.1}",
+                     P {:+.1} I {:+.1} D {:+.1} FF {:+.1}{}",
                     match cfg.controlled_variable {
                         ControlledVariable::Core => "core",
                         ControlledVariable::HbmMargin => "HBM as core-equivalent",
@@ -469,7 +506,11 @@ impl PumpLoop {
                     t.p,
                     t.i,
                     t.d,
-                    t.ff
+                    t.ff,
+                    match self.scheduled {
+                        Some((kp, ki)) => format!(" (scheduled kp {kp:.1} ki {ki:.2})"),
+                        None => String::new(),
+                    }
                 ),
                 _ => "no GPU temperature: holding the last output".into(),
             },
