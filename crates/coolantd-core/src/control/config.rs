@@ -276,6 +276,10 @@ pub struct PowerCapConfig {
     /// Consecutive failed writes before an alarm.
     pub write_failures_alarm: u32,
     pub on_shutdown: OnShutdown,
+    /// With the pump spent, a load step lowers the cap at once to the power the plate model
+    /// says holds the cap's set point at the present supply and flow (for a minute after the
+    /// step; then the feedback alone), instead of waiting for the temperature.
+    pub feed_forward: bool,
 }
 
 impl Default for PowerCapConfig {
@@ -296,6 +300,7 @@ impl Default for PowerCapConfig {
             readback_tolerance_w: 2.0,
             write_failures_alarm: 3,
             on_shutdown: OnShutdown::Restore,
+            feed_forward: false,
         }
     }
 }

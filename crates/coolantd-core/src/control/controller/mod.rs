@@ -576,6 +576,9 @@ impl Controller {
                         cdu: c.setup.name.clone(),
                     }),
                     temps_unknown: c.causes.contains(&FailsafeCause::GpuTemperaturesUnknown),
+                    power_held: c
+                        .pump
+                        .power_held(ctx.now, ctx.setpoint + cfg.power_cap.band_k),
                 },
                 None => CduView::NONE,
             };

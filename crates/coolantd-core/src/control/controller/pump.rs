@@ -68,6 +68,11 @@ pub(super) struct PumpLoop {
     loop_model: Option<LoopModel>,
     /// The scheduled gains in force, (kp, ki).
     pub scheduled: Option<(f64, f64)>,
+    /// This tick's supply temperature, loop flow and number of GPUs, for the cap loop's
+    /// feed-forward.
+    last_supply: Option<f64>,
+    last_flow: Option<f64>,
+    gpus: usize,
 }
 
 /// How long after a rise of the feed-forward the anticipation may act, s: a load step's
@@ -128,6 +133,9 @@ impl PumpLoop {
             ff_rose_at: None,
             loop_model: None,
             scheduled: None,
+            last_supply: None,
+            last_flow: None,
+            gpus: 0,
         }
     }
 
@@ -160,6 +168,26 @@ impl PumpLoop {
         let (kp, ki) = (g.kp.min(1000.0), g.ki.min(1000.0));
         self.pid.retune(kp, ki);
         self.scheduled = Some((kp, ki));
+    }
+
+    /// For the cap loop's feed-forward, within a minute of a load step: the per-GPU power
+    /// that holds a core at `target` °C with the pump as it is (the plate model at this tick's
+    /// supply temperature and flow per GPU); `None` without a model or readings, or outside
+    /// that window.
+    pub fn power_held(&self, now: Mono, target: f64) -> Option<f64> {
+        let recent = self
+            .ff_rose_at
+            .is_some_and(|at| now.saturating_sub(at).as_secs_f64() <= ANTICIPATE_WINDOW_S);
+        let m = self.ff.model().filter(|_| recent)?;
+        let (supply, flow) = (self.last_supply?, self.last_flow?);
+        if self.gpus == 0 || !flow.is_finite() || flow <= 0.0 {
+            return None;
+        }
+        let per_gpu = flow / self.gpus as f64;
+        let r_pc =
+            m.plate_to_coolant_k_per_w * (m.reference_flow_lpm / per_gpu).powf(m.flow_exponent);
+        let p = (target - supply) / (m.die_to_plate_k_per_w + r_pc);
+        (p.is_finite() && p > 0.0).then_some(p)
     }
 
     /// Pump following: the acknowledged command against the feedback.
@@ -225,6 +253,7 @@ impl PumpLoop {
         let (lo, hi) = pump_range(cfg, setup);
         let sp = inp.setpoint;
         let dt = inp.dt;
+        (self.last_supply, self.last_flow, self.gpus) = (inp.supply, inp.flow, inp.powers.len());
         let override_speed = self.override_speed(cfg, inp, lo, hi);
         // The heat-load feed-forward; engaging and disengaging hand its share to and from
         // the integrator, so neither moves the pump.
