@@ -15,6 +15,8 @@
 //! - `coolantd + feed-forward`: the same gains plus the heat-load feed-forward
 //!   (`control/feedforward.rs`) with the GPU profile's plate model; the `coolantd` rows above run
 //!   without it (feedback only).
+//! - `coolantd + feed-forward, SIMC gains`: SIMC gains at the design point (`coolantd tune`);
+//!   `…, scheduled SIMC gains`: SIMC gains scheduled at run time (`Controller::set_loop_model`).
 //! - `pump fixed 100 %`: no control at all, power limits untouched.
 //! - `naive PID (integrator clamped)`: `NaivePid` with the same gains, the integral term clamped
 //!   to the output range (phosphor-pid-control's `integralLimit` set to the output range, the
@@ -557,7 +559,8 @@ Sampled once per 1 s tick. *t > SP*: seconds with CV above the set point (and ab
 than 1 K). *∫(CV−SP)⁺*: Σ max(CV − SP, 0)·dt, how much heat above the set point the GPUs saw. \
 *Max overshoot*: largest CV − SP over the run (negative: never reached). *Settle*: seconds from \
 the idle → full-load step (t = 60 s) until CV stays within ±0.5 K of the set point for the rest of \
-the full-load segment (300: never). *IAE loaded*: \
+the full-load segment (300: never); under the training workload the upper envelope of CV (its \
+highest sample over the last 3 s iteration) must stay within the band. *IAE loaded*: \
 Σ|CV − SP|·dt over the ticks with the GPUs under load (the full-load segment and the on-halves \
 of the bursts; overcooling counts too, the idle-time undershoot does not). \
 *Pump energy*: `Plant::pump_energy()` (affinity-law pump power integrated). *Pump travel*: Σ|Δ \
