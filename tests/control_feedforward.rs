@@ -351,19 +351,24 @@ fn feed_forward_switches_off_without_a_bump_when_power_is_stale_or_missing() {
 
 /// The hottest core's peak (the plant's truth, not the rounded readings) over the 200 s after
 /// the load step, and the pump command when the core first reached the set point.
-fn peak_after_step(l: &mut Loop) -> (f64, Option<f64>) {
+fn peak_after_step(l: &mut Loop) -> (f64, Option<f64>, bool) {
     l.run_to(STEP_AT_S);
     let mut peak = f64::MIN;
     let mut pump_at_sp = None;
+    let mut said = false;
     for _ in 0..200 {
-        l.tick();
+        let out = l.tick();
+        said |= out
+            .loops
+            .iter()
+            .any(|lp| lp.reason.contains("anticipating a load step"));
         let core = l.plant().hottest_core().get();
         if core >= SETPOINT && pump_at_sp.is_none() {
             pump_at_sp = Some(l.command());
         }
         peak = peak.max(core);
     }
-    (peak, pump_at_sp)
+    (peak, pump_at_sp, said)
 }
 
 #[test]
@@ -372,9 +377,14 @@ fn anticipation_brings_the_pump_up_before_the_core_reaches_the_set_point() {
     // feed-forward says; without anticipation the pump starts only once the core is there,
     // and the H100's core overshoots while the pump slews up.
     let mut late = Loop::build(true, Some(0.0), false);
-    let (peak_late, pump_late) = peak_after_step(&mut late);
+    let (peak_late, pump_late, said_late) = peak_after_step(&mut late);
     let mut early = Loop::new(true);
-    let (peak_early, pump_early) = peak_after_step(&mut early);
+    let (peak_early, pump_early, said_early) = peak_after_step(&mut early);
+    // The pump loop's reason says when the anticipation raised the command.
+    assert!(
+        said_early && !said_late,
+        "reason: with {said_early}, without {said_late}"
+    );
     let (pump_late, pump_early) = (
         pump_late.expect("the core reaches the set point"),
         pump_early.unwrap_or(f64::NAN),

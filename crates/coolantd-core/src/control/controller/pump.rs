@@ -525,7 +525,7 @@ impl PumpLoop {
             _ => match (inp.controlled, driver) {
                 (Some(pv), Some(gpu)) => format!(
                     "PID: hottest GPU {gpu} at {pv:.1} °C ({}), set point {sp:.1} °C, error {:+.1} K; \
-                     P {:+.1} I {:+.1} D {:+.1} FF {:+.1}{}",
+                     P {:+.1} I {:+.1} D {:+.1} FF {:+.1}{}{}",
                     match cfg.controlled_variable {
                         ControlledVariable::Core => "core",
                         ControlledVariable::HbmMargin => "HBM as core-equivalent",
@@ -539,6 +539,11 @@ impl PumpLoop {
                     match self.scheduled {
                         Some((kp, ki)) => format!(" (scheduled kp {kp:.1} ki {ki:.2})"),
                         None => String::new(),
+                    },
+                    if self.anticipating {
+                        "; anticipating a load step: raised ahead of the set point"
+                    } else {
+                        ""
                     }
                 ),
                 _ => "no GPU temperature: holding the last output".into(),
