@@ -1,12 +1,14 @@
 //! The controller: plausibility → supervisor → pump loops → power-cap loops → actuations.
 //!
 //! Its parts: `inputs` (the newest samples and their gates), `pump` (one loop per CDU), `cap`
-//! (one loop per GPU), `write` (the write bookkeeping both loops share). This module holds the
-//! public [`Controller`] and the order of one tick.
+//! (one loop per GPU), `write` (the write bookkeeping both loops share), `raise` (which
+//! conditions raise which alarms). This module holds the public [`Controller`] and the order
+//! of one tick.
 
 mod cap;
 mod inputs;
 mod pump;
+mod raise;
 mod write;
 
 use super::alarms::{AlarmBook, AlarmId};
@@ -103,13 +105,6 @@ pub struct Controller {
     alarms: AlarmBook,
     started: Option<Mono>,
     last_tick: Option<Mono>,
-}
-
-/// Asserts a warning-level condition unless start-up suppression is on.
-fn warn(book: &mut AlarmBook, suppress: bool, now: Mono, id: AlarmId, sev: Severity, msg: String) {
-    if !suppress {
-        book.assert(now, id, sev, false, msg);
-    }
 }
 
 impl Controller {
@@ -508,7 +503,7 @@ impl Controller {
         let write_failed = c.pump.write.failing(cfg.pump.write_failures_alarm);
         let causes = failsafe_causes(cfg, &r, &gpus, write_failed);
         let degraded =
-            !r.lost_optional.is_empty() || !gpus.lost.is_empty() || r.local || c.pump.fault;
+            !r.lost_optional.is_empty() || !gpus.lost.is_empty() || r.local || c.pump.fault();
         let state = c.sup.step(
             now,
             &Causes {
@@ -554,7 +549,7 @@ impl Controller {
             gpus.driver.as_deref(),
         ));
         let dew_alarm = dew_point_report(cfg, &name, &r, loops);
-        cdu_alarms(&mut self.alarms, ctx, cfg, c, &r, dew_alarm);
+        raise::cdu_alarms(&mut self.alarms, ctx, cfg, c, &r, dew_alarm);
     }
 
     /// The power-cap loop of every GPU with known limits.
@@ -563,7 +558,6 @@ impl Controller {
         if !cfg.power_cap.enabled {
             return;
         }
-        let pc = &cfg.power_cap;
         for (key, g) in self.gpus.iter_mut() {
             let Some(cap) = &mut g.cap else {
                 continue;
@@ -606,70 +600,13 @@ impl Controller {
                 output: step.desired,
                 reason: step.reason,
             });
-            let book = &mut self.alarms;
-            if let Some(e) = cap.external {
-                warn(book, ctx.suppress, ctx.now, AlarmId::PowerLimitExternal { gpu: key.clone() }, Severity::Warning, format!(
-                    "{key}: enforced power limit {e:.0} W is below ours ({:.0} W): another agent limits this GPU; coolantd leaves it alone",
-                    step.ours
-                ));
-            }
-            match cap.write.unsupported() {
-                Some(why) => warn(
-                    book,
-                    ctx.suppress,
-                    ctx.now,
-                    AlarmId::PowerCapUnsupported { gpu: key.clone() },
-                    Severity::Warning,
-                    format!(
-                        "{key}: the GPU cannot take a power limit ({why}); not tried again until the configuration is reloaded"
-                    ),
-                ),
-                None if cap.write.failures() >= pc.write_failures_alarm => warn(
-                    book,
-                    ctx.suppress,
-                    ctx.now,
-                    AlarmId::PowerCapWriteFailed { gpu: key.clone() },
-                    Severity::Warning,
-                    format!(
-                        "{key}: {} power limit writes in a row failed; retrying every tick",
-                        cap.write.failures()
-                    ),
-                ),
-                None => {}
-            }
+            raise::cap_alarms(&mut self.alarms, ctx, cfg, key, cap, step.ours);
         }
     }
 
     /// The alarms of the GPUs of the inventory: no usable input, at the thermal limit.
     fn gpu_alarms(&mut self, ctx: &TickCtx) {
-        for (key, g) in &self.gpus {
-            let g = &g.input;
-            if g.st.is_none() {
-                continue;
-            }
-            if let Some(why) = &g.lost {
-                warn(
-                    &mut self.alarms,
-                    ctx.suppress,
-                    ctx.now,
-                    AlarmId::GpuInput { gpu: key.clone() },
-                    Severity::Warning,
-                    format!("{key}: no usable core temperature: {why}"),
-                );
-            }
-            if g.hot {
-                self.alarms.assert(
-                    ctx.now,
-                    AlarmId::GpuSlowdown { gpu: key.clone() },
-                    Severity::Critical,
-                    false,
-                    format!(
-                        "{key} at its thermal limit (core {:?} °C): power capped to minimum, pumps to maximum",
-                        g.core_v
-                    ),
-                );
-            }
-        }
+        raise::gpu_alarms(&mut self.alarms, ctx, &self.gpus);
     }
 }
 
@@ -725,128 +662,4 @@ fn dew_point_report(
     Some(format!(
         "{name}: supply {supply:.1} °C is within {margin} K of the room dew point {td:.1} °C (Magnus): condensation risk; raise the CDU's supply set point"
     ))
-}
-
-// One alarm per condition, in the order their events must appear; splitting it would only
-// scatter that order over several functions.
-/// The alarms of one CDU after its loop ran (the leak alarm is raised before, as it decides
-/// the state). The order is the order their events appear in within a tick.
-fn cdu_alarms(
-    book: &mut AlarmBook,
-    ctx: &TickCtx,
-    cfg: &ControlConfig,
-    c: &CduCtl,
-    r: &CduReadings,
-    dew_alarm: Option<String>,
-) {
-    let (now, suppress) = (ctx.now, ctx.suppress);
-    let name = &c.setup.name;
-    let cdu = || name.clone();
-    if let Some(why) = &r.unreachable {
-        let msg = format!("{name} unreachable: {why}");
-        warn(
-            book,
-            suppress,
-            now,
-            AlarmId::CduUnreachable { cdu: cdu() },
-            Severity::Critical,
-            msg,
-        );
-    }
-    for (role, why) in &r.lost_required {
-        let id = AlarmId::InputLost {
-            cdu: cdu(),
-            role: *role,
-        };
-        let msg = format!("{name}: required input {role} lost: {why}");
-        warn(book, suppress, now, id, Severity::Critical, msg);
-    }
-    for (role, why) in &r.lost_optional {
-        let id = AlarmId::InputLost {
-            cdu: cdu(),
-            role: *role,
-        };
-        let msg = format!("{name}: optional input {role} lost: {why}");
-        warn(book, suppress, now, id, Severity::Warning, msg);
-    }
-    if r.local {
-        let msg = if r.mode_unknown {
-            format!("{name}: remote/local mode unknown (remote_enable lost); treated as local mode: coolantd does not write to it")
-        } else {
-            format!("{name} is in local mode: coolantd does not write to it")
-        };
-        warn(
-            book,
-            suppress,
-            now,
-            AlarmId::LocalMode { cdu: cdu() },
-            Severity::Warning,
-            msg,
-        );
-    }
-    if c.pump.fault {
-        let msg = format!(
-            "{name}: pump feedback {:.1} % does not follow the command {:.1} % within {} s",
-            r.feedback.unwrap_or(f64::NAN),
-            c.pump.write.acked().unwrap_or(f64::NAN),
-            cfg.pump.follow_timeout_s
-        );
-        warn(
-            book,
-            suppress,
-            now,
-            AlarmId::PumpNotFollowing { cdu: cdu() },
-            Severity::Critical,
-            msg,
-        );
-    }
-    if !r.local {
-        match c.pump.write.unsupported() {
-            Some(why) => book.assert(
-                now,
-                AlarmId::PumpWriteUnsupported { cdu: cdu() },
-                Severity::Critical,
-                false,
-                format!("{name}: the CDU cannot take the pump speed write ({why}); not tried again until the configuration is reloaded"),
-            ),
-            None if c.pump.write.failures() >= cfg.pump.write_failures_alarm => book.assert(
-                now,
-                AlarmId::PumpWriteFailed { cdu: cdu() },
-                Severity::Critical,
-                false,
-                format!(
-                    "{name}: {} pump speed writes in a row failed; retrying every tick",
-                    c.pump.write.failures()
-                ),
-            ),
-            None => {}
-        }
-    }
-    if c.sup.state() == ControlState::Failsafe {
-        let why: Vec<String> = c.causes.iter().map(|c| c.to_string()).collect();
-        let boot = if c.sup.boot_timed_out() {
-            " (inputs never became valid after start)"
-        } else {
-            ""
-        };
-        let codes = c.causes.iter().map(|c| c.code()).collect();
-        book.assert_with_causes(
-            now,
-            AlarmId::Failsafe { cdu: cdu() },
-            Severity::Critical,
-            false,
-            format!("{name} in failsafe{boot}: {}", why.join(", ")),
-            codes,
-        );
-    }
-    if let Some(msg) = dew_alarm {
-        warn(
-            book,
-            suppress,
-            now,
-            AlarmId::DewPoint { cdu: cdu() },
-            Severity::Warning,
-            msg,
-        );
-    }
 }

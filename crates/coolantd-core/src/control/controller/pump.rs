@@ -39,6 +39,18 @@ pub(super) fn pump_params(cfg: &ControlConfig, s: &CduSetup) -> PidParams {
     }
 }
 
+/// Whether the pump follows its acknowledged command; the time it went off is only kept
+/// while it is off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Following {
+    /// Following, or nothing to compare (no feedback, nothing acknowledged, a dry run, local
+    /// mode).
+    Yes,
+    /// The feedback has been off the command since `since`; `fault` once that lasted
+    /// `pump.follow_timeout_s`.
+    Off { since: Mono, fault: bool },
+}
+
 /// One CDU's pump loop.
 #[derive(Debug, Clone)]
 pub(super) struct PumpLoop {
@@ -46,10 +58,7 @@ pub(super) struct PumpLoop {
     /// The speed this loop commands now, %.
     pub command: f64,
     pub write: WriteTracker,
-    /// Since when the feedback has been off the acknowledged command.
-    follow_since: Option<Mono>,
-    /// The feedback has been off the command for longer than `pump.follow_timeout_s`.
-    pub fault: bool,
+    following: Following,
     watchdog: u16,
     ff: FeedForward,
     pub ff_report: Option<FeedForwardReport>,
@@ -120,8 +129,7 @@ impl PumpLoop {
             pid: Pid::new(params, start),
             command: start,
             write: WriteTracker::default(),
-            follow_since: None,
-            fault: false,
+            following: Following::Yes,
             watchdog: 0,
             ff: FeedForward::default(),
             ff_report: None,
@@ -204,14 +212,20 @@ impl PumpLoop {
                     && !local
                     && (fb - cmd).abs() > cfg.pump.follow_tolerance =>
             {
-                let since = *self.follow_since.get_or_insert(now);
-                self.fault = now.saturating_sub(since).as_secs_f64() >= cfg.pump.follow_timeout_s;
+                let since = match self.following {
+                    Following::Off { since, .. } => since,
+                    Following::Yes => now,
+                };
+                let fault = now.saturating_sub(since).as_secs_f64() >= cfg.pump.follow_timeout_s;
+                self.following = Following::Off { since, fault };
             }
-            _ => {
-                self.follow_since = None;
-                self.fault = false;
-            }
+            _ => self.following = Following::Yes,
         }
+    }
+
+    /// The feedback has been off the command for longer than `pump.follow_timeout_s`.
+    pub fn fault(&self) -> bool {
+        matches!(self.following, Following::Off { fault: true, .. })
     }
 
     /// The speed the supervisor's state imposes, if any (otherwise the PID decides).
@@ -364,7 +378,7 @@ impl PumpLoop {
         });
         self.command = cmd;
         self.saturated = inp.local
-            || self.fault
+            || self.fault()
             || write_failed
             || inp.state == ControlState::Failsafe
             || cmd >= hi - cfg.power_cap.saturation_margin;
