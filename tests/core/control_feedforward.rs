@@ -43,6 +43,22 @@ fn root() -> &'static Path {
 
 impl Loop {
     fn new(feed_forward: bool) -> Loop {
+        Loop::build(feed_forward, None, false)
+    }
+
+    /// With `anticipate_lead_s` in place of the configured one, and with the PID's gains
+    /// scheduled over the profile's loop model.
+    fn build(feed_forward: bool, anticipate_lead_s: Option<f64>, schedule: bool) -> Loop {
+        Loop::build_with(feed_forward, anticipate_lead_s, schedule, |_, _| {})
+    }
+
+    /// The same with a last say on the control configuration and the plant.
+    fn build_with(
+        feed_forward: bool,
+        anticipate_lead_s: Option<f64>,
+        schedule: bool,
+        tweak: impl FnOnce(&mut ControlConfig, &mut SimConfig),
+    ) -> Loop {
         let profiles = GpuProfiles::load_dir(&root().join("firmware-profiles/gpu"))
             .expect("GPU profiles load");
         let gpu = profiles.by_name("h100-sxm").expect("h100-sxm profile");
@@ -53,6 +69,10 @@ impl Loop {
         cfg.setpoint = SETPOINT;
         cfg.supervisor.startup_suppress_s = 0.0;
         cfg.feed_forward.enabled = feed_forward;
+        if let Some(lead) = anticipate_lead_s {
+            cfg.feed_forward.anticipate_lead_s = lead;
+        }
+        cfg.pid.gain_schedule = schedule;
         let sim = SimConfig {
             workload: Workload::Step {
                 at_s: STEP_AT_S as f64,
@@ -61,6 +81,8 @@ impl Loop {
             },
             ..SimConfig::default()
         };
+        let mut sim = sim;
+        tweak(&mut cfg, &mut sim);
         let plant = Arc::new(Mutex::new(build_plant(&sim, gpu, HOST)));
         let gpus = SimGpus::new(plant.clone(), None);
         let (lo, hi) = cdu.pump_limits().expect("sim-cdu maps the pump limits");
@@ -73,6 +95,19 @@ impl Loop {
         };
         let mut ctl = Controller::new(&cfg, vec![setup], gpus.inventory());
         ctl.set_plate_model(CDU, Some(gpu.thermal.plate_model()));
+        if schedule {
+            ctl.set_loop_model(
+                CDU,
+                Some(coolantd::control::tuning::LoopModel {
+                    plate: gpu.thermal.plate_model(),
+                    plate_capacity_j_per_k: gpu.thermal.plate_capacity_j_per_k,
+                    die_capacity_j_per_k: gpu.thermal.die_capacity_j_per_k,
+                    flow_per_gpu_at_full_lpm: sim.rated_flow_lpm_per_gpu,
+                    pump_lag_s: sim.pump_time_constant_s,
+                    period_s: 1.0,
+                }),
+            );
+        }
         Loop {
             plant,
             gpus,
@@ -311,5 +346,139 @@ fn feed_forward_switches_off_without_a_bump_when_power_is_stale_or_missing() {
     assert!(
         text.contains("ff_engaged") && text.contains("ff_off_reason"),
         "{text}"
+    );
+}
+
+/// The hottest core's peak (the plant's truth, not the rounded readings) over the 200 s after
+/// the load step, and the pump command when the core first reached the set point.
+fn peak_after_step(l: &mut Loop) -> (f64, Option<f64>, bool) {
+    l.run_to(STEP_AT_S);
+    let mut peak = f64::MIN;
+    let mut pump_at_sp = None;
+    let mut said = false;
+    for _ in 0..200 {
+        let out = l.tick();
+        said |= out
+            .loops
+            .iter()
+            .any(|lp| lp.reason.contains("anticipating a load step"));
+        let core = l.plant().hottest_core().get();
+        if core >= SETPOINT && pump_at_sp.is_none() {
+            pump_at_sp = Some(l.command());
+        }
+        peak = peak.max(core);
+    }
+    (peak, pump_at_sp, said)
+}
+
+#[test]
+fn anticipation_brings_the_pump_up_before_the_core_reaches_the_set_point() {
+    // Below the set point the feedback terms hold the pump at its minimum, whatever the
+    // feed-forward says; without anticipation the pump starts only once the core is there,
+    // and the H100's core overshoots while the pump slews up.
+    let mut late = Loop::build(true, Some(0.0), false);
+    let (peak_late, pump_late, said_late) = peak_after_step(&mut late);
+    let mut early = Loop::new(true);
+    let (peak_early, pump_early, said_early) = peak_after_step(&mut early);
+    // The pump loop's reason says when the anticipation raised the command.
+    assert!(
+        said_early && !said_late,
+        "reason: with {said_early}, without {said_late}"
+    );
+    let (pump_late, pump_early) = (
+        pump_late.expect("the core reaches the set point"),
+        pump_early.unwrap_or(f64::NAN),
+    );
+    assert!(
+        peak_late - SETPOINT > 1.0,
+        "without anticipation the overshoot is only {:.2} K: this test no longer separates \
+         the two",
+        peak_late - SETPOINT
+    );
+    assert!(
+        peak_early - SETPOINT <= 1.0,
+        "overshoot {:.2} K with anticipation (target ≤ 1.0 K on the H100), {:.2} K without",
+        peak_early - SETPOINT,
+        peak_late - SETPOINT
+    );
+    // Reaching the set point (if at all) with the pump already well up, not at its minimum.
+    assert!(
+        pump_early.is_nan() || pump_early >= pump_late + 20.0,
+        "pump at the set point: {pump_early:.1} % with anticipation, {pump_late:.1} % without"
+    );
+}
+
+#[test]
+fn scheduled_gains_follow_the_operating_point() {
+    let mut l = Loop::build(true, None, true);
+    let gains = |out: &TickOutput| -> Option<(f64, f64)> {
+        let pump = out
+            .loops
+            .iter()
+            .find(|lp| lp.name == format!("pump:{CDU}"))?;
+        let tail = pump.reason.split("(scheduled kp ").nth(1)?;
+        let mut it = tail.trim_end_matches(')').split(" ki ");
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    let idle = l.run_to(STEP_AT_S);
+    let (kp_idle, _) = gains(&idle).expect("scheduled gains in the pump loop's reason");
+    let loaded = l.run_to(STEP_AT_S + 300);
+    let (kp_full, ki_full) = gains(&loaded).expect("scheduled gains under load");
+    let pump = l.command();
+    // The plant gain falls as flow rises, so kp rises with the pump speed (`coolantd tune`:
+    // 10.2 %/K at 20 %, 19.6 %/K at 70 % on this profile at 72 °C and 30 °C supply).
+    assert!(
+        kp_full > kp_idle + 3.0,
+        "kp {kp_idle:.1} at idle, {kp_full:.1} at full load with the pump at {pump:.0} %"
+    );
+    assert!(
+        (15.0..25.0).contains(&kp_full) && ki_full > 0.0,
+        "kp {kp_full:.1}, ki {ki_full:.2} at {pump:.0} %"
+    );
+}
+
+/// Warm water (50 °C supply, as the bench's stress plant): the pump at 100 % cannot hold the
+/// H100 at its set point, so the caps work.
+fn warm(cap_feed_forward: bool) -> Loop {
+    Loop::build_with(true, None, false, |cfg, sim| {
+        cfg.setpoint = 82.0;
+        cfg.power_cap.feed_forward = cap_feed_forward;
+        sim.supply_setpoint_c = 50.0;
+    })
+}
+
+/// The lowest cap written in the minute after the load step while the hottest core is still
+/// below the cap's set point (84 °C), W; `f64::MAX` when none.
+fn lowest_cap_before_84(l: &mut Loop) -> f64 {
+    l.run_to(STEP_AT_S);
+    let mut lowest = f64::MAX;
+    for _ in 0..60 {
+        let out = l.tick();
+        if l.plant().hottest_core().get() >= 84.0 {
+            break;
+        }
+        for a in out.actuations {
+            if let Actuation::SetPowerCap { limit, .. } = a {
+                lowest = lowest.min(limit.get());
+            }
+        }
+    }
+    lowest
+}
+
+#[test]
+fn cap_feed_forward_lowers_the_cap_on_a_load_step_with_the_pump_spent() {
+    // Before the core reaches the cap's set point the feedback has nothing to act on; the
+    // feed-forward does: the model says ≈ 660 W holds 84 °C at 50 °C supply and 3 l/min per
+    // GPU, below the 700 W the H100 draws at full load.
+    let cap_with = lowest_cap_before_84(&mut warm(true));
+    let cap_without = lowest_cap_before_84(&mut warm(false));
+    assert!(
+        cap_with < 700.0 - 20.0 && cap_with > 500.0,
+        "cap with feed-forward {cap_with:.0} W before 84 °C"
+    );
+    assert!(
+        cap_without > cap_with + 20.0,
+        "without feed-forward {cap_without:.0} W, with {cap_with:.0} W"
     );
 }

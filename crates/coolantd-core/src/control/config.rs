@@ -92,6 +92,14 @@ pub struct PidConfig {
     pub derivative_filter_s: f64,
     /// Anti-windup tracking time constant, s; unset: √(Ti·Td), or Ti without derivative.
     pub tracking_time_s: Option<f64>,
+    /// Schedule kp and ki over the operating point (pump speed, the load it holds, the supply
+    /// temperature) by the SIMC rule of `control/tuning.rs`, where the CDU's loop model is
+    /// known (`Controller::set_loop_model`); `kp`/`ki` apply otherwise. Not a configuration
+    /// key (yet): the daemon does not pass a loop model (it needs the loop's flow per GPU and
+    /// the pump's lag), and the benchmark finds it worse than fixed gains (docs/control.md),
+    /// so a key would only promise what the daemon does not do.
+    #[serde(skip)]
+    pub gain_schedule: bool,
 }
 
 impl Default for PidConfig {
@@ -110,6 +118,9 @@ impl Default for PidConfig {
             kd: 0.0,
             derivative_filter_s: 5.0,
             tracking_time_s: None,
+            // Off: in `cargo bench --bench control_quality` the scheduled SIMC gains cost pump
+            // energy and travel on every plant for little gain (docs/control.md).
+            gain_schedule: false,
         }
     }
 }
@@ -177,6 +188,13 @@ pub struct FeedForwardConfig {
     pub slew_up_per_s: f64,
     /// Fastest fall of the feed-forward term, %/s.
     pub slew_down_per_s: f64,
+    /// The load must stay lower for this long before the feed-forward term falls, s; shorter
+    /// dips (a training iteration's communication phase) do not move the pump.
+    pub hold_down_s: f64,
+    /// Anticipation: while the controlled value rises towards the set point, the pump command
+    /// is raised to the feed-forward's speed early enough that the pump gets there (at its
+    /// slew limit) this many seconds before the set point is reached; 0 switches it off, s.
+    pub anticipate_lead_s: f64,
     /// Time constant of the online correction of the model, s (0: no learning).
     pub adapt_time_s: f64,
     /// Bounds of the learnt multiplicative correction of the model's speed.
@@ -203,6 +221,13 @@ impl Default for FeedForwardConfig {
             // As the pump's own fall: a short dip in power (all-reduce, a checkpoint) should not
             // drop the flow that the next compute phase needs again.
             slew_down_per_s: 2.0,
+            // Longer than a training iteration's communication dip (well under a second,
+            // seen in at most one or two 1 s samples), shorter than a checkpoint's drop.
+            hold_down_s: 3.0,
+            // About the pump's own lag. Chosen with `cargo bench --bench control_quality`:
+            // 2 s brings the H100's overshoot after a load step from 1.53 to 0.53 K; 4 s
+            // removes it but cools the approach more than needed (IAE +23 %).
+            anticipate_lead_s: 2.0,
             // Much slower than the plate's slowest time constant (tens of seconds), so the
             // correction learns the plant, not the transient.
             adapt_time_s: 300.0,
@@ -255,6 +280,10 @@ pub struct PowerCapConfig {
     /// Consecutive failed writes before an alarm.
     pub write_failures_alarm: u32,
     pub on_shutdown: OnShutdown,
+    /// With the pump spent, a load step lowers the cap at once to the power the plate model
+    /// says holds the cap's set point at the present supply and flow (for a minute after the
+    /// step; then the feedback alone), instead of waiting for the temperature.
+    pub feed_forward: bool,
 }
 
 impl Default for PowerCapConfig {
@@ -275,6 +304,7 @@ impl Default for PowerCapConfig {
             readback_tolerance_w: 2.0,
             write_failures_alarm: 3,
             on_shutdown: OnShutdown::Restore,
+            feed_forward: false,
         }
     }
 }
@@ -589,6 +619,20 @@ impl ControlConfig {
             1000.0,
             k("feed_forward.slew_down_per_s"),
             "a rate in %/s",
+        );
+        issues.range(
+            f.hold_down_s,
+            0.0,
+            3600.0,
+            k("feed_forward.hold_down_s"),
+            "seconds (0: fall at once)",
+        );
+        issues.range(
+            f.anticipate_lead_s,
+            0.0,
+            600.0,
+            k("feed_forward.anticipate_lead_s"),
+            "seconds (0: no anticipation)",
         );
         issues.range(
             f.adapt_time_s,

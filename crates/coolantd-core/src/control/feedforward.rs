@@ -124,6 +124,8 @@ pub struct FeedForward {
     ff: f64,
     engaged: bool,
     last_model_speed: Option<f64>,
+    /// Since when the target has been below the value handed to the PID.
+    low_since: Option<Mono>,
 }
 
 impl Default for FeedForward {
@@ -135,6 +137,7 @@ impl Default for FeedForward {
             ff: 0.0,
             engaged: false,
             last_model_speed: None,
+            low_since: None,
         }
     }
 }
@@ -194,7 +197,19 @@ impl FeedForward {
             (true, Ok(v)) => v,
         };
         let target = (self.correction * speed).clamp(input.out_min, input.out_max);
-        let next = if self.engaged {
+        // A lower load must last `hold_down_s` before the term falls: a training iteration's
+        // communication dip, caught by a sample or two, would otherwise pull the pump down and
+        // push it up again every few seconds (pump travel and energy for nothing).
+        let held = if target < self.ff {
+            let since = *self.low_since.get_or_insert(input.now);
+            input.now.saturating_sub(since).as_secs_f64() < cfg.hold_down_s
+        } else {
+            self.low_since = None;
+            false
+        };
+        let next = if self.engaged && held {
+            self.ff
+        } else if self.engaged {
             target.clamp(
                 self.ff - cfg.slew_down_per_s * input.dt,
                 self.ff + cfg.slew_up_per_s * input.dt,
@@ -220,6 +235,7 @@ impl FeedForward {
         self.engaged = false;
         self.ff = 0.0;
         self.last_model_speed = None;
+        self.low_since = None;
     }
 
     /// Adapts the correction towards what the loop needed: `applied` is the pump command the
@@ -387,5 +403,43 @@ mod tests {
             ff.adapt(&cfg, 1.0, 100.0 * speed);
         }
         assert_eq!(ff.correction(), cfg.correction_max);
+    }
+
+    #[test]
+    fn a_short_dip_in_power_does_not_move_the_term_a_long_one_does() {
+        let cfg = FeedForwardConfig::default();
+        let mut ff = FeedForward::default();
+        ff.set_model(Some(h100()));
+        let reading = |w: f64, t: f64| {
+            vec![PowerReading {
+                gpu: "g".into(),
+                power: Some((w, Mono::from_secs_f64(t))),
+            }]
+        };
+        fn at(p: &[PowerReading], t: f64) -> FfInput<'_> {
+            let mut i = input(p, Mono::from_secs_f64(t));
+            i.out_min = 0.0;
+            i
+        }
+        let mut t = 1.0;
+        let full = ff.step(&cfg, &at(&reading(700.0, t), t)).ff;
+        // A training iteration's communication dip, caught by one or two samples.
+        for _ in 0..2 {
+            t += 1.0;
+            let s = ff.step(&cfg, &at(&reading(70.0, t), t));
+            assert_eq!(s.ff, full, "a {:.0} s dip moved the term", cfg.hold_down_s);
+        }
+        t += 1.0;
+        assert_eq!(ff.step(&cfg, &at(&reading(700.0, t), t)).ff, full);
+        // A checkpoint: the load stays low, so after the hold the term falls at its slew.
+        let mut last = full;
+        for _ in 0..(cfg.hold_down_s as usize + 3) {
+            t += 1.0;
+            last = ff.step(&cfg, &at(&reading(70.0, t), t)).ff;
+        }
+        assert!(
+            last < full - cfg.slew_down_per_s,
+            "held at {last:.1} % after a sustained drop from {full:.1} %"
+        );
     }
 }

@@ -215,6 +215,23 @@ impl Pid {
         self.terms.output = self.output;
     }
 
+    /// Changes kp and ki on the fly (gain scheduling) without a bump and without forgetting
+    /// the loop's state: the integrator takes the change of the proportional term at the last
+    /// error, so the unsaturated output stays where it was. `set_params` instead anchors on the
+    /// applied output, which, called every tick, would forget each fall the slew limit cut
+    /// short and ratchet the output up.
+    pub fn retune(&mut self, kp: f64, ki: f64) {
+        if !(kp.is_finite() && ki.is_finite() && kp >= 0.0 && ki >= 0.0) {
+            return;
+        }
+        let error = self.terms.error;
+        self.integral = self.bounded_integral(self.integral + (self.params.kp - kp) * error);
+        self.params.kp = kp;
+        self.params.ki = ki;
+        self.terms.p = kp * error;
+        self.terms.i = self.integral;
+    }
+
     /// Hands output between the feed-forward and the integrator without a bump: when the
     /// feed-forward term changes from `from` to `to` for a reason other than the disturbance it
     /// measures (it engages, disengages, or its model is corrected), the integrator takes the
@@ -364,6 +381,22 @@ impl Pid {
             output: self.output,
         };
         Ok(self.terms)
+    }
+
+    /// Applies an output imposed from outside as if the error were zero: the integrator takes
+    /// all of it (less the feed-forward and the last derivative term), so that the PID resumes
+    /// from `applied` without a bump when the measurement reaches the set point. `track` would
+    /// instead fold the present proportional term into the integrator, which comes back as a
+    /// kick of kp·|error| once the error closes.
+    pub fn preload(&mut self, applied: f64, ff: f64) {
+        if !(applied.is_finite() && ff.is_finite()) {
+            return;
+        }
+        self.output = applied.clamp(self.params.out_min, self.params.out_max);
+        self.integral = self.bounded_integral(self.output - ff - self.terms.d);
+        self.terms.i = self.integral;
+        self.terms.ff = ff;
+        self.terms.output = self.output;
     }
 
     /// Applies an output without any measurement (it is unknown). The integrator is set to
@@ -566,6 +599,28 @@ mod tests {
         assert_eq!(pid.output(), before);
         let t = pid.update(65.0, 67.0, 0.0, 1.0).expect("valid");
         assert!((t.output - before).abs() <= 2.0 + 1e-9, "{before} -> {t:?}");
+    }
+
+    #[test]
+    fn retune_is_bumpless_and_keeps_the_integrators_share() {
+        let mut p = params();
+        p.kd = 0.0;
+        let mut fixed = Pid::new(p, 50.0);
+        for _ in 0..30 {
+            fixed.update(65.0, 66.0, 0.0, 1.0).expect("valid");
+        }
+        let mut tuned = fixed.clone();
+        tuned.retune(15.0, 0.0);
+        assert_eq!(tuned.output(), fixed.output(), "retune moved the output");
+        // The same measurement next tick: the proportional term's change went into the
+        // integrator, and without integral action on this step the output is unchanged.
+        fixed.params.ki = 0.0;
+        let a = fixed.update(65.0, 66.0, 0.0, 1.0).expect("valid").output;
+        let b = tuned.update(65.0, 66.0, 0.0, 1.0).expect("valid").output;
+        assert!((a - b).abs() < 1e-9, "fixed {a}, retuned {b}");
+        // Bad gains are refused.
+        tuned.retune(f64::NAN, 1.0);
+        assert_eq!(tuned.params().kp, 15.0);
     }
 
     #[test]

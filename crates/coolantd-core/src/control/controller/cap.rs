@@ -57,6 +57,9 @@ pub(super) struct CduView {
     pub saturated: bool,
     pub leak: bool,
     pub temps_unknown: bool,
+    /// The per-GPU power that holds the cap's set point with the pump as it is, shortly after
+    /// a load step (`[control.power_cap] feed_forward`).
+    pub power_held: Option<f64>,
 }
 
 impl CduView {
@@ -66,6 +69,7 @@ impl CduView {
         saturated: true,
         leak: false,
         temps_unknown: false,
+        power_held: None,
     };
 }
 
@@ -148,10 +152,27 @@ impl CapLoop {
                 self.pid.force(u);
                 u
             }
-            (_, Some(pv)) if cdu.saturated => match self.pid.update(sp_cap, pv, 0.0, dt) {
-                Ok(t) => t.output,
-                Err(_) => self.applied,
-            },
+            (_, Some(pv)) if cdu.saturated => {
+                let u = match self.pid.update(sp_cap, pv, 0.0, dt) {
+                    Ok(t) => t.output,
+                    Err(_) => self.applied,
+                };
+                // Feed-forward: below the cap's set point the feedback keeps the cap up while
+                // the plate warms towards a temperature the pump cannot hold; the model says
+                // which power holds it. At the loop's own fall rate; the PID follows.
+                match cdu.power_held.filter(|_| pc.feed_forward && pv < sp_cap) {
+                    Some(held) if held.clamp(lo, hi) < u => {
+                        let cap = held.clamp(lo, hi).max(self.applied - pc.lower_w_per_s * dt);
+                        if cap < u {
+                            let _ = self.pid.track(sp_cap, pv, 0.0, dt.max(1e-3), cap);
+                            cap
+                        } else {
+                            u
+                        }
+                    }
+                    _ => u,
+                }
+            }
             (_, Some(pv)) => {
                 let u = (self.applied + pc.restore_w_per_s * dt).min(hi);
                 let _ = self.pid.track(sp_cap, pv, 0.0, dt.max(1e-3), u);

@@ -132,6 +132,14 @@ impl Controller {
         }
     }
 
+    /// Gives a CDU's pump loop the loop model of its GPUs for gain scheduling
+    /// (`[control.pid] gain_schedule`); `None`: the configured gains.
+    pub fn set_loop_model(&mut self, cdu: &str, model: Option<crate::control::tuning::LoopModel>) {
+        for c in self.cdus.iter_mut().filter(|c| c.setup.name == cdu) {
+            c.pump.set_loop_model(model);
+        }
+    }
+
     /// The newest power reading of each GPU on CDU `i`, for the feed-forward: this host's
     /// inventory, and other hosts' GPUs while their readings arrive (they are forgotten once
     /// stale, see `ingest_gpus`).
@@ -568,6 +576,9 @@ impl Controller {
                         cdu: c.setup.name.clone(),
                     }),
                     temps_unknown: c.causes.contains(&FailsafeCause::GpuTemperaturesUnknown),
+                    power_held: c
+                        .pump
+                        .power_held(ctx.now, ctx.setpoint + cfg.power_cap.band_k),
                 },
                 None => CduView::NONE,
             };
