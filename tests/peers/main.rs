@@ -17,6 +17,7 @@ mod modbus_pymodbus;
 mod modbus_rtu;
 mod modbus_sim;
 mod mqtt_acl;
+mod mqtt_bridge;
 mod mqtt_sink;
 mod nvml_backend;
 mod prometheus_rules;
