@@ -304,3 +304,52 @@ fn the_daemon_logs_a_refused_connect_by_its_reason() {
         b.log()
     );
 }
+
+/// Over MQTT 5 the broker says no: a controller's denied publish gets PUBACK reason 0x87
+/// (not authorised), so a controller on MQTT 5 can tell a refused cap from a lost one.
+#[tokio::test]
+async fn over_mqtt5_a_denied_cap_is_answered_not_authorised() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let b = broker();
+    let mut o = MqttOptions::new("ctrl-rack01-v5", "127.0.0.1", b.port());
+    o.set_credentials("ctrl-rack01", "pw-ctrl-rack01");
+    let (client, mut el) = AsyncClient::new(o, 16);
+    let mut acks = Vec::new();
+    // Its own host first, then a host of rack 2; the broker answers in order.
+    for host in ["node01", "node09"] {
+        client
+            .publish(
+                Topic::format(PREFIX, host, Kind::Caps),
+                QoS::AtLeastOnce,
+                false,
+                lease(host, 1),
+            )
+            .await
+            .expect("queue publish");
+    }
+    let deadline = tokio::time::Instant::now() + ANSWER;
+    while acks.len() < 2 {
+        match tokio::time::timeout_at(deadline, el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => acks.push(a.reason),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("MQTT 5 connection failed: {e}\n{}", b.log()),
+            Err(_) => panic!("PUBACKs within {ANSWER:?}: got {acks:?}"),
+        }
+    }
+    assert!(
+        matches!(
+            acks[0],
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        ),
+        "caps for its own host: {:?}",
+        acks[0]
+    );
+    assert_eq!(
+        acks[1],
+        PubAckReason::NotAuthorized,
+        "caps for node09, not its host"
+    );
+}
