@@ -16,7 +16,7 @@ pub mod thermal;
 pub mod workload;
 
 pub use gpus::SimGpus;
-pub use plant::{GpuFault, Plant, PlantParams};
+pub use plant::{GpuFault, Plant, PlantParams, Spread};
 pub use rehearsal::Rehearsal;
 pub use runtime::SimRuntime;
 pub use workload::{Segment, Workload};
@@ -105,6 +105,19 @@ pub struct SimConfig {
     /// Absent: the watchdog is recorded but never expires.
     pub watchdog_timeout_s: Option<f64>,
     pub fallback_pump_pct: f64,
+    /// Each GPU's plate-to-coolant resistance lies within ± this share of the profile's, %
+    /// (uniform, seeded). 0 (default): identical GPUs. A few % is the order of mounting and
+    /// thermal-paste variation. Assumed.
+    pub plate_spread_pct: f64,
+    /// Each GPU's power demand above idle lies within ± this share of the profile's, %
+    /// (silicon leakage, uneven work). 0 (default): identical GPUs. Assumed.
+    pub power_spread_pct: f64,
+    /// The top host's GPUs have this much more plate resistance, %, falling linearly to none
+    /// at the bottom host (`hosts` are listed bottom to top): the warm top of a rack.
+    /// 0 (default): no hot spot. Assumed.
+    pub hot_spot_pct: f64,
+    /// Seed of the spread: the same seed gives every GPU the same factors on every run.
+    pub spread_seed: u64,
 }
 
 impl Default for SimConfig {
@@ -136,6 +149,10 @@ impl Default for SimConfig {
             room_humidity_pct: 45.0,
             watchdog_timeout_s: None,
             fallback_pump_pct: 100.0,
+            plate_spread_pct: 0.0,
+            power_spread_pct: 0.0,
+            hot_spot_pct: 0.0,
+            spread_seed: 1,
         }
     }
 }
@@ -301,6 +318,13 @@ impl SimConfig {
             k("fallback_pump_pct"),
             "a pump speed in %",
         );
+        for (name, v, max) in [
+            ("plate_spread_pct", self.plate_spread_pct, 20.0),
+            ("power_spread_pct", self.power_spread_pct, 20.0),
+            ("hot_spot_pct", self.hot_spot_pct, 50.0),
+        ] {
+            issues.range(v, 0.0, max, k(name), "a spread in %");
+        }
     }
 
     /// The wall-clock period at which to step the plant.
@@ -345,6 +369,12 @@ impl SimConfig {
             watchdog_timeout: self.watchdog_timeout_s.map(Duration::from_secs_f64),
             fallback_speed: Percent(self.fallback_pump_pct),
             initial_speed: Percent(self.initial_pump_pct),
+            spread: Spread {
+                plate: self.plate_spread_pct / 100.0,
+                power: self.power_spread_pct / 100.0,
+                hot_spot: self.hot_spot_pct / 100.0,
+                seed: self.spread_seed,
+            },
         }
     }
 }

@@ -85,6 +85,68 @@ pub struct PlantParams {
     pub fallback_speed: Percent,
     /// The pump command at start.
     pub initial_speed: Percent,
+    /// How the GPUs differ from each other; none by default.
+    pub spread: Spread,
+}
+
+/// Per-GPU differences between GPUs of one model: real boards are not identical (mounting
+/// pressure and thermal paste under the cold plate, silicon leakage), and hosts high in a
+/// rack run warmer. Each GPU's factors follow from the seed, its host name and index alone,
+/// so a GPU keeps them when hosts are added or removed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Half-width of the uniform spread of each GPU's plate-to-coolant resistance, as a share
+    /// (0.03: each plate between 3 % better and 3 % worse than the profile's).
+    pub plate: f64,
+    /// Half-width of the uniform spread of each GPU's power demand above idle, as a share.
+    pub power: f64,
+    /// Extra plate resistance of the top host's GPUs, as a share; it falls linearly to none
+    /// for the bottom host (hosts are listed bottom to top). Nothing with one host.
+    pub hot_spot: f64,
+    pub seed: u64,
+}
+
+impl Default for Spread {
+    fn default() -> Self {
+        Spread {
+            plate: 0.0,
+            power: 0.0,
+            hot_spot: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a small, well-mixed generator, enough for drawing a
+/// few factors per GPU deterministically.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Spread {
+    /// The (plate resistance, power demand) factors of GPU `index` on `host`, the host at
+    /// `height` in the rack (0 bottom, 1 top). Both are exactly 1 without spread.
+    pub fn factors(&self, host: &str, index: u32, height: f64) -> (f64, f64) {
+        let mut state = self.seed ^ fnv1a(host, index);
+        // Uniform in [-1, 1): the top 53 bits as a fraction.
+        let mut draw = || (splitmix64(&mut state) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let (u_plate, u_power) = (draw(), draw());
+        let plate = (1.0 + self.plate * u_plate) * (1.0 + self.hot_spot * height);
+        (plate, 1.0 + self.power * u_power)
+    }
+}
+
+fn fnv1a(host: &str, index: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes().chain(index.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// How a simulated GPU misbehaves, for fault injection.
@@ -117,6 +179,10 @@ pub struct PlantGpu {
     /// Reached the shutdown temperature: draws nothing, reads nothing, until restarted.
     pub shut_down: bool,
     pub fault: GpuFault,
+    /// This GPU's plate-to-coolant resistance against the profile's ([`Spread`]).
+    pub plate_factor: f64,
+    /// This GPU's power demand above idle against the profile's ([`Spread`]).
+    pub power_factor: f64,
 }
 
 /// The plant: GPUs, loop, CDU.
@@ -146,11 +212,7 @@ pub struct Plant {
 
 /// A deterministic UUID in NVML's format, from the host name and index (FNV-1a).
 fn synth_uuid(host: &str, index: u32) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in host.bytes().chain(index.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = fnv1a(host, index);
     let g = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     format!(
         "GPU-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -199,15 +261,24 @@ impl Plant {
         let n = hosts.len() * gpus_per_host as usize;
         let r_pc = plant.plate_resistance(n);
         let idle = profile.power.idle_w;
-        for host in hosts {
+        let spread = plant.params.spread;
+        let top = hosts.len().saturating_sub(1).max(1) as f64;
+        for (position, host) in hosts.iter().enumerate() {
             for index in 0..gpus_per_host {
+                let (plate_factor, power_factor) =
+                    spread.factors(host, index, position as f64 / top);
                 plant.gpus.push(PlantGpu {
                     key: GpuKey {
                         host: host.clone(),
                         index,
                     },
                     uuid: synth_uuid(host, index),
-                    thermal: GpuThermal::steady(&profile.thermal, idle, supply, r_pc),
+                    thermal: GpuThermal::steady(
+                        &profile.thermal,
+                        idle,
+                        supply,
+                        r_pc * plate_factor,
+                    ),
                     limit: profile.power.default_w,
                     power: idle,
                     power_average: idle,
@@ -219,6 +290,8 @@ impl Plant {
                     violation_thermal_ns: 0,
                     shut_down: false,
                     fault: GpuFault::None,
+                    plate_factor,
+                    power_factor,
                 });
             }
         }
@@ -280,8 +353,8 @@ impl Plant {
             if g.thermal.die >= prof.thresholds.shutdown_c {
                 g.shut_down = true;
             }
-            let demand =
-                prof.power.idle_w.0 + g.load * (prof.power.full_load_w.0 - prof.power.idle_w.0);
+            let demand = prof.power.idle_w.0
+                + g.load * g.power_factor * (prof.power.full_load_w.0 - prof.power.idle_w.0);
             let hot = g.thermal.die >= prof.thresholds.slowdown_c;
             // At the slowdown temperature the GPU pulls its own power down to the board minimum.
             let limit = if hot {
@@ -324,7 +397,13 @@ impl Plant {
             g.throttle = bits;
             heat += g
                 .thermal
-                .step(&prof.thermal, h, Watts(power), supply, r_pc)
+                .step(
+                    &prof.thermal,
+                    h,
+                    Watts(power),
+                    supply,
+                    r_pc * g.plate_factor,
+                )
                 .0;
         }
         self.heat_to_coolant = Watts(heat);

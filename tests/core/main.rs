@@ -18,6 +18,7 @@ mod power_limits;
 mod schema_names;
 mod sim_plant;
 mod sim_profile;
+mod sim_spread;
 mod sim_thermal_fit;
 mod wire_agent;
 mod wire_format;

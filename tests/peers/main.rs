@@ -16,6 +16,8 @@ mod modbus_mbpoll;
 mod modbus_pymodbus;
 mod modbus_rtu;
 mod modbus_sim;
+mod mqtt_acl;
+mod mqtt_bridge;
 mod mqtt_sink;
 mod nvml_backend;
 mod prometheus_rules;

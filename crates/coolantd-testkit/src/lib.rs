@@ -25,6 +25,7 @@ pub mod pymodbus_map;
 pub mod server;
 pub mod sim_daemon;
 pub mod victoria;
+pub mod wire_client;
 
 use std::path::{Path, PathBuf};
 

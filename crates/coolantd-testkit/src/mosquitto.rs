@@ -1,7 +1,7 @@
 //! A real Mosquitto broker on a free loopback port, for tests. Killed on drop.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,12 @@ pub struct Mosquitto {
     child: Option<Child>,
     /// Extra `mosquitto.conf` lines (limits under test).
     extra_conf: String,
+    /// With authentication: the password file (written in `dir`) and the ACL file.
+    auth: Option<(PathBuf, PathBuf)>,
 }
+
+/// Debian's password tool (package `mosquitto`): writes salted hashes, as an operator would.
+const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
 
 pub use crate::free_port;
 
@@ -40,6 +45,40 @@ impl Mosquitto {
             _tmp: tmp,
             child: None,
             extra_conf: extra_conf.to_string(),
+            auth: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// Starts a broker on a free port that lets in only `users` (name, password), each
+    /// limited by `acl_file`: `allow_anonymous false`, a `password_file` written with
+    /// `mosquitto_passwd` and the given `acl_file`, and `extra_conf` appended.
+    pub fn start_with_auth(users: &[(&str, &str)], acl_file: &Path, extra_conf: &str) -> Mosquitto {
+        let tmp = crate::temp_dir("mosquitto");
+        let passwd = tmp.path().join("passwd");
+        std::fs::write(&passwd, "").expect("create the password file");
+        for (user, password) in users {
+            let status = Command::new(MOSQUITTO_PASSWD)
+                .arg("-b")
+                .arg(&passwd)
+                .arg(user)
+                .arg(password)
+                .stdin(Stdio::null())
+                .status()
+                .expect("run /usr/bin/mosquitto_passwd (Debian package `mosquitto`)");
+            assert!(
+                status.success(),
+                "mosquitto_passwd for {user} failed: {status}"
+            );
+        }
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            child: None,
+            extra_conf: extra_conf.to_string(),
+            auth: Some((passwd, acl_file.to_path_buf())),
         };
         m.spawn();
         m
@@ -51,10 +90,18 @@ impl Mosquitto {
 
     fn spawn(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
+        let access = match &self.auth {
+            None => "allow_anonymous true\n".to_string(),
+            Some((passwd, acl)) => format!(
+                "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+                passwd.display(),
+                acl.display()
+            ),
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n{}\n",
+                "listener {} 127.0.0.1\n{access}persistence false\nlog_dest stderr\nlog_type all\n{}\n",
                 self.port, self.extra_conf
             ),
         )
