@@ -253,17 +253,29 @@ async fn agent_publishes_readings_facts_and_status_and_its_will() {
     );
 
     // A late subscriber gets the retained facts and the online status at once.
+    // The broker sends retained messages in its own order: take both as they come.
     let mut late = Wire::connect(broker.port(), "test-late").await;
-    let (st, retained) = late.next::<Status>("status", &agent).await;
-    assert!(
-        retained && st.online && st.host == HOST,
-        "{st:?} retained={retained}"
-    );
-    let (f2, retained) = late.next::<Facts>("facts", &agent).await;
-    assert!(retained, "facts are retained");
-    assert_eq!(f2, facts);
+    let (mut st, mut f2) = (None, None);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while st.is_none() || f2.is_none() {
+        let (t, payload, retain) = tokio::time::timeout_at(deadline, late.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no retained status and facts; log:\n{}", agent.log()))
+            .expect("subscriber running");
+        if t == topic("status") {
+            assert!(retain, "status is retained");
+            st = Some(wire::decode::<Status>(&payload).expect("status decodes"));
+        } else if t == topic("facts") {
+            assert!(retain, "facts are retained");
+            f2 = Some(wire::decode::<Facts>(&payload).expect("facts decode"));
+        }
+    }
+    let st = st.expect("status seen");
+    assert!(st.online && st.host == HOST, "{st:?}");
+    assert_eq!(f2.expect("facts seen"), facts);
 
     // SIGKILL: no goodbye; the broker publishes the last will, retained.
+    sub.drain();
     agent.kill();
     let (st, _) = sub.next::<Status>("status", &agent).await;
     assert!(!st.online, "the last will says offline: {st:?}");
