@@ -448,3 +448,37 @@ fn check_config_tells_an_agent_file_and_names_its_bad_keys() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_the_record_and_the_next_start_restores_it() {
+    let broker = Mosquitto::start();
+    let dir = TempDir::new("agent-crash");
+    let cfg = agent_config(&dir, broker.port(), false);
+    let mut agent = spawn_agent(&cfg, &[]);
+    let mut sub = Wire::connect(broker.port(), "test-crash").await;
+    let _ = sub.next::<Facts>("facts", &agent).await;
+    sub.lease(9, 60_000, &[(1, 350.0)]).await;
+    let ack = sub.ack(9, &agent).await;
+    assert_eq!(ack.results[0].enforced_w, Some(350.0), "{ack:?}");
+    agent.kill();
+    let record = dir.0.join("state/power-limits.json");
+    assert!(
+        record.exists(),
+        "a crash leaves the original limits on record"
+    );
+
+    // The simulated GPUs restart with the agent, so the restore is seen in the log and the
+    // record, not in a limit (on NVML the capped board would keep 350 W until then).
+    let mut again = spawn_agent(&cfg, &[]);
+    again.wait_line("the restore at start", BOUND, |l| {
+        l.contains("restored the original power limit") && l.contains("limit_w=700")
+    });
+    assert!(
+        again.log().contains("left by an earlier run"),
+        "{}",
+        again.log()
+    );
+    assert!(!record.exists(), "the restored limit is still on record");
+    again.signal(libc::SIGTERM);
+    assert!(again.wait_exit(BOUND).is_some(), "log:\n{}", again.log());
+}
