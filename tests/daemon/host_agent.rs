@@ -64,6 +64,26 @@ period_ms = {PERIOD_MS}
     path
 }
 
+/// [`agent_config`] with every GPU at full load, the plant 50 × faster than real time and a
+/// guard whose critical margin (29.9 K) a loaded GPU reaches within seconds.
+fn hot_agent_config(dir: &TempDir, broker: u16) -> std::path::PathBuf {
+    let path = agent_config(dir, broker, false);
+    let text = std::fs::read_to_string(&path)
+        .expect("read agent.toml")
+        .replace(
+            "workload = { kind = \"idle\" }",
+            "workload = { kind = \"full\" }\ntime_scale = 50.0\ninitial_pump_pct = 20.0",
+        )
+        .replace(
+            &format!("period_ms = {PERIOD_MS}"),
+            &format!(
+                "period_ms = {PERIOD_MS}\nguard_target_margin_k = 30.0\nguard_critical_margin_k = 29.9"
+            ),
+        );
+    std::fs::write(&path, text).expect("write agent.toml");
+    path
+}
+
 fn spawn_agent(config: &std::path::Path, extra: &[&str]) -> DaemonProcess {
     DaemonProcess::spawn(
         Command::new(env!("CARGO_BIN_EXE_coolantd"))
@@ -481,4 +501,32 @@ async fn a_crash_leaves_the_record_and_the_next_start_restores_it() {
     assert!(!record.exists(), "the restored limit is still on record");
     again.signal(libc::SIGTERM);
     assert!(again.wait_exit(BOUND).is_some(), "log:\n{}", again.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_at_its_slowdown_margin_is_cut_by_the_agent_in_the_same_tick() {
+    let broker = Mosquitto::start();
+    let dir = TempDir::new("agent-hot");
+    let cfg = hot_agent_config(&dir, broker.port());
+    let agent = spawn_agent(&cfg, &[]);
+    let mut sub = Wire::connect(broker.port(), "test-hot").await;
+    let (facts, _) = sub.next::<Facts>("facts", &agent).await;
+    let slowdown = facts.gpus[0].slowdown_c;
+    // The readings of tick n are read before tick n's caps are applied, so the cap the
+    // guard set in the tick that saw the critical margin shows in tick n + 1's readings.
+    let hot = sub
+        .readings_until(&agent, "GPU 0 within 29.9 K of slowdown", |r| {
+            r.gpus[0].core_c.is_some_and(|c| c >= slowdown - 29.9)
+        })
+        .await;
+    let (next, _) = sub.next::<Readings>("readings", &agent).await;
+    assert_eq!(next.seq, hot.seq + 1, "consecutive ticks");
+    let (before, after) = (limit(&hot, 0), limit(&next, 0));
+    assert!(
+        after <= 0.75 * before + 1.0,
+        "a critical GPU's cap is cut by a quarter in the tick that sees it: {before} W → {after} W"
+    );
+    agent.wait_line("the slowdown alarm", BOUND, |l| {
+        l.contains("ALARM") && l.contains("gpu_at_slowdown")
+    });
 }

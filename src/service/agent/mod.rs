@@ -349,6 +349,15 @@ impl Agent {
                 index: d.index,
             };
             match set_gpu_power_limit(self.gpus.as_ref(), &key, d.limit) {
+                // The guard's PID moves a cap a little every tick: its changes go to the
+                // debug log; the guard's state changes and the leases' caps to the info log.
+                Ok(()) if d.cause == Cause::Guard => {
+                    tracing::debug!(
+                        gpu = d.index,
+                        limit_w = d.limit.get(),
+                        "power limit set by the local guard"
+                    )
+                }
                 Ok(()) => {
                     tracing::info!(gpu = d.index, cause = %cause(d.cause), limit_w = d.limit.get(), "power limit set")
                 }
