@@ -66,6 +66,19 @@ impl AgentFile {
             ),
             _ => {}
         }
+        // These [mqtt] keys belong to the daemon's telemetry session; an agent reading them
+        // would act on nothing, so a file that sets them is refused rather than ignored.
+        let unused = [
+            ("discovery", cfg.mqtt.discovery),
+            ("sparkplug", cfg.mqtt.sparkplug.is_some()),
+        ];
+        for (key, set) in unused {
+            issues.check(
+                !set,
+                format!("mqtt.{key}"),
+                "no such key in an agent's file: the agent speaks only the rack wire format",
+            );
+        }
         cfg.logging.validate(&mut issues);
         issues.into_result(file)?;
         Ok(cfg)
@@ -133,6 +146,11 @@ host = "127.0.0.1"
             .expect_err("an agent needs a broker")
             .to_string();
         assert!(e.contains("mqtt"), "{e}");
+        let discovery = MINIMAL.replace("[mqtt]\n", "[mqtt]\ndiscovery = true\n");
+        let e = AgentFile::parse(&discovery, Path::new("agent.toml"))
+            .expect_err("Home Assistant discovery is the daemon's")
+            .to_string();
+        assert!(e.contains("mqtt.discovery"), "{e}");
         let sim = format!("{MINIMAL}\n[gpus]\nbackend = \"simulated\"\n");
         let e = AgentFile::parse(&sim, Path::new("agent.toml"))
             .expect_err("simulated GPUs need a [simulator] section")
