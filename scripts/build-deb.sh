@@ -13,7 +13,7 @@ if ! cargo deb --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
     cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 fi
 
-for f in config/example.toml config/sim.toml README.md debian/changelog; do
+for f in config/example.toml config/agent.toml config/sim.toml README.md debian/changelog; do
     if [ ! -f "$f" ]; then
         echo "error: $f is missing; the package installs it (see [package.metadata.deb] in Cargo.toml)" >&2
         exit 1

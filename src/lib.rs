@@ -4,8 +4,8 @@
 //! The crate is an IO shell ([`collect`], [`sink`], [`link`], [`service`]) around a pure
 //! control core, the crate `coolantd-core` ([`control`], [`model`], [`units`], [`validate`]),
 //! re-exported here so that `crate::model::…` and `coolantd::control::…` paths stay what they
-//! were. The rack-scale parts ([`wire`], [`remote`], [`agent`]) are sans-IO state machines
-//! not yet wired into a command. See ARCHITECTURE.md for the map and the rules each part keeps.
+//! were. The rack-scale parts ([`wire`], [`remote`], [`agent`]) are sans-IO state machines;
+//! `coolantd agent` (`service::agent`) runs the agent's side. See ARCHITECTURE.md for the map and the rules each part keeps.
 
 pub mod agent;
 pub mod collect;

@@ -33,7 +33,17 @@ enum Cmd {
         #[arg(long, conflicts_with = "dry_run")]
         rehearse: bool,
     },
-    /// Validate a configuration file, every firmware profile and secret file it names, and
+    /// Run the host agent of a rack: publish this host's GPU readings to the broker, apply
+    /// the power caps its CDU's controller leases, guard the GPUs locally when the lease runs
+    /// out (config/agent.toml).
+    Agent {
+        #[arg(long, short, default_value = DEFAULT_AGENT_CONFIG)]
+        config: PathBuf,
+        /// Decide and acknowledge caps as "would set", write no GPU power limit.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Validate a configuration file (the daemon's, or an agent's: one with an [agent] table), every firmware profile and secret file it names, and
     /// say whether it is a dry run or what it will write. Exit 78 when refused, 69 when
     /// --connect cannot reach a peer.
     CheckConfig {
@@ -110,6 +120,9 @@ enum Cmd {
 /// Where the package installs the configuration.
 const DEFAULT_CONFIG: &str = "/etc/coolantd/config.toml";
 
+/// Where the package installs a host agent's configuration.
+const DEFAULT_AGENT_CONFIG: &str = "/etc/coolantd/agent.toml";
+
 /// sysexits(3) EX_UNAVAILABLE: `check-config --connect` could not reach a peer.
 const EX_UNAVAILABLE: u8 = 69;
 
@@ -147,6 +160,9 @@ fn main() -> ExitCode {
             );
         }
         return check_config(file.as_ref().unwrap_or(config), *connect);
+    }
+    if let Cmd::Agent { config, dry_run } = &cli.cmd {
+        return agent(config, *dry_run);
     }
     if let Cmd::Tune {
         profile,
@@ -187,7 +203,7 @@ fn main() -> ExitCode {
         | Cmd::Status { config, .. }
         | Cmd::CheckConfig { config, .. } => config,
         Cmd::GenerateMan { .. } | Cmd::Completions { .. } => return ExitCode::SUCCESS,
-        Cmd::Tune { .. } => return ExitCode::SUCCESS,
+        Cmd::Tune { .. } | Cmd::Agent { .. } => return ExitCode::SUCCESS,
     };
     // probe controls nothing, so it needs no [control] table.
     let loaded = if matches!(cli.cmd, Cmd::Probe { .. }) {
@@ -239,7 +255,8 @@ fn main() -> ExitCode {
             | Cmd::CheckConfig { .. }
             | Cmd::GenerateMan { .. }
             | Cmd::Completions { .. }
-            | Cmd::Tune { .. } => Ok(()),
+            | Cmd::Tune { .. }
+            | Cmd::Agent { .. } => Ok(()),
         }
     });
     // A blocking NVML call or DNS lookup still running must not hold the exit past what
@@ -320,6 +337,11 @@ fn check_config(path: &std::path::Path, connect: bool) -> ExitCode {
         eprintln!("coolantd: configuration refused:\n{e}");
         ExitCode::from(EX_CONFIG)
     };
+    // An agent's file is told apart by its [agent] table; an unreadable file goes on to the
+    // daemon's loader, which names the read error.
+    if std::fs::read_to_string(path).is_ok_and(|t| coolantd::config::is_agent_config(&t)) {
+        return check_agent_config(path, connect);
+    }
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => return refused(&e),
@@ -390,4 +412,103 @@ fn restore(config: &std::path::Path, force: bool) -> ExitCode {
         );
     }
     exit_code(service::restore::restore(target, force))
+}
+
+/// `coolantd check-config` for a host agent's file: the file, its GPU profiles folder and,
+/// with `--connect`, the broker.
+fn check_agent_config(path: &std::path::Path, connect: bool) -> ExitCode {
+    use coolantd::config::AgentFile;
+    let refused = |e: &dyn std::fmt::Display| {
+        eprintln!("coolantd: configuration refused:\n{e}");
+        ExitCode::from(EX_CONFIG)
+    };
+    let cfg = match AgentFile::load(path) {
+        Ok(c) => c,
+        Err(e) => return refused(&e),
+    };
+    let gpu_dir = cfg.profiles_path().join("gpu");
+    let profiles = match coolantd::profile::gpu::GpuProfiles::load_dir(&gpu_dir) {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
+    };
+    if let Some(sim) = &cfg.simulator {
+        if profiles.by_name(&sim.gpu_profile).is_none() {
+            return refused(&format!(
+                "{}:\n  simulator.gpu_profile: expected a GPU profile in {}, but there is no `{}`",
+                path.display(),
+                gpu_dir.display(),
+                sim.gpu_profile
+            ));
+        }
+    }
+    let mqtt = cfg.mqtt.resolved(cfg.base_dir());
+    let host = cfg.site.host_name();
+    println!(
+        "{}: OK (host agent for `{host}`, GPUs: {:?}, tick period {} ms, broker {}:{}, topics {}/v1/host/{host}/...)",
+        path.display(),
+        cfg.gpus.backend,
+        cfg.agent.period_ms,
+        mqtt.host,
+        mqtt.port(),
+        mqtt.topic_prefix
+    );
+    let mut code = ExitCode::SUCCESS;
+    if connect {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("coolantd: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let r = rt.block_on(coolantd::link::mqtt::check_connect(
+            &mqtt,
+            &cfg.site.name,
+            &host,
+            std::time::Duration::from_secs(5),
+        ));
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        match r {
+            Ok(()) => println!("connect: MQTT broker: OK"),
+            Err(why) => {
+                println!("connect: MQTT broker: FAILED, {why}");
+                code = ExitCode::from(EX_UNAVAILABLE);
+            }
+        }
+    }
+    if cfg.site.dry_run {
+        println!("DRY RUN: caps are decided and acknowledged as \"would set\"; no GPU power limit is written");
+    } else {
+        println!("will set GPU power limits on this host (caps leased by the controller, the local guard's)");
+    }
+    code
+}
+
+/// `coolantd agent`: the host agent (see `service::agent`).
+fn agent(config: &std::path::Path, dry_run: bool) -> ExitCode {
+    let cfg = match coolantd::config::AgentFile::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coolantd: configuration refused:\n{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    service::logging::init(&cfg.logging);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coolantd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(service::agent::run(cfg, dry_run));
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    exit_code(result)
 }

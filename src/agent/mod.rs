@@ -12,9 +12,11 @@
 //! not dropped at once: the lease ends, the guard takes over from the lease's cap and raises
 //! it back at its own bounded rate while the GPU is cool.
 
+pub mod config;
 pub mod guard;
 pub mod lease;
 
+pub use config::AgentSection;
 pub use guard::{GpuLimits, Guard, GuardParams, GuardState, GuardStep};
 pub use lease::{Lease, LeaseAnswer};
 

@@ -1,5 +1,6 @@
 //! The service shell: the daemon's run loop, signals, systemd notification, HTTP endpoint.
 
+pub mod agent;
 pub mod cdu_link;
 pub mod config;
 pub mod daemon;

@@ -12,6 +12,7 @@ mod daemon_tick;
 mod dry_run;
 mod dry_run_boundary;
 mod dry_run_explains;
+mod host_agent;
 mod install_walkthrough;
 mod rehearse;
 mod service_daemon;

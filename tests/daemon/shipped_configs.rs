@@ -115,3 +115,27 @@ fn a_profile_missing_a_required_role_is_refused_naming_it() {
     assert!(msg.contains("leak"), "{msg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn agent_config_is_valid_and_starts_as_a_dry_run() {
+    let path = root().join("config/agent.toml");
+    let text = std::fs::read_to_string(&path).expect("config/agent.toml is readable");
+    assert!(
+        coolantd::config::is_agent_config(&text),
+        "check-config must tell config/agent.toml by its [agent] table"
+    );
+    let text = text.replace(
+        "profiles_dir = \"/usr/share/coolantd/firmware-profiles\"",
+        &format!(
+            "profiles_dir = {:?}",
+            root().join("firmware-profiles").display().to_string()
+        ),
+    );
+    let cfg = coolantd::config::AgentFile::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cfg.site.dry_run,
+        "the shipped agent configuration starts as a dry run"
+    );
+    coolantd::profile::gpu::GpuProfiles::load_dir(&cfg.profiles_path().join("gpu"))
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -181,6 +181,43 @@ impl Client {
         }
     }
 
+    /// Queues a binary publish without waiting: for callers that must not block while the
+    /// request channel is full (the event loop's own task, a control tick).
+    pub fn try_publish_binary(&self, m: &Message) -> Result<(), String> {
+        match self {
+            Client::V4(c) => {
+                let qos = if m.reliable {
+                    rumqttc::QoS::AtLeastOnce
+                } else {
+                    rumqttc::QoS::AtMostOnce
+                };
+                c.try_publish(m.topic.clone(), qos, m.retain, m.payload.clone())
+                    .map_err(|e| e.to_string())
+            }
+            Client::V5(c) => {
+                let qos = if m.reliable {
+                    r5::mqttbytes::QoS::AtLeastOnce
+                } else {
+                    r5::mqttbytes::QoS::AtMostOnce
+                };
+                c.try_publish(m.topic.clone(), qos, m.retain, m.payload.clone())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Queues a subscription without waiting (see [`Client::try_publish_binary`]).
+    pub fn try_subscribe(&self, topic: &str) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_subscribe(topic, rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe(topic, r5::mqttbytes::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     pub async fn subscribe(&self, topic: &str) -> Result<(), String> {
         match self {
             Client::V4(c) => c

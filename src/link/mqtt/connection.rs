@@ -294,7 +294,7 @@ pub(super) async fn poll_loop(
 /// would retry a broker that closes each session at once (a retained message it cannot
 /// deliver, a client-id takeover, a packet limit) at the minimum delay forever.
 #[derive(Debug)]
-struct Backoff {
+pub(super) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
@@ -302,7 +302,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(min: Duration, max: Duration) -> Backoff {
+    pub(super) fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
             min,
             max,
@@ -312,13 +312,13 @@ impl Backoff {
     }
 
     /// A session started at `now`.
-    fn connected(&mut self, now: Instant) {
+    pub(super) fn connected(&mut self, now: Instant) {
         self.up_since = Some(now);
     }
 
     /// The connection failed at `now` (a lost session or a failed attempt): the delay
     /// before the next attempt.
-    fn failed(&mut self, now: Instant) -> Duration {
+    pub(super) fn failed(&mut self, now: Instant) -> Duration {
         if let Some(up) = self.up_since.take() {
             if now.saturating_duration_since(up) >= STABLE_SESSION {
                 self.next = self.min;

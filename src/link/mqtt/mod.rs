@@ -23,11 +23,13 @@ mod discovery;
 mod payload;
 mod routing;
 pub mod sparkplug;
+mod wire_link;
 
 pub use commands::{CommandRequest, MAX_COMMAND};
 pub use config::{MqttConfig, MqttProtocol, MqttTlsConfig};
 pub use connection::check_connect;
 pub use payload::{parse_command, BadCommand, Topics, OFFLINE, ONLINE};
+pub use wire_link::{WireIncoming, WireLink, WireLinkOptions};
 
 use crate::model::{AlarmEvent, Snapshot};
 use client::{Client, Message};

@@ -8,11 +8,13 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+mod agent;
 mod site;
 pub use crate::collect::config::{GpuBackendKind, GpusConfig};
 pub use crate::collect::modbus::config::{CduConfig, CduTransport, Parity, MAX_TIMEOUT_MS};
 pub use crate::files::{parse_toml, read_file};
 pub use crate::validate::{ConfigError, ConfigIssue, Issues};
+pub use agent::{is_agent_config, AgentFile};
 pub use site::{LogFormat, LoggingConfig, SiteConfig};
 
 /// The whole configuration file.

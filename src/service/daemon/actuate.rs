@@ -1,9 +1,9 @@
 //! Actuation: the one module that writes anything to hardware. Power caps (NVML setters),
 //! CDU writes (handed to each CDU's poller here, written on the wire by
 //! [`write_register`]), the safe outputs on shutdown and the restore of recorded power
-//! limits all go through it; nothing else in the crate calls `set_power_limit` or a CDU
-//! write (`tests/module_graph.rs` checks). In dry run it writes nothing and logs what it
-//! would do.
+//! limits all go through it, and so do the host agent's caps ([`set_gpu_power_limit`],
+//! [`restore_recorded`]); nothing else in the crate calls `set_power_limit` or a CDU write
+//! (`tests/module_graph.rs` checks). In dry run it writes nothing and logs what it would do.
 
 use super::links::join_all_in_order;
 use super::tick::Now;
@@ -127,12 +127,7 @@ impl Daemon {
                 "no GPU {gpu} on this host"
             )));
         }
-        backend.set_power_limit(gpu, limit).map_err(|e| match e {
-            GpuError::NotSupported { .. } | GpuError::UnknownGpu(_) => {
-                ActuationError::NotSupported(e.to_string())
-            }
-            _ => ActuationError::Failed(e.to_string()),
-        })
+        set_gpu_power_limit(backend.as_ref(), gpu, limit)
     }
 
     /// Records, in one durable write, the original limit of every GPU this tick caps for the
@@ -232,6 +227,22 @@ fn decision_reason<'a>(loops: &'a [crate::model::LoopReport], a: &Actuation) -> 
         .iter()
         .find(|l| l.name == name)
         .map_or("", |l| l.reason.as_str())
+}
+
+/// Sets one GPU's power limit through its backend, the error typed by whether a retry can
+/// help. The daemon's caps and the host agent's (`service::agent`) both come through here:
+/// this is the one NVML setter call of the service. Dry-run paths never call it.
+pub fn set_gpu_power_limit(
+    gpus: &dyn GpuBackend,
+    gpu: &GpuKey,
+    limit: Watts,
+) -> Result<(), ActuationError> {
+    gpus.set_power_limit(gpu, limit).map_err(|e| match e {
+        GpuError::NotSupported { .. } | GpuError::UnknownGpu(_) => {
+            ActuationError::NotSupported(e.to_string())
+        }
+        _ => ActuationError::Failed(e.to_string()),
+    })
 }
 
 /// Restores every recorded limit it can, forgetting each one restored.

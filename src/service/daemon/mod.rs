@@ -68,7 +68,19 @@ pub fn open_gpus(
     profiles: &GpuProfiles,
     sim: Option<&SimRuntime>,
 ) -> anyhow::Result<Option<Arc<dyn GpuBackend>>> {
-    match cfg.gpus.backend {
+    open_gpu_backend(&cfg.gpus, &cfg.path, host, profiles, sim)
+}
+
+/// [`open_gpus`] for any file with a `[gpus]` section (the daemon's, the host agent's);
+/// `file` is named in errors.
+pub fn open_gpu_backend(
+    gpus: &crate::config::GpusConfig,
+    file: &std::path::Path,
+    host: &str,
+    profiles: &GpuProfiles,
+    sim: Option<&SimRuntime>,
+) -> anyhow::Result<Option<Arc<dyn GpuBackend>>> {
+    match gpus.backend {
         GpuBackendKind::None => Ok(None),
         GpuBackendKind::Simulated => {
             let sim = sim.context("gpus.backend = \"simulated\" needs a [simulator] section")?;
@@ -77,17 +89,13 @@ pub fn open_gpus(
         GpuBackendKind::Nvml => match crate::collect::nvml::init() {
             Ok(nvml) => {
                 let facts_for = |board: &str| -> Option<BoardFacts> {
-                    profiles.board_facts_for(board, cfg.gpus.default_profile.as_deref())
+                    profiles.board_facts_for(board, gpus.default_profile.as_deref())
                 };
-                let backend = crate::collect::nvml::NvmlBackend::open(
-                    nvml,
-                    host,
-                    &cfg.gpus.indices,
-                    &facts_for,
-                )?;
+                let backend =
+                    crate::collect::nvml::NvmlBackend::open(nvml, host, &gpus.indices, &facts_for)?;
                 Ok(Some(Arc::new(backend)))
             }
-            Err(e) if cfg.gpus.fallback_to_simulated => {
+            Err(e) if gpus.fallback_to_simulated => {
                 let sim = sim.context(
                     "gpus.fallback_to_simulated is set, but there is no [simulator] section to fall back to",
                 )?;
@@ -97,7 +105,7 @@ pub fn open_gpus(
             // A host without a working driver is a configuration to fix, not a fault a
             // restart cures: a ConfigError makes `run` exit 78 and systemd stop.
             Err(e) => Err(crate::config::ConfigError {
-                file: cfg.path.clone(),
+                file: file.to_path_buf(),
                 issues: vec![crate::config::ConfigIssue {
                     key: "gpus.backend".into(),
                     expected: format!(
@@ -108,7 +116,7 @@ pub fn open_gpus(
                          /usr/share/doc/coolantd/examples/sim.toml (config/sim.toml in the \
                          source tree: gpus.backend = \"simulated\" with a [simulator] section; \
                          gpus.fallback_to_simulated = true falls back to it for demos)",
-                        cfg.path.display()
+                        file.display()
                     ),
                 }],
             }

@@ -1,0 +1,502 @@
+//! `coolantd agent`: the host agent's shell around [`crate::agent::AgentCore`].
+//!
+//! Each tick it reads this host's GPUs (the fast path of the configured [`GpuBackend`]),
+//! publishes one `Readings` message, runs the lease and the local guard, and applies the caps
+//! they decide. Caps arrive as `CapLease` messages on `<prefix>/v1/host/<host>/caps`; each is
+//! applied at once, the enforced limits are read back and a `CapAck` with the lease's id goes
+//! to `.../acks`. `Status` (online; offline as the last will) and `Facts` are retained.
+//!
+//! Power limits are written only through [`crate::service::daemon::actuate`], after the
+//! GPUs' original limits are recorded in the state directory; they are restored on SIGTERM
+//! and SIGINT, and on the next start after a crash. In dry run nothing is written: the acks
+//! carry `dry_run` and say what would have been set.
+
+use crate::agent::{
+    AgentConfig, AgentCore, AgentEvent, CapDecision, Cause, GpuLimits, LocalReading,
+};
+use crate::collect::GpuBackend;
+use crate::config::AgentFile;
+use crate::link::mqtt::{WireIncoming, WireLink, WireLinkOptions};
+use crate::model::{ActuationError, GpuKey, GpuSample, GpuStatic, Mono};
+use crate::profile::gpu::GpuProfiles;
+use crate::service::daemon::actuate::{restore_recorded, set_gpu_power_limit};
+use crate::service::limits::LimitStore;
+use crate::sim::runtime::SimRuntime;
+use crate::units::Watts;
+use crate::wire::{
+    self, CapAck, CapLease, Facts, GpuFacts, GpuReading, Kind, Readings, Status, Topic, VERSION,
+};
+use anyhow::Context as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How long the session may take to say goodbye on exit.
+const CLOSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Runs the agent until SIGTERM or SIGINT; restores the recorded limits before returning.
+pub async fn run(cfg: AgentFile, dry_run_flag: bool) -> anyhow::Result<()> {
+    let mut agent = Agent::start(cfg, dry_run_flag).await?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut timer = tokio::time::interval(agent.period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: restoring the power limits and leaving"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: restoring the power limits and leaving"); break; }
+            m = agent.inbox.recv() => match m {
+                Some(m) => agent.incoming(m),
+                None => anyhow::bail!("the MQTT session ended unexpectedly"),
+            },
+            _ = timer.tick() => agent.tick(),
+        }
+    }
+    agent.leave().await;
+    Ok(())
+}
+
+struct Agent {
+    host: String,
+    prefix: String,
+    session: u64,
+    dry_run: bool,
+    period: Duration,
+    started: Instant,
+    gpus: Arc<dyn GpuBackend>,
+    inventory: Vec<GpuStatic>,
+    facts: Facts,
+    core: AgentCore,
+    /// `None` in dry run: nothing is written, so nothing needs restoring.
+    limits: Option<LimitStore>,
+    link: WireLink,
+    inbox: tokio::sync::mpsc::Receiver<WireIncoming>,
+    seq: u64,
+    /// Kept alive for the simulated GPUs; `None` on NVML.
+    _sim: Option<SimRuntime>,
+}
+
+impl Agent {
+    async fn start(cfg: AgentFile, dry_run_flag: bool) -> anyhow::Result<Agent> {
+        let host = cfg.site.host_name();
+        let dry_run = dry_run_flag || cfg.site.dry_run;
+        let gpu_dir = cfg.profiles_path().join("gpu");
+        let profiles = GpuProfiles::load_dir(&gpu_dir)?;
+        let sim = match &cfg.simulator {
+            Some(sc) => Some(
+                SimRuntime::start(sc, &cfg.path, &cfg.profiles_path(), &host, &profiles, true)
+                    .await
+                    .context("starting the simulated GPUs")?,
+            ),
+            None => None,
+        };
+        let gpus = crate::service::daemon::open_gpu_backend(
+            &cfg.gpus,
+            &cfg.path,
+            &host,
+            &profiles,
+            sim.as_ref(),
+        )?
+        .context("gpus.backend: the agent needs GPUs")?;
+        let inventory = gpus.inventory();
+        anyhow::ensure!(
+            !inventory.is_empty(),
+            "no GPU found on this host (gpus.backend = {:?}, gpus.indices = {:?})",
+            cfg.gpus.backend,
+            cfg.gpus.indices
+        );
+        let mut limits = if dry_run {
+            None
+        } else {
+            Some(LimitStore::open(&cfg.state_dir()).context("opening the recorded power limits")?)
+        };
+        // Limits an earlier run recorded but never restored are caps of a run that crashed:
+        // put the originals back first, or they would be taken for the GPUs' own limits.
+        if let Some(store) = limits.as_mut().filter(|s| !s.is_empty()) {
+            tracing::warn!(
+                recorded = store.recorded().count(),
+                "power limits left by an earlier run; restoring them before the agent starts"
+            );
+            restore_recorded(store, gpus.as_ref(), &inventory);
+        }
+        let session = random_session();
+        let first = gpus.read_fast(Duration::ZERO);
+        let facts = Facts::new(
+            &host,
+            session,
+            inventory
+                .iter()
+                .map(|st| {
+                    let now = first
+                        .iter()
+                        .find(|s| s.key == st.key)
+                        .and_then(|s| s.enforced_limit)
+                        .unwrap_or(st.power_default);
+                    GpuFacts::from_static(st, now)
+                })
+                .collect(),
+        );
+        let core = AgentCore::new(
+            AgentConfig {
+                host: host.clone(),
+                session,
+                dry_run,
+                guard: cfg.agent.guard(),
+            },
+            facts.gpus.iter().map(GpuLimits::from_facts),
+        );
+        let mqtt = cfg.mqtt.resolved(cfg.base_dir());
+        let prefix = mqtt.topic_prefix.clone();
+        let status_topic = Topic::format(&prefix, &host, Kind::Status);
+        let will =
+            wire::encode(&status(&host, session, false)).context("encoding the offline status")?;
+        let (link, inbox) = WireLink::start(WireLinkOptions {
+            cfg: &mqtt,
+            client_id: mqtt
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("coolantd-agent-{host}")),
+            will_topic: status_topic.clone(),
+            will_payload: will,
+            subscriptions: vec![Topic::format(&prefix, &host, Kind::Caps)],
+        })
+        .context("starting the MQTT session")?;
+        let agent = Agent {
+            host,
+            prefix,
+            session,
+            dry_run,
+            period: cfg.agent.period(),
+            started: Instant::now(),
+            gpus,
+            inventory,
+            facts,
+            core,
+            limits,
+            link,
+            inbox,
+            seq: 0,
+            _sim: sim,
+        };
+        agent.publish_retained(
+            Kind::Status,
+            wire::encode(&status(&agent.host, session, true)),
+        );
+        agent.publish_retained(Kind::Facts, wire::encode(&agent.facts));
+        if dry_run {
+            tracing::warn!("DRY RUN: caps are decided and acknowledged as \"would set\"; no GPU power limit is written");
+        }
+        tracing::info!(
+            host = %agent.host,
+            gpus = agent.inventory.len(),
+            session = agent.session,
+            broker = %format!("{}:{}", mqtt.host, mqtt.port()),
+            "agent started"
+        );
+        Ok(agent)
+    }
+
+    fn now(&self) -> Mono {
+        self.started.elapsed()
+    }
+
+    fn topic(&self, kind: Kind) -> String {
+        Topic::format(&self.prefix, &self.host, kind)
+    }
+
+    fn publish_retained(&self, kind: Kind, bytes: Result<Vec<u8>, wire::WireError>) {
+        match bytes {
+            Ok(b) => {
+                self.link.publish(&self.topic(kind), b, true);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode the {kind} message"),
+        }
+    }
+
+    /// One tick: read, guard, apply, publish.
+    fn tick(&mut self) {
+        let now = self.now();
+        let samples = self.gpus.read_fast(now);
+        let locals: Vec<LocalReading> = samples.iter().map(local).collect();
+        let decisions = self.core.tick(now, &locals);
+        self.apply(&decisions, &samples);
+        self.log_events();
+        self.seq += 1;
+        let readings = Readings {
+            v: Some(VERSION),
+            host: self.host.clone(),
+            session: self.session,
+            seq: self.seq,
+            sent_unix_ms: unix_ms(),
+            facts_hash: self.facts.hash,
+            gpus: samples
+                .iter()
+                .map(|s| GpuReading::from_sample(s, None))
+                .collect(),
+        };
+        match wire::encode(&readings) {
+            Ok(b) => {
+                self.link.publish(&self.topic(Kind::Readings), b, false);
+            }
+            Err(e) => crate::log_limited!(error, "cannot encode the readings", error = %e),
+        }
+    }
+
+    /// An incoming message: only leases are expected.
+    fn incoming(&mut self, m: WireIncoming) {
+        let kind = Topic::parse(&self.prefix, &m.topic).map(|t| t.kind);
+        if kind != Some(Kind::Caps) {
+            crate::log_limited!(warn, "unexpected MQTT message ignored", topic = %m.topic);
+            return;
+        }
+        // A retained lease would replay an old cap at every connect; the format forbids it.
+        if m.retain {
+            crate::log_limited!(warn, "retained cap lease refused: leases must not be retained", topic = %m.topic);
+            return;
+        }
+        let lease: CapLease = match wire::decode(&m.payload) {
+            Ok(l) => l,
+            Err(e) => {
+                crate::log_limited!(warn, "cap lease refused", topic = %m.topic, error = %e);
+                return;
+            }
+        };
+        let now = self.now();
+        let answer = self.core.handle_lease(now, &lease);
+        self.log_events();
+        if lease.host != self.host {
+            return;
+        }
+        let samples = self.gpus.read_fast(now);
+        let failed = self.apply(&answer.decisions, &samples);
+        let after = if self.dry_run || answer.decisions.is_empty() {
+            samples
+        } else {
+            self.gpus.read_fast(self.now())
+        };
+        let read_back: Vec<(u32, Result<Watts, ActuationError>)> = answer
+            .accepted
+            .iter()
+            .map(|&index| {
+                if let Some((_, e)) = failed.iter().find(|(i, _)| *i == index) {
+                    return (index, Err(e.clone()));
+                }
+                let enforced = after
+                    .iter()
+                    .find(|s| s.key.index == index)
+                    .and_then(|s| s.enforced_limit)
+                    .ok_or_else(|| {
+                        ActuationError::Failed("the enforced limit could not be read back".into())
+                    });
+                (index, enforced)
+            })
+            .collect();
+        let mut ack = self.core.ack(lease.id, &answer.refusals, &read_back);
+        if self.dry_run {
+            mark_would_set(&mut ack, &self.core);
+        }
+        tracing::info!(
+            id = lease.id,
+            results = ack.results.len(),
+            dry_run = self.dry_run,
+            "cap lease acknowledged"
+        );
+        match wire::encode(&ack) {
+            Ok(b) => {
+                self.link.publish(&self.topic(Kind::Acks), b, false);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, id = lease.id, "cannot encode the acknowledgement")
+            }
+        }
+    }
+
+    /// Applies decided caps (in dry run: logs them). Records the original limits first.
+    /// Returns the GPUs whose write failed.
+    fn apply(
+        &mut self,
+        decisions: &[CapDecision],
+        samples: &[GpuSample],
+    ) -> Vec<(u32, ActuationError)> {
+        let mut failed = Vec::new();
+        if decisions.is_empty() {
+            return failed;
+        }
+        if self.dry_run {
+            for d in decisions {
+                tracing::info!(gpu = d.index, cause = %cause(d.cause), "would set the power limit to {:.0} W", d.limit.get());
+            }
+            return failed;
+        }
+        if let Some(store) = self.limits.as_mut() {
+            let fresh = decisions.iter().filter_map(|d| {
+                let st = self.inventory.iter().find(|s| s.key.index == d.index)?;
+                let original = samples
+                    .iter()
+                    .find(|s| s.key == st.key)
+                    .and_then(|s| s.enforced_limit)
+                    .unwrap_or(st.power_default);
+                Some((st.key.clone(), st.uuid.clone(), original))
+            });
+            if let Err(e) = store.record_all(fresh) {
+                tracing::error!(error = %e, "cannot record the GPUs' original power limits; caps are applied anyway, restore them by hand if the agent stops");
+            }
+        }
+        for d in decisions {
+            let key = GpuKey {
+                host: self.host.clone(),
+                index: d.index,
+            };
+            match set_gpu_power_limit(self.gpus.as_ref(), &key, d.limit) {
+                // The guard's PID moves a cap a little every tick: its changes go to the
+                // debug log; the guard's state changes and the leases' caps to the info log.
+                Ok(()) if d.cause == Cause::Guard => {
+                    tracing::debug!(
+                        gpu = d.index,
+                        limit_w = d.limit.get(),
+                        "power limit set by the local guard"
+                    )
+                }
+                Ok(()) => {
+                    tracing::info!(gpu = d.index, cause = %cause(d.cause), limit_w = d.limit.get(), "power limit set")
+                }
+                Err(e) => {
+                    tracing::warn!(gpu = d.index, error = %e, "could not set the power limit");
+                    failed.push((d.index, e));
+                }
+            }
+        }
+        failed
+    }
+
+    fn log_events(&mut self) {
+        while let Some(ev) = self.core.poll_event() {
+            match ev {
+                AgentEvent::LeaseAccepted { id, .. } => tracing::info!(id, "cap lease accepted"),
+                AgentEvent::LeaseRenewed { id, .. } => tracing::debug!(id, "cap lease renewed"),
+                AgentEvent::LeaseExpired { id } => tracing::error!(
+                    alarm = "lease_expired",
+                    id,
+                    "ALARM: the controller's cap lease ran out without renewal; the local guard holds the caps and raises them gradually"
+                ),
+                AgentEvent::LeaseForOtherHost { host } => {
+                    crate::log_limited!(warn, "a cap lease for another host arrived on this host's topic; ignored", lease_host = %host)
+                }
+                AgentEvent::CapRefused { id, index, refusal } => {
+                    tracing::warn!(id, gpu = index, refusal = %refusal, "cap refused")
+                }
+                AgentEvent::GuardCritical { index, margin, cap } => tracing::error!(
+                    alarm = "gpu_at_slowdown",
+                    gpu = index,
+                    margin_k = margin.0,
+                    cap_w = cap.get(),
+                    "ALARM: GPU at its slowdown margin; the agent cut its cap this tick"
+                ),
+                AgentEvent::GuardCapping { index, cap } => {
+                    tracing::warn!(gpu = index, cap_w = cap.get(), "the local guard is capping")
+                }
+                AgentEvent::GuardReleased { index } => {
+                    tracing::info!(gpu = index, "the local guard is back at the original limit")
+                }
+            }
+        }
+    }
+
+    /// Restores the recorded limits, publishes the readings that show them and the offline
+    /// status, and closes the session.
+    async fn leave(mut self) {
+        if let Some(store) = self.limits.as_mut() {
+            let n = restore_recorded(store, self.gpus.as_ref(), &self.inventory);
+            tracing::info!(restored = n, "power limits restored");
+        }
+        // The last readings show the limits the agent leaves the GPUs at.
+        self.tick_readings_only();
+        let offline = wire::encode(&status(&self.host, self.session, false)).ok();
+        let topic = self.topic(Kind::Status);
+        self.link
+            .shutdown(offline.map(|b| (topic, b)), CLOSE_BOUND)
+            .await;
+    }
+
+    fn tick_readings_only(&mut self) {
+        let samples = self.gpus.read_fast(self.now());
+        self.seq += 1;
+        let readings = Readings {
+            v: Some(VERSION),
+            host: self.host.clone(),
+            session: self.session,
+            seq: self.seq,
+            sent_unix_ms: unix_ms(),
+            facts_hash: self.facts.hash,
+            gpus: samples
+                .iter()
+                .map(|s| GpuReading::from_sample(s, None))
+                .collect(),
+        };
+        if let Ok(b) = wire::encode(&readings) {
+            self.link.publish(&self.topic(Kind::Readings), b, false);
+        }
+    }
+}
+
+fn local(s: &GpuSample) -> LocalReading {
+    LocalReading {
+        index: s.key.index,
+        core: s.core,
+        hbm: s.hbm,
+        power: s.power_instant,
+    }
+}
+
+fn cause(c: Cause) -> String {
+    match c {
+        Cause::Lease { id } => format!("lease {id}"),
+        Cause::Guard => "local guard".into(),
+        Cause::Released => "released".into(),
+    }
+}
+
+/// In dry run the enforced limits read back are the unchanged ones: each result also says
+/// what would have been set.
+fn mark_would_set(ack: &mut CapAck, core: &AgentCore) {
+    for r in &mut ack.results {
+        if r.refusal.is_some() {
+            continue;
+        }
+        if let Some(w) = core.decided(r.index) {
+            r.detail = Some(format!("would set {:.0} W", w.get()));
+        }
+    }
+}
+
+fn status(host: &str, session: u64, online: bool) -> Status {
+    Status {
+        v: Some(VERSION),
+        host: host.to_string(),
+        session,
+        online,
+        sent_unix_ms: unix_ms(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random session id: std's per-process random hash keys, no extra dependency.
+fn random_session() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
