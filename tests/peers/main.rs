@@ -19,4 +19,5 @@ mod modbus_sim;
 mod mqtt_sink;
 mod nvml_backend;
 mod prometheus_rules;
+mod rack_controller;
 mod sparkplug_host;

@@ -12,6 +12,7 @@
 
 pub mod actuate;
 mod links;
+mod rack;
 pub mod serve;
 pub mod tick;
 
@@ -21,6 +22,7 @@ pub use actuate::restore_recorded;
 pub use tick::Now;
 
 use links::{spawn_links, LinkState};
+use rack::Rack;
 
 use crate::collect::{BoardFacts, GpuBackend};
 use crate::config::{Config, GpuBackendKind};
@@ -157,6 +159,8 @@ pub struct Daemon {
     sink_alarms: SinkAlarms,
     /// GPUs whose power cap NVML refused as not supported, with its words: not asked again.
     caps_not_supported: BTreeMap<GpuKey, String>,
+    /// The GPUs of other hosts, heard over MQTT (a `[[cdu]]`'s `hosts`), and their caps.
+    rack: Option<Rack>,
 }
 
 impl Daemon {
@@ -277,6 +281,7 @@ impl Daemon {
         } else {
             (None, None, None)
         };
+        let rack = build_rack(&cfg, &host, opts.sinks && rehearsal.is_none())?;
         let slow = Arc::new(Mutex::new(Vec::new()));
         let slow_task = gpus
             .as_ref()
@@ -318,6 +323,7 @@ impl Daemon {
             last: None,
             sink_alarms: SinkAlarms::default(),
             caps_not_supported: BTreeMap::new(),
+            rack,
         })
     }
 
@@ -377,6 +383,9 @@ impl Daemon {
     pub async fn shutdown(mut self, deadline: Duration) {
         if let Some(t) = self.slow_task.take() {
             t.abort();
+        }
+        if let Some(r) = self.rack.as_mut() {
+            r.shutdown().await;
         }
         if let Some(m) = self.mqtt.take() {
             m.shutdown().await;
@@ -484,6 +493,26 @@ impl Daemon {
     pub fn host(&self) -> &str {
         &self.host
     }
+}
+
+/// The rack side, when a CDU lists hosts other than this one; its MQTT session only with
+/// the sinks (a daemon a test builds without sinks hears nothing, and its remote GPUs are
+/// lost inputs).
+fn build_rack(cfg: &Config, host: &str, sinks: bool) -> anyhow::Result<Option<Rack>> {
+    let hosts = cfg.remote_hosts();
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    let link = match (&cfg.mqtt, sinks) {
+        (Some(mc), true) => Some(
+            crate::link::mqtt::rack::RackLink::start(&mc.resolved(cfg.base_dir()), host)
+                .context("starting the rack's MQTT session")?,
+        ),
+        _ => None,
+    };
+    tracing::info!(hosts = ?hosts, "rack: hearing the GPUs of these hosts over MQTT");
+    let scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
+    Ok(Some(Rack::new(&cfg.rack_or_default(), hosts, link, scale)))
 }
 
 fn spawn_slow_reader(
@@ -623,6 +652,7 @@ fn empty_snapshot(cfg: &Config, host: &str, dry_run: bool) -> Snapshot {
         alarms: Vec::new(),
         decisions: Vec::new(),
         points: Vec::new(),
+        rack: None,
     }
 }
 

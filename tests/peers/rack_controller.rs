@@ -1,0 +1,525 @@
+//! The controller hears its rack (issue 9, item 2): the daemon on the simulated CDU takes the
+//! GPUs of two remote hosts × 8 GPUs from a real Mosquitto, published by test-side agents with
+//! the wire format (`coolantd::wire`), and sends them power caps as leases. The daemon is
+//! stepped in lockstep, so every reaction is counted in ticks.
+//!
+//! Figures (period 1 s, `[rack] stale_after_ms = 2000`, `hold_ticks` 1):
+//! - a GPU at its slowdown threshold: its cap lease leaves in the tick that hears it (1 tick);
+//! - a leak: every remote GPU capped to its minimum in the leak's tick (1 tick);
+//! - a host gone silent: lost input (`rack_host_lost`, Degraded) 3 ticks after its last reading
+//!   (2 s of staleness, then the core's hold);
+//! - a last will: lost in the tick that hears it, Failsafe with every GPU unknown within 2.
+
+use coolantd::model::{Actuation, ControlState, Snapshot};
+use coolantd::service::run::Daemon;
+use coolantd::wire::{
+    self, CapAck, CapLease, CapResult, Facts, GpuFacts, GpuReading, Kind, Readings, Status, Topic,
+    VERSION,
+};
+use coolantd_testkit::mosquitto::Mosquitto;
+use coolantd_testkit::sim_daemon::{self, free_port, TempDir};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const PREFIX: &str = "coolantd";
+const HOSTS: [&str; 2] = ["node01", "node02"];
+const GPUS: u32 = 8;
+const SLOWDOWN_C: f32 = 87.0;
+const POWER_MIN_W: f32 = 200.0;
+const POWER_MAX_W: f32 = 700.0;
+
+/// A test-side agent: one MQTT session per host, with the wire format's last will.
+struct Agent {
+    host: String,
+    session: u64,
+    seq: u64,
+    client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    async fn start(port: u16, host: &str, session: u64) -> Agent {
+        let mut o = MqttOptions::new(format!("test-agent-{host}"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        let will = Status {
+            v: Some(VERSION),
+            host: host.to_string(),
+            session,
+            online: false,
+            sent_unix_ms: 0,
+        };
+        o.set_last_will(LastWill::new(
+            Topic::format(PREFIX, host, Kind::Status),
+            wire::encode(&will).expect("encode will"),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut el) = AsyncClient::new(o, 64);
+        let task = tokio::spawn(async move {
+            loop {
+                if el.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let a = Agent {
+            host: host.to_string(),
+            session,
+            seq: 0,
+            client,
+            task,
+        };
+        a.publish(Kind::Status, &a.status(true), true).await;
+        a.publish(Kind::Facts, &a.facts(), true).await;
+        a
+    }
+
+    fn status(&self, online: bool) -> Status {
+        Status {
+            v: Some(VERSION),
+            host: self.host.clone(),
+            session: self.session,
+            online,
+            sent_unix_ms: 0,
+        }
+    }
+
+    fn facts(&self) -> Facts {
+        let gpus = (0..GPUS)
+            .map(|index| GpuFacts {
+                index,
+                uuid: format!("GPU-{}-{index}", self.host),
+                board: "NVIDIA H200".into(),
+                profile: "h200-sxm".into(),
+                slowdown_c: SLOWDOWN_C,
+                shutdown_c: 92.0,
+                gpu_max_c: 85.0,
+                hbm_max_c: 95.0,
+                power_min_w: POWER_MIN_W,
+                power_max_w: POWER_MAX_W,
+                power_default_w: POWER_MAX_W,
+                original_limit_w: POWER_MAX_W,
+            })
+            .collect();
+        Facts::new(&self.host, self.session, gpus)
+    }
+
+    async fn publish<M: wire::WireMessage>(&self, kind: Kind, m: &M, retain: bool) {
+        self.client
+            .publish(
+                Topic::format(PREFIX, &self.host, kind),
+                QoS::AtLeastOnce,
+                retain,
+                wire::encode(m).expect("encode"),
+            )
+            .await
+            .expect("queue publish");
+    }
+
+    /// One reading of every GPU; `hot` GPUs at the slowdown threshold.
+    async fn readings(&mut self, hot: &[u32]) {
+        self.seq += 1;
+        // A small wobble, so no reading looks stuck to the plausibility gate.
+        let wobble = (self.seq % 3) as f32 * 0.1;
+        let gpus = (0..GPUS)
+            .map(|index| GpuReading {
+                index,
+                core_c: Some(if hot.contains(&index) {
+                    SLOWDOWN_C
+                } else {
+                    55.0 + wobble + index as f32 * 0.2
+                }),
+                hbm_c: Some(60.0 + wobble),
+                power_w: Some(650.0),
+                limit_w: Some(POWER_MAX_W),
+                ..Default::default()
+            })
+            .collect();
+        let r = Readings {
+            v: Some(VERSION),
+            host: self.host.clone(),
+            session: self.session,
+            seq: self.seq,
+            gpus,
+            ..Default::default()
+        };
+        self.publish(Kind::Readings, &r, false).await;
+    }
+
+    async fn ack(&self, lease: &CapLease) {
+        let ack = CapAck {
+            v: Some(VERSION),
+            host: self.host.clone(),
+            session: self.session,
+            id: lease.id,
+            dry_run: false,
+            results: lease
+                .caps
+                .iter()
+                .map(|c| CapResult::enforced(c.index, coolantd::units::Watts(f64::from(c.limit_w))))
+                .collect(),
+        };
+        self.publish(Kind::Acks, &ack, false).await;
+    }
+
+    /// Dies without a goodbye: the socket closes, the broker fires the last will.
+    fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Receives the leases the controller publishes.
+struct Leases {
+    rx: mpsc::UnboundedReceiver<CapLease>,
+    _client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Leases {
+    async fn listen(port: u16) -> Leases {
+        let o = MqttOptions::new("test-lease-listener", "127.0.0.1", port);
+        let (client, mut el) = AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let lease = wire::decode::<CapLease>(&p.payload)
+                            .unwrap_or_else(|e| panic!("a lease that does not decode: {e}"));
+                        let _ = tx.send(lease);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = sub_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        client
+            .subscribe(format!("{PREFIX}/v1/host/+/caps"), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        tokio::time::timeout(Duration::from_secs(5), sub_rx.recv())
+            .await
+            .expect("SUBACK within 5 s");
+        Leases {
+            rx,
+            _client: client,
+            task,
+        }
+    }
+
+    /// Every lease that arrives within `window`.
+    async fn collect(&mut self, window: Duration) -> Vec<CapLease> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut v = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            v.push(m);
+        }
+        v
+    }
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Rig {
+    _broker: Mosquitto,
+    _dir: TempDir,
+    port: u16,
+    d: Daemon,
+    t: u64,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let broker = Mosquitto::start();
+        let port = broker.port();
+        let dir = TempDir::new("rack-controller");
+        let text = sim_daemon::sim_config_text(
+            free_port(),
+            dir.path(),
+            &[
+                // The controller has no GPUs of its own: all of them are remote.
+                ("backend = \"simulated\"", "backend = \"none\""),
+                (
+                    "timeout_ms = 200",
+                    "timeout_ms = 200\nhosts = [\"node01\", \"node02\"]",
+                ),
+            ],
+            &format!(
+                "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
+                 [rack]\nstale_after_ms = 2000\nack_timeout_ms = 1000\nlease_ms = 30000\n\
+                 retries_before_alarm = 2\n"
+            ),
+        );
+        let d = sim_daemon::build(&text, dir.path(), true).await;
+        Rig {
+            _broker: broker,
+            _dir: dir,
+            port,
+            d,
+            t: 0,
+        }
+    }
+
+    /// One tick, one second of plant time later. The sleep before it lets what the agents
+    /// published reach the controller's session through the broker (loopback).
+    async fn tick(&mut self) -> Arc<Snapshot> {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.t += 1;
+        if let Some(sim) = self.d.sim() {
+            sim.step(Duration::from_secs(1));
+        }
+        self.d.tick(Duration::from_secs(self.t)).await
+    }
+}
+
+fn remote_gpus(s: &Snapshot) -> usize {
+    s.gpus
+        .iter()
+        .filter(|g| HOSTS.contains(&g.key.host.as_str()))
+        .count()
+}
+
+fn host_online(s: &Snapshot, host: &str) -> bool {
+    s.rack
+        .as_ref()
+        .and_then(|r| r.hosts.iter().find(|h| h.host == host))
+        .is_some_and(|h| h.online)
+}
+
+fn has_alarm(s: &Snapshot, id: &str) -> bool {
+    s.alarms.iter().any(|a| a.id == id)
+}
+
+fn caps_in(s: &Snapshot, host: &str) -> BTreeMap<u32, f64> {
+    s.decisions
+        .iter()
+        .filter_map(|a| match a {
+            Actuation::SetPowerCap { gpu, limit } if gpu.host == host => {
+                Some((gpu.index, limit.get()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Brings both agents up and ticks until the controller sees their 16 GPUs.
+async fn rack_up(rig: &mut Rig) -> Vec<Agent> {
+    let mut agents = Vec::new();
+    for (i, h) in HOSTS.iter().enumerate() {
+        agents.push(Agent::start(rig.port, h, 0x1000 + i as u64).await);
+    }
+    for n in 1..=30 {
+        for a in &mut agents {
+            a.readings(&[]).await;
+        }
+        let s = rig.tick().await;
+        if remote_gpus(&s) == 16 && HOSTS.iter().all(|h| host_online(&s, h)) {
+            break;
+        }
+        assert!(n < 30, "the remote GPUs never showed: {:?}", s.rack);
+    }
+    // Past the start-up alarm suppression (30 s of plant time), so that every alarm shows.
+    for n in 1..=40 {
+        for a in &mut agents {
+            a.readings(&[]).await;
+        }
+        let s = rig.tick().await;
+        if rig.t > 31 && s.state == ControlState::Running {
+            break;
+        }
+        assert!(
+            n < 40,
+            "the controller never ran on its remote GPUs: {:?} {:?}",
+            s.state,
+            s.alarms
+        );
+    }
+    agents
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_gpus_hot_gpu_silence_and_last_will() {
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        return;
+    }
+    let mut rig = Rig::new().await;
+    let mut leases = Leases::listen(rig.port).await;
+    let mut agents = rack_up(&mut rig).await;
+
+    // The status shows every remote GPU with its temperature.
+    let s = rig.tick().await;
+    let rack = s.rack.as_ref().expect("a rack in /status");
+    assert_eq!(rack.hosts.len(), 2);
+    for h in &rack.hosts {
+        assert_eq!(h.gpus, 8, "{h:?}");
+        assert!(h.last_seq.is_some(), "{h:?}");
+    }
+    assert!(s.gpus.iter().all(|g| g.core.is_some()), "{:?}", s.gpus);
+
+    // An unknown host is ignored and counted.
+    let mut stranger = Agent::start(rig.port, "node99", 0x99).await;
+    stranger.readings(&[]).await;
+    for a in &mut agents {
+        a.readings(&[]).await;
+    }
+    let s = rig.tick().await;
+    let rack = s.rack.as_ref().expect("rack");
+    assert!(rack.unknown_host_messages >= 1, "{rack:?}");
+    assert!(!s.gpus.iter().any(|g| g.key.host == "node99"));
+    assert_eq!(remote_gpus(&s), 16);
+
+    // A remote GPU at its slowdown threshold: its cap leaves in the tick that hears it.
+    let _ = leases.collect(Duration::from_millis(100)).await;
+    agents[0].readings(&[3]).await;
+    agents[1].readings(&[]).await;
+    let s = rig.tick().await;
+    let caps = caps_in(&s, "node01");
+    assert_eq!(
+        caps.get(&3).copied(),
+        Some(f64::from(POWER_MIN_W)),
+        "node01/gpu3 capped to its minimum in the tick that heard it: {:?}",
+        s.decisions
+    );
+    let got = leases.collect(Duration::from_millis(500)).await;
+    let lease = got
+        .iter()
+        .rev()
+        .find(|l| l.host == "node01")
+        .unwrap_or_else(|| panic!("no lease for node01: {got:?}"));
+    assert!(
+        lease
+            .caps
+            .iter()
+            .any(|c| c.index == 3 && (c.limit_w - POWER_MIN_W).abs() < 0.5),
+        "{lease:?}"
+    );
+    let pending = s.rack.as_ref().expect("rack").hosts[0].caps_pending;
+    assert!(pending, "a sent lease waits for its acknowledgement");
+    // The agent acknowledges; the controller takes it.
+    agents[0].ack(lease).await;
+    for a in &mut agents {
+        a.readings(&[]).await;
+    }
+    let s = rig.tick().await;
+    let rack = s.rack.as_ref().expect("rack");
+    assert_eq!(rack.caps_acks, 1, "{rack:?}");
+    // (A new lease may already be pending: gpu3 is cool again, and its cap rises back.)
+    let h = &rack.hosts[0];
+    assert!(
+        h.caps_acked_w
+            .iter()
+            .any(|(i, w)| *i == 3 && (*w - f64::from(POWER_MIN_W)).abs() < 0.5),
+        "{h:?}"
+    );
+
+    // node02 goes silent: its GPUs become lost inputs once stale (2 s), then the core's hold.
+    let mut ticks = 0;
+    loop {
+        agents[0].readings(&[]).await;
+        let s = rig.tick().await;
+        ticks += 1;
+        if has_alarm(&s, "rack_host_lost:node02")
+            && s.alarms
+                .iter()
+                .any(|a| a.id.starts_with("gpu_input:node02"))
+        {
+            assert!(!host_online(&s, "node02"));
+            assert_eq!(s.state, ControlState::Degraded, "{:?}", s.alarms);
+            break;
+        }
+        assert!(
+            ticks < 4,
+            "node02 silent for {ticks} ticks and not lost: {:?}",
+            s.alarms
+        );
+    }
+    eprintln!("silent host → lost input, Degraded: {ticks} ticks");
+    assert_eq!(ticks, 3, "stale after 2 s, lost in the third tick");
+
+    // node01's agent dies without a goodbye: its last will makes it lost at once, and with
+    // every GPU temperature unknown the CDU goes to Failsafe.
+    let a0 = agents.remove(0);
+    a0.kill();
+    let mut ticks = 0;
+    loop {
+        let s = rig.tick().await;
+        ticks += 1;
+        if s.state == ControlState::Failsafe {
+            let rack = s.rack.as_ref().expect("rack");
+            assert!(rack.hosts.iter().all(|h| !h.online), "{rack:?}");
+            assert!(
+                rack.hosts[0]
+                    .lost
+                    .as_deref()
+                    .is_some_and(|l| l.contains("last will")),
+                "{rack:?}"
+            );
+            break;
+        }
+        assert!(
+            ticks < 3,
+            "no failsafe {ticks} ticks after the last will: {:?}",
+            s.state
+        );
+    }
+    eprintln!("last will → Failsafe: {ticks} ticks");
+    drop(stranger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_caps_every_remote_gpu_in_the_same_tick() {
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        return;
+    }
+    let mut rig = Rig::new().await;
+    let mut leases = Leases::listen(rig.port).await;
+    let mut agents = rack_up(&mut rig).await;
+    for _ in 0..3 {
+        for a in &mut agents {
+            a.readings(&[]).await;
+        }
+        rig.tick().await;
+    }
+    let _ = leases.collect(Duration::from_millis(100)).await;
+    rig.d
+        .sim()
+        .expect("simulator")
+        .plant()
+        .lock()
+        .expect("plant")
+        .set_leak(true);
+    for a in &mut agents {
+        a.readings(&[]).await;
+    }
+    let s = rig.tick().await;
+    assert_eq!(s.state, ControlState::Emergency, "{:?}", s.alarms);
+    // In this one tick: a minimum cap for all 16 remote GPUs, and a lease to each host.
+    for h in HOSTS {
+        let caps = caps_in(&s, h);
+        assert_eq!(caps.len(), 8, "{h}: {:?}", s.decisions);
+        assert!(caps
+            .values()
+            .all(|w| (*w - f64::from(POWER_MIN_W)).abs() < 0.5));
+    }
+    let got = leases.collect(Duration::from_millis(500)).await;
+    for h in HOSTS {
+        let l = got
+            .iter()
+            .find(|l| l.host == h)
+            .unwrap_or_else(|| panic!("no lease for {h}: {got:?}"));
+        assert_eq!(l.caps.len(), 8, "{l:?}");
+        assert!(l.caps.iter().all(|c| (c.limit_w - POWER_MIN_W).abs() < 0.5));
+    }
+    eprintln!("leak → every remote GPU capped: 1 tick (the leak's own)");
+}
