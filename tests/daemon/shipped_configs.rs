@@ -115,3 +115,24 @@ fn a_profile_missing_a_required_role_is_refused_naming_it() {
     assert!(msg.contains("leak"), "{msg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rack_controller_config_is_valid_and_hears_eight_hosts() {
+    let path = root().join("config/rack-controller.toml");
+    let text = std::fs::read_to_string(&path).expect("config/rack-controller.toml is readable");
+    let text = text.replace(
+        "profiles_dir = \"/usr/share/coolantd/firmware-profiles\"",
+        &format!(
+            "profiles_dir = {:?}",
+            root().join("firmware-profiles").display().to_string()
+        ),
+    );
+    let cfg = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.site.dry_run, "shipped in dry-run mode");
+    assert_eq!(cfg.cdus.len(), 1);
+    assert_eq!(cfg.remote_hosts().len(), 8);
+    assert!(cfg.rack.is_some() && cfg.mqtt.is_some());
+    load_profiles(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    // `run`'s own start-up checks accept a controller without GPUs of its own.
+    coolantd::service::preflight::check_startup(&cfg, false).unwrap_or_else(|e| panic!("{e}"));
+}
