@@ -523,3 +523,154 @@ async fn a_leak_caps_every_remote_gpu_in_the_same_tick() {
     }
     eprintln!("leak → every remote GPU capped: 1 tick (the leak's own)");
 }
+
+/// The real `coolantd run` binary (the service loop, in real time, 4× plant speed) hears the
+/// test's agents: `/status` shows the 16 remote GPUs and both hosts, a hot remote GPU gets a
+/// cap lease that the test acknowledges and `/status` then shows, and an unknown host is
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coolantd_binary_hears_its_rack_and_caps_a_hot_remote_gpu() {
+    use coolantd_testkit::daemon_process::DaemonProcess;
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let port = broker.port();
+    let dir = TempDir::new("rack-binary");
+    let http = free_port();
+    let text = sim_daemon::sim_config_text(
+        free_port(),
+        dir.path(),
+        &[
+            ("backend = \"simulated\"", "backend = \"none\""),
+            (
+                "timeout_ms = 200",
+                "timeout_ms = 200\nhosts = [\"node01\", \"node02\"]",
+            ),
+            ("time_scale = 1.0", "time_scale = 4.0"),
+        ],
+        &format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
+             [rack]\nstale_after_ms = 3000\n"
+        ),
+    );
+    let config = dir.path().join("site.toml");
+    std::fs::write(&config, text).expect("write config");
+    let _proc = DaemonProcess::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_coolantd"))
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    let mut leases = Leases::listen(port).await;
+    let mut agents = Vec::new();
+    for (i, h) in HOSTS.iter().enumerate() {
+        agents.push(Agent::start(port, h, 0x2000 + i as u64).await);
+    }
+    let mut stranger = Agent::start(port, "node99", 0x99).await;
+    let status = |what: &str| -> serde_json::Value {
+        let (code, body) = sim_daemon::http_get(http, "/status");
+        assert_eq!(code, 200, "{what}: /status answered {code}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"))
+    };
+    let ready = |s: &serde_json::Value| -> bool {
+        let gpus = s["gpus"].as_array().map_or(0, |g| {
+            g.iter()
+                .filter(|g| {
+                    g["host"]
+                        .as_str()
+                        .or(g["key"]["host"].as_str())
+                        .is_some_and(|h| HOSTS.contains(&h))
+                })
+                .count()
+        });
+        let online = s["rack"]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 2 && h.iter().all(|h| h["online"] == true));
+        gpus == 16 && online
+    };
+    // Agents publish every 100 ms (a period is 250 ms of wall time).
+    let mut seen = None;
+    for _ in 0..300 {
+        for a in &mut agents {
+            a.readings(&[]).await;
+        }
+        stranger.readings(&[]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (code, body) = sim_daemon::http_get(http, "/status");
+        if code == 200 {
+            let s: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+            if ready(&s) {
+                seen = Some(s);
+                break;
+            }
+        }
+    }
+    let s = seen.unwrap_or_else(|| {
+        panic!(
+            "/status never showed both hosts' 16 GPUs: {}",
+            status("last")
+        )
+    });
+    assert!(
+        s["rack"]["unknown_host_messages"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        s["rack"]
+    );
+    for h in s["rack"]["hosts"].as_array().expect("hosts") {
+        assert!(h["last_seq"].as_u64().is_some(), "{h}");
+        assert_eq!(h["gpus"], 8, "{h}");
+    }
+
+    // node02's gpu5 at its slowdown threshold: a lease capping it to its minimum.
+    let t0 = status("before the hot GPU")["tick"].as_u64().expect("tick");
+    let _ = leases.collect(Duration::from_millis(50)).await;
+    let mut lease = None;
+    for _ in 0..50 {
+        agents[0].readings(&[]).await;
+        agents[1].readings(&[5]).await;
+        let got = leases.collect(Duration::from_millis(100)).await;
+        lease = got.into_iter().find(|l| {
+            l.host == "node02"
+                && l.caps
+                    .iter()
+                    .any(|c| c.index == 5 && (c.limit_w - POWER_MIN_W).abs() < 0.5)
+        });
+        if lease.is_some() {
+            break;
+        }
+    }
+    let lease = lease.expect("a lease capping node02/gpu5 to its minimum");
+    let t1 = status("after the lease")["tick"].as_u64().expect("tick");
+    eprintln!(
+        "binary: hot remote GPU → lease within {} ticks as seen on /status",
+        t1 - t0
+    );
+    assert!(t1 - t0 <= 3, "lease took {} ticks", t1 - t0);
+    agents[1].ack(&lease).await;
+    let mut acked = false;
+    for _ in 0..50 {
+        for a in &mut agents {
+            a.readings(&[]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = status("after the ack");
+        if s["rack"]["caps_acks"].as_u64().unwrap_or(0) >= 1 {
+            let h = &s["rack"]["hosts"][1];
+            assert_eq!(h["host"], "node02");
+            assert!(
+                h["caps_acked_w"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c[0] == 5)),
+                "{h}"
+            );
+            acked = true;
+            break;
+        }
+    }
+    assert!(
+        acked,
+        "/status never showed the acknowledgement: {}",
+        status("last")["rack"]
+    );
+    drop(broker);
+}
