@@ -605,6 +605,10 @@ async fn the_coolantd_binary_hears_its_rack_and_caps_a_hot_remote_gpu() {
             }
         }
     }
+    // The rack's part of /status follows docs/schemas/status.schema.json.
+    if let Some(s) = &seen {
+        crate::json_schemas::validate("status.schema.json", s.to_string().as_bytes());
+    }
     let s = seen.unwrap_or_else(|| {
         panic!(
             "/status never showed both hosts' 16 GPUs: {}",
