@@ -233,7 +233,8 @@ impl Drop for Leases {
 
 struct Rig {
     _broker: Mosquitto,
-    _dir: TempDir,
+    dir: TempDir,
+    text: String,
     port: u16,
     d: Daemon,
     t: u64,
@@ -264,7 +265,8 @@ impl Rig {
         let d = sim_daemon::build(&text, dir.path(), true).await;
         Rig {
             _broker: broker,
-            _dir: dir,
+            dir,
+            text,
             port,
             d,
             t: 0,
@@ -280,6 +282,20 @@ impl Rig {
             sim.step(Duration::from_secs(1));
         }
         self.d.tick(Duration::from_secs(self.t)).await
+    }
+}
+
+impl Rig {
+    /// Reloads the configuration with `hosts` for the CDU, as SIGHUP does.
+    fn reload_hosts(&mut self, hosts: &str) -> anyhow::Result<()> {
+        let text = self.text.replace(
+            "hosts = [\"node01\", \"node02\"]",
+            &format!("hosts = {hosts}"),
+        );
+        let path = self.dir.path().join("site.toml");
+        std::fs::write(&path, text).expect("write config");
+        let cfg = coolantd::config::Config::load(&path).map_err(anyhow::Error::from)?;
+        self.d.reload(cfg)
     }
 }
 
@@ -677,4 +693,73 @@ async fn the_coolantd_binary_hears_its_rack_and_caps_a_hot_remote_gpu() {
         status("last")["rack"]
     );
     drop(broker);
+}
+
+/// A reload adds and removes hosts: node03 joins and is heard; node02 leaves, its GPUs leave
+/// the controller's inputs and the caps held on it are lifted with an empty lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_hosts() {
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        return;
+    }
+    let mut rig = Rig::new().await;
+    let mut leases = Leases::listen(rig.port).await;
+    let mut agents = rack_up(&mut rig).await;
+    // A cap held on node02, acknowledged.
+    agents[0].readings(&[]).await;
+    agents[1].readings(&[2]).await;
+    rig.tick().await;
+    let got = leases.collect(Duration::from_millis(500)).await;
+    let lease = got
+        .iter()
+        .rev()
+        .find(|l| l.host == "node02")
+        .unwrap_or_else(|| panic!("no lease for node02: {got:?}"));
+    agents[1].ack(lease).await;
+    rig.tick().await;
+
+    rig.reload_hosts("[\"node01\", \"node03\"]")
+        .unwrap_or_else(|e| panic!("reload refused: {e:#}"));
+    agents.push(Agent::start(rig.port, "node03", 0x3000).await);
+    let _ = leases.collect(Duration::from_millis(50)).await;
+    let mut lifted = false;
+    for n in 1..=10 {
+        for a in &mut agents {
+            a.readings(&[]).await;
+        }
+        let s = rig.tick().await;
+        lifted |= leases
+            .collect(Duration::from_millis(100))
+            .await
+            .iter()
+            .any(|l| l.host == "node02" && l.caps.is_empty());
+        let hosts: Vec<&str> = s
+            .rack
+            .as_ref()
+            .expect("rack")
+            .hosts
+            .iter()
+            .map(|h| h.host.as_str())
+            .collect();
+        assert_eq!(hosts, ["node01", "node03"]);
+        let on_node02 = s.gpus.iter().filter(|g| g.key.host == "node02").count();
+        let on_node03 = s.gpus.iter().filter(|g| g.key.host == "node03").count();
+        if host_online(&s, "node03") && on_node03 == 8 && on_node02 == 0 && lifted {
+            eprintln!("reload: node03 heard and node02 gone in {n} ticks");
+            break;
+        }
+        assert!(
+            n < 10,
+            "after the reload: node03 online {}, {on_node03} node03 GPUs, {on_node02} node02 GPUs, caps lifted {lifted}",
+            host_online(&s, "node03")
+        );
+    }
+    // The rack's own settings are not changed by a reload.
+    rig.text = rig
+        .text
+        .replace("ack_timeout_ms = 1000", "ack_timeout_ms = 1500");
+    let e = rig
+        .reload_hosts("[\"node01\", \"node03\"]")
+        .expect_err("a changed [rack] needs a restart");
+    assert!(e.to_string().contains("[rack]"), "{e}");
 }

@@ -421,11 +421,37 @@ impl Daemon {
             "site.dry_run changed; dry-run is switched by a restart (systemctl restart coolantd), \
              never by a reload"
         );
+        // The hosts a CDU cools may change by reload (a rack's hosts added or removed); the
+        // rest of what the control core was built for may not.
+        let without_hosts = |v: Vec<CduSetup>| -> Vec<CduSetup> {
+            v.into_iter()
+                .map(|c| CduSetup {
+                    hosts: Vec::new(),
+                    ..c
+                })
+                .collect()
+        };
+        let new_setups = cdu_setups(&new, &self.host, &profiles);
         anyhow::ensure!(
-            cdu_setups(&new, &self.host, &profiles)
-                == cdu_setups(&self.cfg, &self.host, &self.running_cdu_profiles()),
-            "the CDUs, the hosts they cool, or their profiles' roles or pump limits changed; \
-             restart to apply (a reload may change addresses, timeouts and [control])"
+            without_hosts(new_setups.clone())
+                == without_hosts(cdu_setups(
+                    &self.cfg,
+                    &self.host,
+                    &self.running_cdu_profiles()
+                )),
+            "the CDUs, or their profiles' roles or pump limits changed; restart to apply (a \
+             reload may change addresses, timeouts, the hosts a CDU cools and [control])"
+        );
+        let new_remote = new.remote_hosts();
+        anyhow::ensure!(
+            self.rack.is_some() || new_remote.is_empty(),
+            "a CDU now cools other hosts ({}); the rack's MQTT session starts with the \
+             daemon: restart to apply",
+            new_remote.join(", ")
+        );
+        anyhow::ensure!(
+            new_remote.is_empty() || new.rack_or_default() == self.cfg.rack_or_default(),
+            "[rack] changed; restart to apply (a reload may add and remove hosts)"
         );
         self.controller
             .check_reload(&new.control)
@@ -464,6 +490,15 @@ impl Daemon {
             );
         }
         self.controller.reconfigure(&new.control);
+        for c in new_setups {
+            self.controller.set_cdu_hosts(&c.name, c.hosts);
+        }
+        if let Some(rack) = self.rack.as_mut() {
+            if new_remote != self.cfg.remote_hosts() {
+                tracing::info!(hosts = ?new_remote, "rack: hosts changed by the reload");
+            }
+            rack.set_hosts(new_remote);
+        }
         // Compared by value: their Debug output hides secrets, so a changed password or token
         // would not show there.
         if new.influx != self.cfg.influx || new.mqtt != self.cfg.mqtt || new.http != self.cfg.http {

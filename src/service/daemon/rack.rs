@@ -103,6 +103,29 @@ impl Rack {
         &self.statics
     }
 
+    /// A reload changed the hosts: new ones start unheard; removed ones are forgotten, and
+    /// the caps this controller holds on them are lifted (an empty lease), so that no cap of
+    /// ours outlives our interest in a host until its lease runs out.
+    pub(super) fn set_hosts(&mut self, hosts: Vec<String>) {
+        let removed: Vec<String> = self
+            .per_host
+            .keys()
+            .filter(|h| !hosts.contains(h))
+            .cloned()
+            .collect();
+        for h in &removed {
+            self.caps.set_caps(h, BTreeMap::new());
+            tracing::info!(host = %h, "rack: host removed by a reload; its caps are lifted");
+        }
+        self.source.set_hosts(&hosts);
+        self.per_host.retain(|h, _| hosts.contains(h));
+        for h in &hosts {
+            self.per_host.entry(h.clone()).or_default();
+        }
+        self.awaiting.retain(|k, _| hosts.contains(&k.host));
+        self.unacked.retain(|h| hosts.contains(h));
+    }
+
     /// The collect step's part: feeds every message received since the last tick to the
     /// remote source and the cap sender, then takes the source's view at `now`.
     pub(super) fn collect(&mut self, now: Now) -> RemoteInputs {
