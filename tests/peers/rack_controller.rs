@@ -8,7 +8,10 @@
 //! - a leak: every remote GPU capped to its minimum in the leak's tick (1 tick);
 //! - a host gone silent: lost input (`rack_host_lost`, Degraded) 3 ticks after its last reading
 //!   (2 s of staleness, then the core's hold);
-//! - a last will: lost in the tick that hears it, Failsafe with every GPU unknown within 2.
+//! - a last will: lost in the tick that hears it, Failsafe with every GPU unknown within 2;
+//! - a lease nobody acknowledges (`ack_timeout_ms = 1000`, `retries_before_alarm = 2`): sent
+//!   again the next tick with the same id, alarmed at the third send (3 ticks);
+//! - a reload adding and removing a host: in effect from the next tick.
 
 use coolantd::model::{Actuation, ControlState, Snapshot};
 use coolantd::service::run::Daemon;
@@ -329,8 +332,18 @@ fn caps_in(s: &Snapshot, host: &str) -> BTreeMap<u32, f64> {
         .collect()
 }
 
-/// Brings both agents up and ticks until the controller sees their 16 GPUs.
-async fn rack_up(rig: &mut Rig) -> Vec<Agent> {
+/// Acknowledges every lease received so far, as a healthy agent does.
+async fn ack_all(leases: &mut Leases, agents: &[Agent]) {
+    for l in leases.collect(Duration::from_millis(20)).await {
+        if let Some(a) = agents.iter().find(|a| a.host == l.host) {
+            a.ack(&l).await;
+        }
+    }
+}
+
+/// Brings both agents up and ticks until the controller sees their 16 GPUs and runs; the
+/// agents acknowledge every lease meanwhile.
+async fn rack_up(rig: &mut Rig, leases: &mut Leases) -> Vec<Agent> {
     let mut agents = Vec::new();
     for (i, h) in HOSTS.iter().enumerate() {
         agents.push(Agent::start(rig.port, h, 0x1000 + i as u64).await);
@@ -339,6 +352,7 @@ async fn rack_up(rig: &mut Rig) -> Vec<Agent> {
         for a in &mut agents {
             a.readings(&[]).await;
         }
+        ack_all(leases, &agents).await;
         let s = rig.tick().await;
         if remote_gpus(&s) == 16 && HOSTS.iter().all(|h| host_online(&s, h)) {
             break;
@@ -350,6 +364,7 @@ async fn rack_up(rig: &mut Rig) -> Vec<Agent> {
         for a in &mut agents {
             a.readings(&[]).await;
         }
+        ack_all(leases, &agents).await;
         let s = rig.tick().await;
         if rig.t > 31 && s.state == ControlState::Running {
             break;
@@ -371,7 +386,7 @@ async fn remote_gpus_hot_gpu_silence_and_last_will() {
     }
     let mut rig = Rig::new().await;
     let mut leases = Leases::listen(rig.port).await;
-    let mut agents = rack_up(&mut rig).await;
+    let mut agents = rack_up(&mut rig, &mut leases).await;
 
     // The status shows every remote GPU with its temperature.
     let s = rig.tick().await;
@@ -420,6 +435,7 @@ async fn remote_gpus_hot_gpu_silence_and_last_will() {
             .any(|c| c.index == 3 && (c.limit_w - POWER_MIN_W).abs() < 0.5),
         "{lease:?}"
     );
+    let acks_before = s.rack.as_ref().expect("rack").caps_acks;
     let pending = s.rack.as_ref().expect("rack").hosts[0].caps_pending;
     assert!(pending, "a sent lease waits for its acknowledgement");
     // The agent acknowledges; the controller takes it.
@@ -429,7 +445,7 @@ async fn remote_gpus_hot_gpu_silence_and_last_will() {
     }
     let s = rig.tick().await;
     let rack = s.rack.as_ref().expect("rack");
-    assert_eq!(rack.caps_acks, 1, "{rack:?}");
+    assert_eq!(rack.caps_acks, acks_before + 1, "{rack:?}");
     // (A new lease may already be pending: gpu3 is cool again, and its cap rises back.)
     let h = &rack.hosts[0];
     assert!(
@@ -500,7 +516,7 @@ async fn a_leak_caps_every_remote_gpu_in_the_same_tick() {
     }
     let mut rig = Rig::new().await;
     let mut leases = Leases::listen(rig.port).await;
-    let mut agents = rack_up(&mut rig).await;
+    let mut agents = rack_up(&mut rig, &mut leases).await;
     for _ in 0..3 {
         for a in &mut agents {
             a.readings(&[]).await;
@@ -704,7 +720,7 @@ async fn a_reload_adds_and_removes_hosts() {
     }
     let mut rig = Rig::new().await;
     let mut leases = Leases::listen(rig.port).await;
-    let mut agents = rack_up(&mut rig).await;
+    let mut agents = rack_up(&mut rig, &mut leases).await;
     // A cap held on node02, acknowledged.
     agents[0].readings(&[]).await;
     agents[1].readings(&[2]).await;
@@ -762,4 +778,56 @@ async fn a_reload_adds_and_removes_hosts() {
         .reload_hosts("[\"node01\", \"node03\"]")
         .expect_err("a changed [rack] needs a restart");
     assert!(e.to_string().contains("[rack]"), "{e}");
+}
+
+/// A lease nobody acknowledges is sent again after `ack_timeout_ms` (1 tick here) under the
+/// same correlation id, and after `retries_before_alarm` sends the alarm
+/// `rack_cap_unacknowledged:<host>` is raised; the acknowledgement clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_cap_is_retried_then_alarmed() {
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        return;
+    }
+    let mut rig = Rig::new().await;
+    let mut leases = Leases::listen(rig.port).await;
+    let mut agents = rack_up(&mut rig, &mut leases).await;
+    let _ = leases.collect(Duration::from_millis(50)).await;
+    let id = "rack_cap_unacknowledged:node01";
+    let mut sent = Vec::new();
+    let mut alarmed_after = None;
+    for n in 1..=6 {
+        agents[0].readings(&[4]).await;
+        agents[1].readings(&[]).await;
+        let s = rig.tick().await;
+        sent.extend(
+            leases
+                .collect(Duration::from_millis(100))
+                .await
+                .into_iter()
+                .filter(|l| l.host == "node01"),
+        );
+        if has_alarm(&s, id) {
+            alarmed_after = Some(n);
+            break;
+        }
+    }
+    let n = alarmed_after.unwrap_or_else(|| panic!("no {id} alarm; leases sent: {sent:?}"));
+    eprintln!(
+        "unacknowledged cap → alarm: {n} ticks, {} sends",
+        sent.len()
+    );
+    // Sent at ticks 1 and 2 (the retry), alarmed at the third send: retries_before_alarm = 2.
+    assert_eq!(n, 3, "{sent:?}");
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(
+        sent.windows(2).all(|w| w[0].id == w[1].id),
+        "a retry repeats the same id: {sent:?}"
+    );
+    // The agent answers the lease in flight: the alarm clears.
+    let last = sent.last().expect("a lease").clone();
+    agents[0].ack(&last).await;
+    agents[0].readings(&[4]).await;
+    agents[1].readings(&[]).await;
+    let s = rig.tick().await;
+    assert!(!has_alarm(&s, id), "{:?}", s.alarms);
 }

@@ -349,6 +349,8 @@ impl Rack {
     /// The rack's alarms at `now`: a lost host, two agents for one host, a cap lease
     /// unacknowledged. Returns this tick's transitions; [`Rack::active`] the alarms.
     pub(super) fn alarms(&mut self, now: Mono) -> Vec<AlarmEvent> {
+        // What this tick's transmit found (a lease past its last retry) alarms in this tick.
+        self.drain_cap_events(now);
         let mut present: BTreeMap<String, (Severity, String)> = BTreeMap::new();
         for (host, reason) in &self.lost {
             let (id, severity) = match reason {
