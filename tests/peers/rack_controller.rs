@@ -657,6 +657,22 @@ async fn the_coolantd_binary_hears_its_rack_and_caps_a_hot_remote_gpu() {
         assert_eq!(h["gpus"], 8, "{h}");
     }
 
+    // The same per host on /metrics (measurement `rack_host`).
+    let (code, metrics) = sim_daemon::http_get(http, "/metrics");
+    assert_eq!(code, 200);
+    for h in HOSTS {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("rack_host_online")
+                && l.contains(&format!("remote_host=\"{h}\""))),
+            "no rack_host_online for {h} on /metrics:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("rack"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
     // node02's gpu5 at its slowdown threshold: a lease capping it to its minimum.
     let t0 = status("before the hot GPU")["tick"].as_u64().expect("tick");
     let _ = leases.collect(Duration::from_millis(50)).await;

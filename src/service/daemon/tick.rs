@@ -327,6 +327,11 @@ impl Daemon {
             wall_ns,
         ));
         points.extend(schema::control_points(&ctx, out, wall_ns));
+        if let Some(rack) = &self.rack {
+            for h in &rack.status(now.mono).hosts {
+                points.push(schema::rack_host_point(&ctx, h, wall_ns));
+            }
+        }
         for e in &out.events {
             points.push(schema::alarm_point(&ctx, e, wall_ns));
         }
