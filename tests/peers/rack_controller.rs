@@ -245,20 +245,27 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
+        Rig::with(&[]).await
+    }
+
+    /// A rig with more text replaced in the configuration.
+    async fn with(more: &[(&str, &str)]) -> Rig {
         let broker = Mosquitto::start();
         let port = broker.port();
         let dir = TempDir::new("rack-controller");
+        let mut replace = vec![
+            // The controller has no GPUs of its own: all of them are remote.
+            ("backend = \"simulated\"", "backend = \"none\""),
+            (
+                "timeout_ms = 200",
+                "timeout_ms = 200\nhosts = [\"node01\", \"node02\"]",
+            ),
+        ];
+        replace.extend_from_slice(more);
         let text = sim_daemon::sim_config_text(
             free_port(),
             dir.path(),
-            &[
-                // The controller has no GPUs of its own: all of them are remote.
-                ("backend = \"simulated\"", "backend = \"none\""),
-                (
-                    "timeout_ms = 200",
-                    "timeout_ms = 200\nhosts = [\"node01\", \"node02\"]",
-                ),
-            ],
+            &replace,
             &format!(
                 "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
                  [rack]\nstale_after_ms = 2000\nack_timeout_ms = 1000\nlease_ms = 30000\n\
@@ -846,4 +853,29 @@ async fn an_unacknowledged_cap_is_retried_then_alarmed() {
     agents[1].readings(&[]).await;
     let s = rig.tick().await;
     assert!(!has_alarm(&s, id), "{:?}", s.alarms);
+}
+
+/// In dry run the controller decides the remote caps and publishes them as "would set", and
+/// sends no lease: an agent must not cap a GPU for a controller that writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_controller_sends_no_lease() {
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        return;
+    }
+    let mut rig = Rig::with(&[("name = \"sim\"", "name = \"sim\"\ndry_run = true")]).await;
+    let mut leases = Leases::listen(rig.port).await;
+    let mut agents = rack_up(&mut rig, &mut leases).await;
+    let mut decided = 0;
+    for _ in 0..3 {
+        agents[0].readings(&[1]).await;
+        agents[1].readings(&[]).await;
+        let s = rig.tick().await;
+        assert!(s.dry_run);
+        // Not one lease since start (warm-up included).
+        assert_eq!(s.rack.as_ref().expect("rack").caps_sent, 0);
+        decided += caps_in(&s, "node01").len();
+    }
+    assert!(decided >= 1, "the hot GPU's cap was decided (would set)");
+    let got = leases.collect(Duration::from_millis(500)).await;
+    assert!(got.is_empty(), "a dry run sent leases: {got:?}");
 }
