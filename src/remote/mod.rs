@@ -212,6 +212,20 @@ impl RemoteSource {
         &self.counters
     }
 
+    /// The original power limit of every GPU whose facts arrived (the agent owns the record
+    /// of what to restore), so the controller's cap loop returns to it, not to a cap.
+    pub fn original_limits(&self) -> Vec<(crate::model::GpuKey, crate::units::Watts)> {
+        self.hosts
+            .iter()
+            .filter_map(|(host, st)| Some((host, st.facts.as_ref()?)))
+            .flat_map(|(host, f)| {
+                f.gpus
+                    .iter()
+                    .map(move |g| (g.to_static(host).key, g.original_limit()))
+            })
+            .collect()
+    }
+
     /// What the source knows of each expected host, for status pages: the arrival time and
     /// sequence number of the latest readings, and how many GPUs its facts list.
     pub fn hosts(&self) -> impl Iterator<Item = HostSummary<'_>> {

@@ -20,6 +20,7 @@ use crate::model::{
 use crate::remote::{
     CapEvent, CapSender, LostReason, RackConfig, RemoteEvent, RemoteSource, RemoteView,
 };
+use crate::units::Watts;
 use crate::wire::{self, CapAck, Kind, Refusal};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -37,9 +38,13 @@ pub(super) struct RemoteInputs {
     /// Samples of trusted hosts (stamped with their arrival), and empty samples for the GPUs
     /// of lost hosts.
     pub(super) samples: Vec<GpuSample>,
-    /// The remote GPUs' facts, when they changed since the last tick.
-    pub(super) statics_changed: Option<Vec<GpuStatic>>,
+    /// The remote GPUs' facts, when they changed since the last tick, with each GPU's
+    /// original power limit as its agent recorded it.
+    pub(super) statics_changed: Option<(Vec<GpuStatic>, Originals)>,
 }
+
+/// Each remote GPU's original power limit, from its agent's facts.
+pub(super) type Originals = Vec<(GpuKey, Watts)>;
 
 pub(super) struct Rack {
     source: RemoteSource,
@@ -174,11 +179,14 @@ impl Rack {
     }
 
     fn inputs(&mut self, now: Mono, view: RemoteView) -> RemoteInputs {
-        let statics_changed = (view.statics != self.statics).then(|| view.statics.clone());
-        if let Some(s) = &statics_changed {
-            tracing::info!(gpus = s.len(), "rack: the remote GPUs' facts changed");
-            self.statics = s.clone();
-        }
+        let statics_changed = (view.statics != self.statics).then(|| {
+            tracing::info!(
+                gpus = view.statics.len(),
+                "rack: the remote GPUs' facts changed"
+            );
+            self.statics = view.statics.clone();
+            (view.statics.clone(), self.source.original_limits())
+        });
         let mut samples = view.samples;
         // A lost host's GPUs get an empty sample: the core's lost-input path, the same one a
         // local GPU that stopped answering takes, and within the same number of ticks.

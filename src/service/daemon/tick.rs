@@ -110,9 +110,12 @@ impl Daemon {
         // the controller's inventory.
         if let Some(rack) = self.rack.as_mut() {
             let remote = rack.collect(now);
-            if let Some(statics) = remote.statics_changed {
+            if let Some((statics, originals)) = remote.statics_changed {
                 let all = self.inventory.iter().cloned().chain(statics).collect();
                 self.controller.set_gpus(all);
+                for (gpu, limit) in originals {
+                    self.controller.set_original_limit(&gpu, limit);
+                }
             }
             gpus.extend(remote.samples);
             self.outcomes.extend(rack.take_outcomes());
