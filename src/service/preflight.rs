@@ -312,6 +312,15 @@ pub fn verdict(cfg: &Config, profiles: &LoadedProfiles, gpu_count: Option<usize>
         parts.push(writes.join(", "));
     }
     parts.extend(gpus);
+    // Caps of other hosts' GPUs are written by their agents, on the controller's leases.
+    let remote = cfg.remote_hosts();
+    if !remote.is_empty() && cfg.control.power_cap.enabled {
+        parts.push(format!(
+            "power cap leases to the agents of {} host(s) ({})",
+            remote.len(),
+            remote.join(", ")
+        ));
+    }
     if parts.is_empty() {
         "LIVE: will write nothing (no CDU and no GPU)".into()
     } else {

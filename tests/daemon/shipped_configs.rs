@@ -132,7 +132,15 @@ fn rack_controller_config_is_valid_and_hears_eight_hosts() {
     assert_eq!(cfg.cdus.len(), 1);
     assert_eq!(cfg.remote_hosts().len(), 8);
     assert!(cfg.rack.is_some() && cfg.mqtt.is_some());
-    load_profiles(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let profiles = load_profiles(&cfg).unwrap_or_else(|e| panic!("{e}"));
     // `run`'s own start-up checks accept a controller without GPUs of its own.
     coolantd::service::preflight::check_startup(&cfg, false).unwrap_or_else(|e| panic!("{e}"));
+    // Live, check-config's last line names the leases among what the controller writes.
+    let live = Config::parse(&text.replace("dry_run = true", "dry_run = false"), &path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let verdict = coolantd::service::preflight::verdict(&live, &profiles, None);
+    assert!(
+        verdict.contains("power cap leases to the agents of 8 host(s)"),
+        "{verdict}"
+    );
 }
