@@ -219,6 +219,13 @@ impl Daemon {
             if !matches!(a, Actuation::SetPowerCap { .. }) || restore_limits {
                 continue;
             }
+            // Another host's GPU: its agent holds the last lease until it ends, then its
+            // local thermal guard takes over; there is nothing to write here.
+            if let (Actuation::SetPowerCap { gpu, .. }, Some(rack)) = (&a, self.rack.as_ref()) {
+                if rack.owns(gpu) && !self.inventory.iter().any(|s| &s.key == gpu) {
+                    continue;
+                }
+            }
             if dry_run {
                 tracing::info!(reason = "shutting down: the safe output", "would {a}");
             } else if let Err(e) = self.apply_cap(&a) {
