@@ -14,8 +14,8 @@ pub enum GpuBackendKind {
     Nvml,
     /// The plant simulator's GPUs.
     Simulated,
-    /// No GPUs on this host. Readings of other hosts are not received yet, so the pump loop
-    /// then has no GPU input and the supervisor holds the CDU at its failsafe speed.
+    /// No GPUs on this host: its CDUs take the GPUs of the hosts they list in `hosts`, heard
+    /// over MQTT (a rack controller).
     None,
 }
 

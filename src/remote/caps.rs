@@ -157,6 +157,11 @@ impl CapSender {
         self.hosts.entry(host.to_string()).or_default().wanted = caps;
     }
 
+    /// Whether a lease to `host` waits for its acknowledgement.
+    pub fn pending(&self, host: &str) -> bool {
+        self.hosts.get(host).is_some_and(|h| h.pending.is_some())
+    }
+
     /// The caps the agent of `host` acknowledged last, if any.
     pub fn held(&self, host: &str) -> Option<&BTreeMap<u32, Watts>> {
         self.hosts.get(host)?.held.as_ref().map(|h| &h.caps)

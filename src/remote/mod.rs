@@ -22,8 +22,10 @@
 //! The cap side (controller → agent leases and their acknowledgements) is [`caps`].
 
 pub mod caps;
+pub mod config;
 
 pub use caps::{CapEvent, CapSender, CapSenderConfig};
+pub use config::RackConfig;
 
 use crate::model::{GpuSample, GpuStatic, Mono};
 use crate::wire::{self, Facts, Kind, Readings, Status, WireError};
@@ -120,6 +122,17 @@ pub struct Counters {
     pub ignored_kind: u64,
 }
 
+/// One expected host, as [`RemoteSource::hosts`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSummary<'a> {
+    pub host: &'a str,
+    pub last_arrival: Option<Mono>,
+    pub last_seq: Option<u64>,
+    pub gpus: usize,
+    /// Why its GPUs are lost inputs, as of the last [`RemoteSource::view`].
+    pub lost: Option<&'a LostReason>,
+}
+
 /// The controller's inputs from the network at one instant.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RemoteView {
@@ -197,6 +210,32 @@ impl RemoteSource {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The original power limit of every GPU whose facts arrived (the agent owns the record
+    /// of what to restore), so the controller's cap loop returns to it, not to a cap.
+    pub fn original_limits(&self) -> Vec<(crate::model::GpuKey, crate::units::Watts)> {
+        self.hosts
+            .iter()
+            .filter_map(|(host, st)| Some((host, st.facts.as_ref()?)))
+            .flat_map(|(host, f)| {
+                f.gpus
+                    .iter()
+                    .map(move |g| (g.to_static(host).key, g.original_limit()))
+            })
+            .collect()
+    }
+
+    /// What the source knows of each expected host, for status pages: the arrival time and
+    /// sequence number of the latest readings, and how many GPUs its facts list.
+    pub fn hosts(&self) -> impl Iterator<Item = HostSummary<'_>> {
+        self.hosts.iter().map(|(host, st)| HostSummary {
+            host,
+            last_arrival: st.latest.as_ref().map(|(at, _)| *at),
+            last_seq: st.latest.as_ref().map(|(_, r)| r.seq),
+            gpus: st.facts.as_ref().map_or(0, |f| f.gpus.len()),
+            lost: st.lost.as_ref(),
+        })
     }
 
     /// The next event, oldest first.

@@ -182,27 +182,39 @@ pub fn check_secrets(cfg: &Config, issues: &mut Issues) {
 }
 
 /// Whether the pump loop has anything to control. Its only controlled variable is GPU
-/// temperature, and readings of other hosts' GPUs are not received yet, so a host with
-/// `gpus.backend = "none"` that drives a CDU either goes to failsafe once the boot timeout
-/// passes (GPU input required) or holds the start speed forever while reporting `running`.
+/// temperature: a host with `gpus.backend = "none"` has none of its own, so each of its CDUs
+/// must cool other hosts (`[[cdu]] hosts`), whose readings arrive over MQTT. Otherwise the
+/// CDU either goes to failsafe once the boot timeout passes (GPU input required) or holds
+/// the start speed forever while reporting `running`.
 pub fn check_gpu_inputs(cfg: &Config, issues: &mut Issues) {
     if cfg.gpus.backend != GpuBackendKind::None {
         return;
     }
+    let me = cfg.site.host_name();
+    let blind: Vec<&str> = cfg
+        .cdus
+        .iter()
+        .filter(|c| !c.hosts.iter().any(|h| *h != me))
+        .map(|c| c.name.as_str())
+        .collect();
     if cfg.cdus.is_empty() {
         issues.push(
             "gpus.backend",
             "GPUs or at least one [[cdu]] to control, but backend = \"none\" and no [[cdu]]: \
              nothing would be controlled",
         );
+    } else if blind.is_empty() {
+        // Every CDU hears its GPUs over the network.
     } else if cfg.control.plausibility.gpu_required {
         issues.push(
             "control.plausibility.gpu_required",
             format!(
-                "GPU readings for every CDU, but gpus.backend = \"none\" gives none (readings of \
-                 other hosts are not received yet): every CDU would enter failsafe {} s after \
-                 start and run its pump at control.pump.failsafe_speed. Run coolantd on the host \
-                 whose GPUs the CDU cools, with gpus.backend = \"nvml\"",
+                "GPU readings for every CDU, but gpus.backend = \"none\" gives none to CDU(s) \
+                 {} (they list no other host in `hosts`): they would enter failsafe {} s after \
+                 start and run their pump at control.pump.failsafe_speed. Run coolantd on the \
+                 host whose GPUs the CDU cools, with gpus.backend = \"nvml\", or list the hosts \
+                 it cools in the CDU's `hosts`",
+                blind.join(", "),
                 cfg.control.supervisor.boot_timeout_s
             ),
         );
@@ -213,7 +225,7 @@ pub fn check_gpu_inputs(cfg: &Config, issues: &mut Issues) {
              backend = \"none\" and control.plausibility.gpu_required = false nothing is \
              controlled: the pumps would hold control.pump.start_speed while the daemon reports \
              `running`. Run coolantd on the host whose GPUs the CDU cools, with \
-             gpus.backend = \"nvml\"",
+             gpus.backend = \"nvml\", or list the hosts it cools in the CDU's `hosts`",
         );
     }
 }
@@ -300,6 +312,15 @@ pub fn verdict(cfg: &Config, profiles: &LoadedProfiles, gpu_count: Option<usize>
         parts.push(writes.join(", "));
     }
     parts.extend(gpus);
+    // Caps of other hosts' GPUs are written by their agents, on the controller's leases.
+    let remote = cfg.remote_hosts();
+    if !remote.is_empty() && cfg.control.power_cap.enabled {
+        parts.push(format!(
+            "power cap leases to the agents of {} host(s) ({})",
+            remote.len(),
+            remote.join(", ")
+        ));
+    }
     if parts.is_empty() {
         "LIVE: will write nothing (no CDU and no GPU)".into()
     } else {

@@ -102,6 +102,7 @@ fn snapshot(ready: bool) -> Snapshot {
             // A measurement name with characters Prometheus does not allow.
             Point::new("loop.pump-a", t).field("output", FieldValue::Float(55.0)),
         ],
+        rack: None,
     }
 }
 

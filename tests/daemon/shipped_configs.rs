@@ -139,3 +139,32 @@ fn agent_config_is_valid_and_starts_as_a_dry_run() {
     coolantd::profile::gpu::GpuProfiles::load_dir(&cfg.profiles_path().join("gpu"))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn rack_controller_config_is_valid_and_hears_eight_hosts() {
+    let path = root().join("config/rack-controller.toml");
+    let text = std::fs::read_to_string(&path).expect("config/rack-controller.toml is readable");
+    let text = text.replace(
+        "profiles_dir = \"/usr/share/coolantd/firmware-profiles\"",
+        &format!(
+            "profiles_dir = {:?}",
+            root().join("firmware-profiles").display().to_string()
+        ),
+    );
+    let cfg = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.site.dry_run, "shipped in dry-run mode");
+    assert_eq!(cfg.cdus.len(), 1);
+    assert_eq!(cfg.remote_hosts().len(), 8);
+    assert!(cfg.rack.is_some() && cfg.mqtt.is_some());
+    let profiles = load_profiles(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    // `run`'s own start-up checks accept a controller without GPUs of its own.
+    coolantd::service::preflight::check_startup(&cfg, false).unwrap_or_else(|e| panic!("{e}"));
+    // Live, check-config's last line names the leases among what the controller writes.
+    let live = Config::parse(&text.replace("dry_run = true", "dry_run = false"), &path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let verdict = coolantd::service::preflight::verdict(&live, &profiles, None);
+    assert!(
+        verdict.contains("power cap leases to the agents of 8 host(s)"),
+        "{verdict}"
+    );
+}

@@ -27,6 +27,7 @@ fn snapshot() -> Snapshot {
         alarms: vec![],
         decisions: Vec::new(),
         points: vec![],
+        rack: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn snapshot(tick: u64) -> Snapshot {
             .tag("host", HOST)
             .tag("index", "0")
             .field("core_temperature", FieldValue::Float(60.0))],
+        rack: None,
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
 
 /// Validates `doc` against `docs/schemas/<schema>`; panics with the validator's message.
-fn validate(schema: &str, doc: &[u8]) {
+pub(crate) fn validate(schema: &str, doc: &[u8]) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("docs/schemas")
         .join(schema);

@@ -21,4 +21,5 @@ mod mqtt_bridge;
 mod mqtt_sink;
 mod nvml_backend;
 mod prometheus_rules;
+mod rack_controller;
 mod sparkplug_host;

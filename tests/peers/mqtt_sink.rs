@@ -74,6 +74,7 @@ fn snapshot(tick: u64, state: ControlState, controlled: f64) -> Snapshot {
             .tag("host", HOST)
             .tag("index", "0")
             .field("core_temperature", FieldValue::Float(controlled))],
+        rack: None,
     }
 }
 

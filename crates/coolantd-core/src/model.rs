@@ -928,4 +928,48 @@ pub struct Snapshot {
     /// The latest metric points of this tick, named as in docs/metrics.md: the source of
     /// `/metrics`, so that Prometheus and InfluxDB see the same names.
     pub points: Vec<Point>,
+    /// The hosts whose GPUs arrive over the network (a `[[cdu]]`'s `hosts`); absent on a
+    /// controller of local GPUs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<RackStatus>,
+}
+
+/// The controller's view of its rack: every remote host and the wire's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RackStatus {
+    /// Whether the rack's MQTT session is connected.
+    pub connected: bool,
+    pub hosts: Vec<RemoteHostStatus>,
+    /// Messages from hosts no CDU lists: ignored, and counted here.
+    pub unknown_host_messages: u64,
+    /// Messages refused (malformed, another major version, implausible, wrong host).
+    pub refused_messages: u64,
+    /// Cap leases sent, retries among them, acknowledgements taken.
+    pub caps_sent: u64,
+    pub caps_retries: u64,
+    pub caps_acks: u64,
+}
+
+/// One remote host, as the controller hears it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoteHostStatus {
+    pub host: String,
+    /// Trusted and fresh: its GPUs are inputs of the controller.
+    pub online: bool,
+    /// Why its GPUs are lost inputs, when they are.
+    pub lost: Option<String>,
+    /// The sequence number of the last readings accepted.
+    pub last_seq: Option<u64>,
+    /// Seconds since those readings arrived.
+    pub age_s: Option<f64>,
+    /// Sequence gaps, messages missed in them, and replays, since start.
+    pub gaps: u64,
+    pub missed: u64,
+    pub replays: u64,
+    /// GPUs the agent published facts for.
+    pub gpus: usize,
+    /// A cap lease waits for its acknowledgement.
+    pub caps_pending: bool,
+    /// The caps the agent acknowledged last, by GPU index, in watts.
+    pub caps_acked_w: Vec<(u32, f64)>,
 }

@@ -149,6 +149,16 @@ fn default_timeout_ms() -> u64 {
 impl CduConfig {
     pub fn validate(&self, key: &str, issues: &mut Issues) {
         check_name(&self.name, &format!("{key}.name"), issues);
+        // A host name is a topic level of the rack wire format: no '/', '+' or '#'.
+        for (j, h) in self.hosts.iter().enumerate() {
+            check_name(h, &format!("{key}.hosts[{j}]"), issues);
+            if self.hosts[..j].contains(h) {
+                issues.push(
+                    format!("{key}.hosts[{j}]"),
+                    format!("each host once, but `{h}` is listed twice"),
+                );
+            }
+        }
         match &self.transport {
             CduTransport::Tcp { address } => {
                 let ok = address

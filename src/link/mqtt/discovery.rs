@@ -185,6 +185,7 @@ mod tests {
             alarms: vec![],
             decisions: Vec::new(),
             points: vec![],
+            rack: None,
         };
         let t = Topics::new("coolantd", "s.1", "n01");
         let m = messages("homeassistant", &t, "s.1", "n01", &snap);
@@ -298,6 +299,7 @@ mod tests {
             alarms: vec![],
             decisions: Vec::new(),
             points: vec![],
+            rack: None,
         }
     }
 

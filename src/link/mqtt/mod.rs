@@ -21,6 +21,7 @@ mod config;
 mod connection;
 mod discovery;
 mod payload;
+pub mod rack;
 mod routing;
 pub mod sparkplug;
 mod wire_link;

@@ -398,6 +398,7 @@ mod tests {
                 .tag("host", "h")
                 .field("core_temperature", FieldValue::Float(61.5))
                 .field("pstate", FieldValue::UInt(0))],
+            rack: None,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Config {
     pub influx: Option<crate::sink::influx::InfluxConfig>,
     pub mqtt: Option<crate::link::mqtt::MqttConfig>,
     pub http: Option<crate::service::http::HttpConfig>,
+    /// How the GPUs of other hosts (a `[[cdu]]`'s `hosts`) are heard and capped.
+    pub rack: Option<crate::remote::RackConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,
     /// The file this configuration was read from; relative paths inside it resolve against
@@ -118,6 +120,7 @@ impl Config {
                 }
             }
         }
+        self.validate_rack(issues);
         self.control.validate("control", issues);
         if let Some(sim) = &self.simulator {
             sim.validate("simulator", issues);
@@ -138,6 +141,61 @@ impl Config {
             x.validate("http", issues);
         }
         self.logging.validate(issues);
+    }
+
+    /// The hosts of `[[cdu]] hosts` that are not this host: their GPUs are heard over MQTT.
+    pub fn remote_hosts(&self) -> Vec<String> {
+        let me = self.site.host_name();
+        let mut hosts: Vec<String> = self
+            .cdus
+            .iter()
+            .flat_map(|c| c.hosts.iter())
+            .filter(|h| **h != me)
+            .cloned()
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    /// The rack settings, the defaults when there is no `[rack]` section.
+    pub fn rack_or_default(&self) -> crate::remote::RackConfig {
+        self.rack.clone().unwrap_or_default()
+    }
+
+    /// `[[cdu]] hosts` and `[rack]`: each host named once over all CDUs (a host's GPUs are
+    /// cooled by one CDU), and an MQTT broker to hear the remote ones through.
+    fn validate_rack(&self, issues: &mut Issues) {
+        let mut owner = std::collections::BTreeMap::new();
+        for (i, cdu) in self.cdus.iter().enumerate() {
+            for (j, h) in cdu.hosts.iter().enumerate() {
+                if let Some(first) = owner.insert(h.as_str(), i) {
+                    issues.push(
+                        format!("cdu[{i}].hosts[{j}]"),
+                        format!(
+                            "each host listed once over all CDUs (one CDU cools a host), but `{h}` \
+                             is already in cdu[{first}].hosts"
+                        ),
+                    );
+                }
+            }
+        }
+        let remote = self.remote_hosts();
+        if let Some(first) = remote.first() {
+            if self.mqtt.is_none() {
+                issues.push(
+                    "mqtt",
+                    format!(
+                        "an [mqtt] section: the GPUs of other hosts ({first}{}) are heard through \
+                         the MQTT broker",
+                        if remote.len() > 1 { ", ..." } else { "" }
+                    ),
+                );
+            }
+        }
+        if let Some(r) = &self.rack {
+            r.validate("rack", self.control.period_ms, issues);
+        }
     }
 
     /// The folder relative paths in this file resolve against.

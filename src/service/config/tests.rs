@@ -193,3 +193,71 @@ fn control_table_is_required_except_for_probe() {
     assert!(parse(MINIMAL).expect("minimal config").control_given);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// All issues of a refused configuration, as (key, expected) pairs.
+fn issues_of(text: &str) -> Vec<(String, String)> {
+    parse(text)
+        .expect_err("the configuration must be refused")
+        .issues
+        .into_iter()
+        .map(|i| (i.key, i.expected))
+        .collect()
+}
+
+#[test]
+fn rack_hosts_and_section_are_validated_with_their_keys() {
+    let mqtt = "\n[mqtt]\nhost = \"127.0.0.1\"\n";
+    // Remote hosts without a broker to hear them through.
+    let text = format!("{MINIMAL}hosts = [\"node01\", \"node02\"]\n");
+    let i = issues_of(&text);
+    assert!(
+        i.iter().any(|(k, e)| k == "mqtt" && e.contains("node02")),
+        "{i:?}"
+    );
+    // With a broker, local and remote hosts mix freely.
+    let ok = parse(&format!(
+        "{MINIMAL}hosts = [\"node01\", \"node02\"]\n{mqtt}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.remote_hosts(), vec!["node02".to_string()]);
+    // A host name is a topic level; a host is listed once.
+    let i = issues_of(&format!(
+        "{MINIMAL}hosts = [\"node/02\", \"node03\", \"node03\"]\n{mqtt}"
+    ));
+    assert!(i.iter().any(|(k, _)| k == "cdu[0].hosts[0]"), "{i:?}");
+    assert!(
+        i.iter()
+            .any(|(k, e)| k == "cdu[0].hosts[2]" && e.contains("twice")),
+        "{i:?}"
+    );
+    // [rack] bounds name their key.
+    let i = issues_of(&format!(
+        "{MINIMAL}hosts = [\"node02\"]\n{mqtt}\n[rack]\nstale_after_ms = 10\nack_timeout_ms = 1000\nlease_ms = 2000\nretries_before_alarm = 0\n"
+    ));
+    for key in [
+        "rack.stale_after_ms",
+        "rack.lease_ms",
+        "rack.retries_before_alarm",
+    ] {
+        assert!(i.iter().any(|(k, _)| k == key), "{key}: {i:?}");
+    }
+    let i = issues_of(&format!(
+        "{MINIMAL}hosts = [\"node02\"]\n{mqtt}\n[rack]\nstale_ms = 10\n"
+    ));
+    assert!(!i.is_empty(), "an unknown key in [rack] is refused");
+}
+
+#[test]
+fn a_host_cooled_by_two_cdus_is_refused() {
+    let text = format!(
+        "{MINIMAL}hosts = [\"node02\"]\n\n[[cdu]]\nname = \"cdu-b\"\nprofile = \"generic-cdu\"\n\
+         transport = \"tcp\"\naddress = \"10.0.0.6:502\"\nhosts = [\"node02\"]\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\n"
+    );
+    let i = issues_of(&text);
+    assert!(
+        i.iter()
+            .any(|(k, e)| k == "cdu[1].hosts[0]" && e.contains("cdu[0]")),
+        "{i:?}"
+    );
+}

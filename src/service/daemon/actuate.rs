@@ -50,6 +50,14 @@ impl Daemon {
                 });
                 continue;
             }
+            // Another host's GPU: its agent applies the cap, and the outcome comes with its
+            // acknowledgement.
+            if let (Actuation::SetPowerCap { gpu, .. }, Some(rack)) = (a, self.rack.as_mut()) {
+                if rack.owns(gpu) && !self.inventory.iter().any(|s| &s.key == gpu) {
+                    rack.set_cap(a);
+                    continue;
+                }
+            }
             let result = match a {
                 Actuation::SetPowerCap { .. } => self.apply_cap(a),
                 Actuation::SetPumpSpeed { .. } | Actuation::FeedWatchdog { .. } => {
@@ -69,6 +77,11 @@ impl Daemon {
                 result,
                 dry_run: false,
             });
+        }
+        // The leases go out in the tick that decided them: a leak caps remote GPUs in the
+        // same tick as local ones, plus the network's delay.
+        if let Some(rack) = self.rack.as_mut() {
+            rack.transmit(now.mono);
         }
         self.wait_cdus(deadline, |st| st.writes.is_empty()).await;
     }
@@ -200,6 +213,13 @@ impl Daemon {
         for a in safe {
             if !matches!(a, Actuation::SetPowerCap { .. }) || restore_limits {
                 continue;
+            }
+            // Another host's GPU: its agent holds the last lease until it ends, then its
+            // local thermal guard takes over; there is nothing to write here.
+            if let (Actuation::SetPowerCap { gpu, .. }, Some(rack)) = (&a, self.rack.as_ref()) {
+                if rack.owns(gpu) && !self.inventory.iter().any(|s| &s.key == gpu) {
+                    continue;
+                }
             }
             if dry_run {
                 tracing::info!(reason = "shutting down: the safe output", "would {a}");

@@ -12,6 +12,7 @@
 
 pub mod actuate;
 mod links;
+mod rack;
 pub mod serve;
 pub mod tick;
 
@@ -21,6 +22,7 @@ pub use actuate::restore_recorded;
 pub use tick::Now;
 
 use links::{spawn_links, LinkState};
+use rack::Rack;
 
 use crate::collect::{BoardFacts, GpuBackend};
 use crate::config::{Config, GpuBackendKind};
@@ -165,6 +167,8 @@ pub struct Daemon {
     sink_alarms: SinkAlarms,
     /// GPUs whose power cap NVML refused as not supported, with its words: not asked again.
     caps_not_supported: BTreeMap<GpuKey, String>,
+    /// The GPUs of other hosts, heard over MQTT (a `[[cdu]]`'s `hosts`), and their caps.
+    rack: Option<Rack>,
 }
 
 impl Daemon {
@@ -285,6 +289,7 @@ impl Daemon {
         } else {
             (None, None, None)
         };
+        let rack = build_rack(&cfg, &host, opts.sinks && rehearsal.is_none())?;
         let slow = Arc::new(Mutex::new(Vec::new()));
         let slow_task = gpus
             .as_ref()
@@ -326,6 +331,7 @@ impl Daemon {
             last: None,
             sink_alarms: SinkAlarms::default(),
             caps_not_supported: BTreeMap::new(),
+            rack,
         })
     }
 
@@ -386,6 +392,9 @@ impl Daemon {
         if let Some(t) = self.slow_task.take() {
             t.abort();
         }
+        if let Some(r) = self.rack.as_mut() {
+            r.shutdown().await;
+        }
         if let Some(m) = self.mqtt.take() {
             m.shutdown().await;
         }
@@ -420,11 +429,37 @@ impl Daemon {
             "site.dry_run changed; dry-run is switched by a restart (systemctl restart coolantd), \
              never by a reload"
         );
+        // The hosts a CDU cools may change by reload (a rack's hosts added or removed); the
+        // rest of what the control core was built for may not.
+        let without_hosts = |v: Vec<CduSetup>| -> Vec<CduSetup> {
+            v.into_iter()
+                .map(|c| CduSetup {
+                    hosts: Vec::new(),
+                    ..c
+                })
+                .collect()
+        };
+        let new_setups = cdu_setups(&new, &self.host, &profiles);
         anyhow::ensure!(
-            cdu_setups(&new, &self.host, &profiles)
-                == cdu_setups(&self.cfg, &self.host, &self.running_cdu_profiles()),
-            "the CDUs, the hosts they cool, or their profiles' roles or pump limits changed; \
-             restart to apply (a reload may change addresses, timeouts and [control])"
+            without_hosts(new_setups.clone())
+                == without_hosts(cdu_setups(
+                    &self.cfg,
+                    &self.host,
+                    &self.running_cdu_profiles()
+                )),
+            "the CDUs, or their profiles' roles or pump limits changed; restart to apply (a \
+             reload may change addresses, timeouts, the hosts a CDU cools and [control])"
+        );
+        let new_remote = new.remote_hosts();
+        anyhow::ensure!(
+            self.rack.is_some() || new_remote.is_empty(),
+            "a CDU now cools other hosts ({}); the rack's MQTT session starts with the \
+             daemon: restart to apply",
+            new_remote.join(", ")
+        );
+        anyhow::ensure!(
+            new_remote.is_empty() || new.rack_or_default() == self.cfg.rack_or_default(),
+            "[rack] changed; restart to apply (a reload may add and remove hosts)"
         );
         self.controller
             .check_reload(&new.control)
@@ -463,6 +498,15 @@ impl Daemon {
             );
         }
         self.controller.reconfigure(&new.control);
+        for c in new_setups {
+            self.controller.set_cdu_hosts(&c.name, c.hosts);
+        }
+        if let Some(rack) = self.rack.as_mut() {
+            if new_remote != self.cfg.remote_hosts() {
+                tracing::info!(hosts = ?new_remote, "rack: hosts changed by the reload");
+            }
+            rack.set_hosts(new_remote);
+        }
         // Compared by value: their Debug output hides secrets, so a changed password or token
         // would not show there.
         if new.influx != self.cfg.influx || new.mqtt != self.cfg.mqtt || new.http != self.cfg.http {
@@ -492,6 +536,26 @@ impl Daemon {
     pub fn host(&self) -> &str {
         &self.host
     }
+}
+
+/// The rack side, when a CDU lists hosts other than this one; its MQTT session only with
+/// the sinks (a daemon a test builds without sinks hears nothing, and its remote GPUs are
+/// lost inputs).
+fn build_rack(cfg: &Config, host: &str, sinks: bool) -> anyhow::Result<Option<Rack>> {
+    let hosts = cfg.remote_hosts();
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    let link = match (&cfg.mqtt, sinks) {
+        (Some(mc), true) => Some(
+            crate::link::mqtt::rack::RackLink::start(&mc.resolved(cfg.base_dir()), host)
+                .context("starting the rack's MQTT session")?,
+        ),
+        _ => None,
+    };
+    tracing::info!(hosts = ?hosts, "rack: hearing the GPUs of these hosts over MQTT");
+    let scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
+    Ok(Some(Rack::new(&cfg.rack_or_default(), hosts, link, scale)))
 }
 
 fn spawn_slow_reader(
@@ -631,6 +695,7 @@ fn empty_snapshot(cfg: &Config, host: &str, dry_run: bool) -> Snapshot {
         alarms: Vec::new(),
         decisions: Vec::new(),
         points: Vec::new(),
+        rack: None,
     }
 }
 

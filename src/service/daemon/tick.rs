@@ -106,6 +106,20 @@ impl Daemon {
                 gpus.push(GpuSample::empty(st.key.clone(), source, now.mono));
             }
         }
+        // The GPUs of other hosts, as heard since the last tick; their facts, when new, join
+        // the controller's inventory.
+        if let Some(rack) = self.rack.as_mut() {
+            let remote = rack.collect(now);
+            if let Some((statics, originals)) = remote.statics_changed {
+                let all = self.inventory.iter().cloned().chain(statics).collect();
+                self.controller.set_gpus(all);
+                for (gpu, limit) in originals {
+                    self.controller.set_original_limit(&gpu, limit);
+                }
+            }
+            gpus.extend(remote.samples);
+            self.outcomes.extend(rack.take_outcomes());
+        }
         self.wait_cdus(deadline, |st| st.poll_pending.is_none())
             .await;
         for st in &mut self.link_state {
@@ -178,11 +192,15 @@ impl Daemon {
             gpus: inputs
                 .gpus
                 .iter()
-                .filter_map(|s| gpu_status(&self.inventory, s))
+                .filter_map(|s| {
+                    gpu_status(&self.inventory, s)
+                        .or_else(|| gpu_status(self.rack.as_ref()?.statics(), s))
+                })
                 .collect(),
             alarms: out.active_alarms.clone(),
             decisions: out.actuations.clone(),
             points,
+            rack: self.rack.as_ref().map(|r| r.status(now.mono)),
         });
         if let Some(m) = &self.mqtt {
             for e in &out.events {
@@ -232,6 +250,14 @@ impl Daemon {
         }
         out.events.extend(loop_events);
         out.active_alarms.extend(self.loop_alarms.active().cloned());
+        if let Some(rack) = self.rack.as_mut() {
+            let events = rack.alarms(now.mono);
+            for e in &events {
+                tracing::warn!(alarm = %e.alarm.id, transition = ?e.transition, severity = ?e.alarm.severity, "{}", e.alarm.message);
+            }
+            out.events.extend(events);
+            out.active_alarms.extend(rack.active().cloned());
+        }
     }
 
     /// Each CDU's status with its link's health, for the snapshot and the link points.
@@ -304,6 +330,11 @@ impl Daemon {
             wall_ns,
         ));
         points.extend(schema::control_points(&ctx, out, wall_ns));
+        if let Some(rack) = &self.rack {
+            for h in &rack.status(now.mono).hosts {
+                points.push(schema::rack_host_point(&ctx, h, wall_ns));
+            }
+        }
         for e in &out.events {
             points.push(schema::alarm_point(&ctx, e, wall_ns));
         }

@@ -236,6 +236,17 @@ pub fn sample_points() -> Vec<Point> {
         },
     };
     points.push(cdu_link_point(&ctx, &status, 0));
+    points.push(rack_host_point(
+        &ctx,
+        &RemoteHostStatus {
+            host: "node02".into(),
+            online: true,
+            last_seq: Some(1),
+            age_s: Some(0.1),
+            ..RemoteHostStatus::default()
+        },
+        0,
+    ));
     points.push(tick_point(
         &ctx,
         &TickTiming {

@@ -40,6 +40,7 @@ pub const ALARM: &str = "alarm";
 pub const TELEMETRY: &str = "telemetry";
 pub const CDU_LINK: &str = "cdu_link";
 pub const TICK: &str = "tick";
+pub const RACK_HOST: &str = "rack_host";
 
 /// NVML clocks-event ("throttle") reason bits and the boolean field each becomes.
 /// Values from `nvml.h` (`nvmlClocksEventReason*`, formerly `nvmlClocksThrottleReason*`).
@@ -370,9 +371,30 @@ pub fn telemetry_point(ctx: &Ctx, stats: &crate::sink::influx::SinkStats, time_n
         .field("retries", int(stats.retries))
 }
 
+/// One remote host of the rack as the controller hears it (measurement `rack_host`, every
+/// tick): the same figures as `/status` under `rack.hosts`.
+pub fn rack_host_point(ctx: &Ctx, h: &crate::model::RemoteHostStatus, time_ns: i64) -> Point {
+    let mut p = Point::new(RACK_HOST, time_ns)
+        .tag("site", ctx.site)
+        .tag("host", ctx.host)
+        .tag("remote_host", h.host.as_str())
+        .field("online", FieldValue::Bool(h.online));
+    p = int(
+        p,
+        "last_seq",
+        h.last_seq.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+    );
+    p = f(p, "age_s", h.age_s);
+    p = int(p, "gaps", counter(Some(h.gaps)));
+    p = int(p, "missed", counter(Some(h.missed)));
+    p = int(p, "replays", counter(Some(h.replays)));
+    p = int(p, "gpus", Some(h.gpus as i64));
+    p.field("caps_pending", FieldValue::Bool(h.caps_pending))
+}
+
 /// Fields that only grow while the daemon (or the GPU driver) runs: Prometheus counters.
 /// Everything else is a gauge.
-pub const COUNTERS: [(&str, &str); 9] = [
+pub const COUNTERS: [(&str, &str); 12] = [
     (GPU, "energy_j"),
     (GPU, "violation_power_ns"),
     (GPU, "violation_thermal_ns"),
@@ -382,6 +404,9 @@ pub const COUNTERS: [(&str, &str); 9] = [
     (TELEMETRY, "rejected"),
     (TELEMETRY, "corrupt"),
     (TELEMETRY, "retries"),
+    (RACK_HOST, "gaps"),
+    (RACK_HOST, "missed"),
+    (RACK_HOST, "replays"),
 ];
 
 /// Whether `measurement`'s `field` is a counter (see [`COUNTERS`]).
@@ -505,6 +530,7 @@ mod tests {
                 CONTROL,
                 TELEMETRY,
                 CDU_LINK,
+                RACK_HOST,
                 TICK
             ]
         );

@@ -880,6 +880,7 @@ mod tests {
             alarms: vec![],
             decisions: vec![],
             points,
+            rack: None,
         }
     }
 

@@ -223,6 +223,15 @@ impl Controller {
         }
     }
 
+    /// A reload changed the hosts a CDU cools (a rack's hosts added or removed): the CDU's
+    /// loops keep their state; GPUs of hosts no CDU cools any more leave with the next
+    /// [`Controller::set_gpus`].
+    pub fn set_cdu_hosts(&mut self, cdu: &str, hosts: Vec<String>) {
+        for c in self.cdus.iter_mut().filter(|c| c.setup.name == cdu) {
+            c.setup.hosts = hosts.clone();
+        }
+    }
+
     /// Inventory changed: GPUs gone are forgotten, new ones (local or remote) are added, and
     /// the state of GPUs that stay is kept.
     pub fn set_gpus(&mut self, gpus: Vec<GpuStatic>) {
