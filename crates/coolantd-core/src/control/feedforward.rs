@@ -109,7 +109,8 @@ pub struct FfStep {
     pub reason: Option<String>,
     /// Σ GPU power + non-GPU share, W (when every reading is there).
     pub heat_load_w: Option<f64>,
-    /// The model's speed for that load before correction, %.
+    /// The model's speed for that load before correction, %: the speed that holds the set
+    /// point itself (the term aims `aim_above_k` above it).
     pub model_speed: Option<f64>,
 }
 
@@ -229,7 +230,7 @@ impl FeedForward {
             engaged: true,
             reason: None,
             heat_load_w: Some(heat),
-            model_speed: Some(speed),
+            model_speed: Some(at_sp),
         }
     }
 
@@ -434,13 +435,20 @@ mod tests {
             gpu: "g".into(),
             power: Some((500.0, t)),
         }];
-        let s = ff.step(&cfg, &input(&p, t));
-        let aimed = s.model_speed.expect("engaged");
+        let mut i = input(&p, t);
+        i.out_min = 0.0;
+        let s = ff.step(&cfg, &i);
         // The term's speed holds the core `aim_above_k` above the set point (input(): 72 °C,
-        // 30 °C supply, 4 l/min at 50 % for one GPU).
+        // 30 °C supply, 4 l/min at 50 % for one GPU); the report gives the set point's.
         let per_pct = 4.0 / 50.0;
         let at = |target: f64| m.flow_for(500.0, 30.0, target).expect("reachable") / per_pct;
-        assert!((aimed - at(72.0 + cfg.aim_above_k)).abs() < 1e-9, "{aimed}");
+        let aimed = at(72.0 + cfg.aim_above_k);
+        assert!(
+            aimed > 0.0 && aimed < 100.0,
+            "{aimed}: clamped, nothing tested"
+        );
+        assert!((s.ff - aimed).abs() < 1e-9, "term {} for {aimed}", s.ff);
+        assert_eq!(s.model_speed, Some(at(72.0)));
         assert!(aimed < at(72.0));
         // A loop that settles where the model says the set point needs has nothing to learn:
         // the margin is not taken for a model error.
