@@ -109,7 +109,8 @@ pub struct FfStep {
     pub reason: Option<String>,
     /// Σ GPU power + non-GPU share, W (when every reading is there).
     pub heat_load_w: Option<f64>,
-    /// The model's speed for that load before correction, %.
+    /// The model's speed for that load before correction, %: the speed that holds the set
+    /// point itself (the term aims `aim_above_k` above it).
     pub model_speed: Option<f64>,
 }
 
@@ -123,7 +124,9 @@ pub struct FeedForward {
     /// The value last handed to the PID (slew-limited), %.
     ff: f64,
     engaged: bool,
-    last_model_speed: Option<f64>,
+    /// The model's speeds this tick, for the learning: the one the term aims at and the one
+    /// that holds the set point itself, %.
+    last_model_speed: Option<(f64, f64)>,
     /// Since when the target has been below the value handed to the PID.
     low_since: Option<Mono>,
 }
@@ -185,7 +188,7 @@ impl FeedForward {
             model_speed: None,
         };
         let verdict = self.speed(cfg, input);
-        let (speed, heat) = match (cfg.enabled, verdict) {
+        let (speed, at_sp, heat) = match (cfg.enabled, verdict) {
             (false, _) => {
                 self.disengage();
                 return off("disabled in the configuration".into());
@@ -221,13 +224,13 @@ impl FeedForward {
         };
         self.ff = next;
         self.engaged = true;
-        self.last_model_speed = Some(speed);
+        self.last_model_speed = Some((speed, at_sp));
         FfStep {
             ff: next,
             engaged: true,
             reason: None,
             heat_load_w: Some(heat),
-            model_speed: Some(speed),
+            model_speed: Some(at_sp),
         }
     }
 
@@ -243,13 +246,16 @@ impl FeedForward {
     /// Returns the change of the feed-forward value, which the caller must take out of the
     /// PID's integrator so that the pump does not move.
     pub fn adapt(&mut self, cfg: &FeedForwardConfig, dt: f64, applied: f64) -> f64 {
-        let Some(speed) = self.last_model_speed.filter(|s| *s > 1.0) else {
+        let Some((speed, at_sp)) = self.last_model_speed.filter(|(s, p)| *s > 1.0 && *p > 1.0)
+        else {
             return 0.0;
         };
         if !self.engaged || cfg.adapt_time_s <= 0.0 {
             return 0.0;
         }
-        let wanted = applied / speed;
+        // Learnt against the speed that holds the set point itself, so that the correction
+        // describes the plant and does not undo `aim_above_k`.
+        let wanted = applied / at_sp;
         let k = (dt / cfg.adapt_time_s).min(1.0);
         let next = (self.correction + (wanted - self.correction) * k)
             .clamp(cfg.correction_min, cfg.correction_max);
@@ -259,8 +265,13 @@ impl FeedForward {
         delta
     }
 
-    /// The model speed and heat load, or why there is none.
-    fn speed(&self, cfg: &FeedForwardConfig, input: &FfInput<'_>) -> Result<(f64, f64), String> {
+    /// The model's speed for the term (aimed `aim_above_k` above the set point), its speed at
+    /// the set point itself, and the heat load; or why there are none.
+    fn speed(
+        &self,
+        cfg: &FeedForwardConfig,
+        input: &FfInput<'_>,
+    ) -> Result<(f64, f64, f64), String> {
         let Some(model) = self.model else {
             return Err("no thermal model for this CDU's GPUs (profile without [thermal])".into());
         };
@@ -304,18 +315,22 @@ impl FeedForward {
         };
         let non_gpu = cfg.non_gpu_w_per_host * input.hosts as f64 + cfg.non_gpu_fraction * total;
         let heat = total + non_gpu;
-        let speed = match model.flow_for(hottest, supply, input.setpoint) {
+        let speed_for = |target: f64| match model.flow_for(hottest, supply, target) {
             Some(per_gpu) => {
                 let share = if total > 0.0 { heat / total } else { 1.0 };
                 per_gpu * input.powers.len() as f64 * share / flow_per_pct
             }
-            // No flow holds the set point at this load: ask for everything.
+            // No flow holds that temperature at this load: ask for everything.
             None => input.out_max,
         };
-        if !speed.is_finite() {
+        let (speed, at_sp) = (
+            speed_for(input.setpoint + cfg.aim_above_k),
+            speed_for(input.setpoint),
+        );
+        if !(speed.is_finite() && at_sp.is_finite()) {
             return Err("the model gave no finite speed".into());
         }
-        Ok((speed, heat))
+        Ok((speed, at_sp, heat))
     }
 }
 
@@ -380,7 +395,10 @@ mod tests {
 
     #[test]
     fn correction_learns_what_the_loop_needed_within_bounds() {
-        let cfg = FeedForwardConfig::default();
+        let cfg = FeedForwardConfig {
+            aim_above_k: 0.0,
+            ..FeedForwardConfig::default()
+        };
         let mut ff = FeedForward::default();
         ff.set_model(Some(h100()));
         let t = Mono::from_secs_f64(1.0);
@@ -403,6 +421,41 @@ mod tests {
             ff.adapt(&cfg, 1.0, 100.0 * speed);
         }
         assert_eq!(ff.correction(), cfg.correction_max);
+    }
+
+    #[test]
+    fn the_term_aims_above_the_set_point_but_learns_against_it() {
+        let cfg = FeedForwardConfig::default();
+        assert!(cfg.aim_above_k > 0.0);
+        let m = h100();
+        let mut ff = FeedForward::default();
+        ff.set_model(Some(m));
+        let t = Mono::from_secs_f64(1.0);
+        let p = vec![PowerReading {
+            gpu: "g".into(),
+            power: Some((500.0, t)),
+        }];
+        let mut i = input(&p, t);
+        i.out_min = 0.0;
+        let s = ff.step(&cfg, &i);
+        // The term's speed holds the core `aim_above_k` above the set point (input(): 72 °C,
+        // 30 °C supply, 4 l/min at 50 % for one GPU); the report gives the set point's.
+        let per_pct = 4.0 / 50.0;
+        let at = |target: f64| m.flow_for(500.0, 30.0, target).expect("reachable") / per_pct;
+        let aimed = at(72.0 + cfg.aim_above_k);
+        assert!(
+            aimed > 0.0 && aimed < 100.0,
+            "{aimed}: clamped, nothing tested"
+        );
+        assert!((s.ff - aimed).abs() < 1e-9, "term {} for {aimed}", s.ff);
+        assert_eq!(s.model_speed, Some(at(72.0)));
+        assert!(aimed < at(72.0));
+        // A loop that settles where the model says the set point needs has nothing to learn:
+        // the margin is not taken for a model error.
+        for _ in 0..(5.0 * cfg.adapt_time_s) as usize {
+            ff.adapt(&cfg, 1.0, at(72.0));
+        }
+        assert!((ff.correction() - 1.0).abs() < 1e-9, "{}", ff.correction());
     }
 
     #[test]

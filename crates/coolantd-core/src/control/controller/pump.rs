@@ -73,6 +73,10 @@ pub(super) struct PumpLoop {
     pub anticipating: bool,
     /// When the feed-forward last rose (a load step seen in the GPUs' power).
     ff_rose_at: Option<Mono>,
+    /// The feed-forward rose last tick too (one load step spans several ticks of its slew).
+    ff_rising: bool,
+    /// The integrator's share when the feed-forward began its latest rise, %.
+    i_at_rise: f64,
     /// The loop model for gain scheduling (`[control.pid] gain_schedule`).
     loop_model: Option<LoopModel>,
     /// The scheduled gains in force, (kp, ki).
@@ -139,6 +143,8 @@ impl PumpLoop {
             rate: 0.0,
             anticipating: false,
             ff_rose_at: None,
+            ff_rising: false,
+            i_at_rise: 0.0,
             loop_model: None,
             scheduled: None,
             last_supply: None,
@@ -293,11 +299,16 @@ impl PumpLoop {
         if ff.engaged != ff_was_on {
             self.pid.shift_feed_forward(ff_before, ff.ff);
         }
+        let rising = ff.engaged && ff_was_on && ff.ff > ff_before + LOAD_STEP_PCT;
         if !ff.engaged {
             self.ff_rose_at = None;
-        } else if ff_was_on && ff.ff > ff_before + LOAD_STEP_PCT {
+        } else if rising {
             self.ff_rose_at = Some(inp.now);
+            if !self.ff_rising {
+                self.i_at_rise = self.pid.terms().i;
+            }
         }
+        self.ff_rising = rising;
         let step_seen = self
             .ff_rose_at
             .is_some_and(|at| inp.now.saturating_sub(at).as_secs_f64() <= ANTICIPATE_WINDOW_S);
@@ -332,7 +343,12 @@ impl PumpLoop {
                     sp,
                     envelope.unwrap_or(pv),
                     prev_cmd,
-                    (ff.engaged && step_seen).then_some(ff.ff),
+                    // Aimed at what the loop has been needing: where the integrator held
+                    // the pump below the model's speed before this rise (a periodic load:
+                    // the plate is still warm, and the pump, falling at its slew, cannot
+                    // come back down within the next off-phase), the anticipation aims
+                    // that much lower. It never aims above the model's speed.
+                    (ff.engaged && step_seen).then_some(ff.ff + self.i_at_rise.min(0.0)),
                 ) {
                     Some(floor) if floor > u => {
                         // At the pump's own slew, from where it is; the integrator takes
