@@ -99,12 +99,11 @@ fn unknown_and_missing_keys_are_refused_naming_the_key() {
 
 #[test]
 fn a_broken_profile_fails_the_folder_load_naming_the_file() {
-    let tmp = std::env::temp_dir().join(format!("coolantd-gpu-profiles-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let dir = coolantd_testkit::TempDir::new("gpu-profiles");
+    let tmp = dir.path();
     std::fs::write(tmp.join("good.toml"), h200_text()).expect("write");
     std::fs::write(tmp.join("broken.toml"), "description = 1\n").expect("write");
-    let e = GpuProfiles::load_dir(&tmp).expect_err("broken file");
-    let _ = std::fs::remove_dir_all(&tmp);
+    let e = GpuProfiles::load_dir(tmp).expect_err("broken file");
     assert!(e.to_string().contains("broken.toml"), "{e}");
 }
 

@@ -34,11 +34,8 @@ struct Run {
 /// Runs the child with stderr in a fresh file; `journal` sets JOURNAL_STREAM to that file's
 /// device:inode (what systemd does for the journal stream), or to a wrong value.
 fn run_child(format: &str, journal: Option<bool>, rust_log: Option<&str>) -> Run {
-    let path: PathBuf = std::env::temp_dir().join(format!(
-        "coolantd-log-{}-{format}-{journal:?}-{}.txt",
-        std::process::id(),
-        rust_log.unwrap_or("none")
-    ));
+    let dir = coolantd_testkit::TempDir::new("log");
+    let path: PathBuf = dir.path().join("stderr.txt");
     let file = std::fs::File::create(&path).expect("create stderr file");
     let meta = file.metadata().expect("stat stderr file");
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
@@ -66,7 +63,6 @@ fn run_child(format: &str, journal: Option<bool>, rust_log: Option<&str>) -> Run
     }
     let status = cmd.status().expect("child runs");
     let stderr = std::fs::read_to_string(&path).expect("read child stderr");
-    let _ = std::fs::remove_file(&path);
     assert!(status.success(), "child failed:\n{stderr}");
     Run { stderr }
 }

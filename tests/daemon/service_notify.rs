@@ -4,47 +4,29 @@
 use coolantd::service::notify::{monotonic_usec, Notifier};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// A bound receiving socket in a private temporary folder, removed on drop.
 struct Receiver {
     sock: UnixDatagram,
-    dir: Option<PathBuf>,
+    _dir: coolantd_testkit::TempDir,
 }
 
 impl Receiver {
     fn path(tag: &str) -> (Receiver, String) {
-        let dir =
-            std::env::temp_dir().join(format!("coolantd-notify-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp folder");
-        let path = dir.join("notify.sock");
+        let dir = coolantd_testkit::TempDir::new(&format!("notify-{tag}"));
+        let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind notify socket");
         sock.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");
         let p = path.to_str().expect("UTF-8 temp path").to_string();
-        (
-            Receiver {
-                sock,
-                dir: Some(dir),
-            },
-            p,
-        )
+        (Receiver { sock, _dir: dir }, p)
     }
 
     fn recv(&self) -> String {
         let mut buf = [0u8; 4096];
         let n = self.sock.recv(&mut buf).expect("a notification arrives");
         String::from_utf8(buf[..n].to_vec()).expect("UTF-8 notification")
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }
 

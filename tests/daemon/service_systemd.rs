@@ -34,13 +34,11 @@ fn analyze(args: &[&str]) -> (bool, String) {
 
 /// Writes the unit with `/usr/bin/coolantd` replaced by an existing executable into a fresh
 /// folder, as `coolantd.service` (verify checks the file name against the unit type).
-fn unit_copy(tag: &str) -> (PathBuf, PathBuf) {
+fn unit_copy(tag: &str) -> (coolantd_testkit::TempDir, PathBuf) {
     let exe = std::env::current_exe().expect("path of the test binary");
     let exe = exe.to_str().expect("UTF-8 path").to_string();
-    let dir = std::env::temp_dir().join(format!("coolantd-unit-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp folder");
-    let path = dir.join("coolantd.service");
+    let dir = coolantd_testkit::TempDir::new(&format!("unit-{tag}"));
+    let path = dir.path().join("coolantd.service");
     std::fs::write(&path, UNIT.replace("/usr/bin/coolantd", &exe)).expect("write unit copy");
     (dir, path)
 }
@@ -49,7 +47,7 @@ fn unit_copy(tag: &str) -> (PathBuf, PathBuf) {
 fn unit_verifies_without_any_complaint() {
     let (dir, path) = unit_copy("verify");
     let (ok, text) = analyze(&["verify", path.to_str().expect("UTF-8 path")]);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     assert!(ok, "systemd-analyze verify failed:\n{text}");
     // verify exits 0 on unknown directives and only prints a warning, so any output fails.
     assert!(
@@ -67,7 +65,7 @@ fn verify_does_catch_a_broken_unit() {
         .replace("ProtectHome=yes", "ProtectHomes=yes");
     std::fs::write(&path, broken).expect("write broken copy");
     let (_, text) = analyze(&["verify", path.to_str().expect("UTF-8 path")]);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     assert!(text.contains("ProtectHomes"), "{text}");
 }
 
@@ -80,7 +78,7 @@ fn sandbox_exposure_stays_low() {
         "--no-pager",
         path.to_str().expect("UTF-8 path"),
     ]);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let level: f64 = text
         .lines()
         .find_map(|l| {

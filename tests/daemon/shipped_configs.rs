@@ -86,8 +86,8 @@ fn example_config_is_valid_against_the_repository_profiles() {
 
 #[test]
 fn a_profile_missing_a_required_role_is_refused_naming_it() {
-    let dir = std::env::temp_dir().join(format!("coolantd-shipped-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = coolantd_testkit::TempDir::new("shipped");
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("cdu")).expect("mkdir");
     std::fs::create_dir_all(dir.join("gpu")).expect("mkdir");
     for f in ["gpu/h200-sxm.toml", "gpu/h100-sxm.toml"] {
@@ -113,7 +113,6 @@ fn a_profile_missing_a_required_role_is_refused_naming_it() {
     let msg = e.to_string();
     assert!(msg.contains("sim-cdu.toml"), "{msg}");
     assert!(msg.contains("leak"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
