@@ -186,35 +186,16 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str) -> String {
-        self.proc
-            .wait_line(&format!("log line with {needle:?}"), START, |l| {
-                l.contains(needle)
-            })
+        self.proc.wait_log(needle, START)
     }
 
-    fn get(&self, path: &str) -> (u16, String) {
-        sim_daemon::http_get(self.http, path)
-    }
-
+    /// Waits until `path` answers 200 and returns the body.
     fn wait_ok(&self, path: &str) -> String {
-        let t0 = Instant::now();
-        loop {
-            let (code, body) = self.get(path);
-            if code == 200 {
-                return body;
-            }
-            assert!(
-                t0.elapsed() < START,
-                "{path} still answers {code} after {START:?}: {body}\nlog:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.proc.wait_http_ok(self.http, path, START)
     }
 
     fn status(&self) -> Value {
-        let body = self.wait_ok("/status");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+        self.proc.wait_status(self.http, START)
     }
 
     fn signal(&self, sig: libc::c_int) {

@@ -65,6 +65,37 @@ impl DaemonProcess {
         }
     }
 
+    /// Waits up to `bound` for a log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str, bound: Duration) -> String {
+        self.wait_line(&format!("log line with {needle:?}"), bound, |l| {
+            l.contains(needle)
+        })
+    }
+
+    /// Waits up to `bound` until `path` on the daemon's HTTP port answers 200 and returns the
+    /// body; fails the test with the last answer and the log otherwise.
+    pub fn wait_http_ok(&self, http: u16, path: &str, bound: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let (code, body) = crate::sim_daemon::http_get(http, path);
+            if code == 200 {
+                return body;
+            }
+            assert!(
+                t0.elapsed() < bound,
+                "{path} still answers {code} after {bound:?}: {body}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `/status` as JSON, once the endpoint answers (within `bound`).
+    pub fn wait_status(&self, http: u16, bound: Duration) -> serde_json::Value {
+        let body = self.wait_http_ok(http, "/status", bound);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+    }
+
     /// Sends `sig` to the daemon.
     pub fn signal(&self, sig: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
