@@ -72,6 +72,17 @@ pub enum AgentEvent {
     LeaseExpired {
         id: u64,
     },
+    /// A lease whose id already ended on this agent (it expired or was replaced) arrived
+    /// again, e.g. queued by a client or broker across an outage; refused, not re-applied.
+    StaleLease {
+        id: u64,
+    },
+    /// A lease arrived with fewer GPUs than the one it replaces (a release on the
+    /// controller's clean stop or a host removed by a reload): those GPUs go to the guard.
+    LeaseReleased {
+        id: u64,
+        released: Vec<u32>,
+    },
     /// A lease for another host arrived on our topic; ignored.
     LeaseForOtherHost {
         host: String,
@@ -146,8 +157,16 @@ pub struct AgentCore {
     cfg: AgentConfig,
     gpus: BTreeMap<u32, GpuCtl>,
     lease: Option<Lease>,
+    /// Ids of leases that expired or were replaced, newest last: a copy that arrives again
+    /// later (a client's or broker's queue replaying it after an outage) must not restart a
+    /// cap its controller has stopped renewing.
+    ended: VecDeque<u64>,
     events: VecDeque<AgentEvent>,
 }
+
+/// How many ended lease ids are remembered; a controller sends a few per lease period, so
+/// this covers far more than any outage a queued copy can survive.
+const ENDED_IDS: usize = 64;
 
 impl AgentCore {
     /// An agent for these GPUs; each starts at its original limit (what it has now).
@@ -169,6 +188,7 @@ impl AgentCore {
             cfg,
             gpus,
             lease: None,
+            ended: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -197,6 +217,32 @@ impl AgentCore {
             return LeaseAnswer::default();
         }
         let mut answer = LeaseAnswer::default();
+        if self.ended.contains(&msg.id) {
+            self.events.push_back(AgentEvent::StaleLease { id: msg.id });
+            // Refused as a failed write: the controller then sends its current caps under a
+            // new id, which is what a controller still alive wants.
+            answer.refusals = msg
+                .caps
+                .iter()
+                .map(|c| {
+                    CapResult::refused(
+                        c.index,
+                        Refusal::Failed,
+                        &format!(
+                            "lease {} already ended on this host; not applied again",
+                            msg.id
+                        ),
+                    )
+                })
+                .collect();
+            return answer;
+        }
+        if let Some(current) = self.lease.as_ref().filter(|l| l.id == msg.id) {
+            // A retry of the lease in force (its acknowledgement was lost): acknowledged
+            // again, not extended, so the lease still ends when its controller expects.
+            answer.accepted = current.caps.keys().copied().collect();
+            return answer;
+        }
         let lease = Lease::accept(
             now,
             msg,
@@ -224,7 +270,31 @@ impl AgentCore {
                 until: lease.until,
             }
         });
-        self.lease = Some(lease);
+        if let Some(old) = self.lease.replace(lease) {
+            if old.id != msg.id {
+                self.remember_ended(old.id);
+            }
+            // A GPU the new lease no longer names is handed to the guard from the old cap,
+            // as at expiry: a release lifts caps at the guard's rate, never at once.
+            let kept = self.lease.as_ref().map(|l| &l.caps);
+            let released: Vec<u32> = old
+                .caps
+                .iter()
+                .filter(|(i, _)| kept.is_none_or(|k| !k.contains_key(i)))
+                .filter_map(|(i, cap)| {
+                    let g = self.gpus.get_mut(i)?;
+                    let from = cap.min(g.guard.cap());
+                    g.guard.hand_over(from);
+                    Some(*i)
+                })
+                .collect();
+            if !released.is_empty() {
+                self.events.push_back(AgentEvent::LeaseReleased {
+                    id: msg.id,
+                    released,
+                });
+            }
+        }
         answer.decisions = self.decide();
         answer
     }
@@ -232,6 +302,7 @@ impl AgentCore {
     /// One tick: lease expiry, the guard on every GPU with readings, and the caps that change.
     pub fn tick(&mut self, now: Mono, readings: &[LocalReading]) -> Vec<CapDecision> {
         if let Some(l) = self.lease.take_if(|l| now >= l.until) {
+            self.remember_ended(l.id);
             self.events.push_back(AgentEvent::LeaseExpired { id: l.id });
             for (index, cap) in &l.caps {
                 if let Some(g) = self.gpus.get_mut(index) {
@@ -268,6 +339,13 @@ impl AgentCore {
             }
         }
         self.decide()
+    }
+
+    fn remember_ended(&mut self, id: u64) {
+        self.ended.push_back(id);
+        if self.ended.len() > ENDED_IDS {
+            self.ended.pop_front();
+        }
     }
 
     /// The caps that differ from what was last decided.

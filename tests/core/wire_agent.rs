@@ -279,3 +279,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_lease_that_ended_is_refused_when_it_arrives_again_and_a_retry_does_not_extend() {
+    let mut a = agent(false, 1);
+    let l1 = lease(1, 2_000, &[(0, 300.0)]);
+    assert_eq!(a.handle_lease(s(0), &l1).decisions.len(), 1);
+    // The same id again (a retry whose ack was lost): acknowledged, not extended.
+    let again = a.handle_lease(s(1), &l1);
+    assert_eq!(again.accepted, [0]);
+    assert!(again.decisions.is_empty() && again.refusals.is_empty());
+    assert_eq!(a.lease().map(|l| l.until), Some(s(2)));
+    a.tick(s(2), &[reading(0, 60.0, 300.0)]);
+    assert!(a.lease().is_none(), "expired at its first receipt + 2 s");
+    let _ = events(&mut a);
+    // A copy after expiry (a queue replaying it): refused, the guard keeps the cap.
+    let late = a.handle_lease(s(3), &l1);
+    assert!(late.decisions.is_empty() && late.accepted.is_empty());
+    assert_eq!(late.refusals.len(), 1);
+    assert_eq!(late.refusals[0].refusal_kind(), Some(Refusal::Failed));
+    assert!(a.lease().is_none());
+    assert_eq!(events(&mut a), [AgentEvent::StaleLease { id: 1 }]);
+    // A replaced lease's id is refused the same way.
+    a.handle_lease(s(4), &lease(2, 2_000, &[(0, 300.0)]));
+    a.handle_lease(s(4), &lease(3, 2_000, &[(0, 250.0)]));
+    assert!(
+        a.handle_lease(s(5), &lease(2, 2_000, &[(0, 300.0)]))
+            .refusals
+            .len()
+            == 1
+    );
+    assert_eq!(a.lease().map(|l| l.id), Some(3));
+}
+
+#[test]
+fn a_release_hands_the_caps_to_the_guard_not_back_at_once() {
+    let mut a = agent(false, 2);
+    a.handle_lease(s(0), &lease(1, 60_000, &[(0, 300.0), (1, 300.0)]));
+    let _ = events(&mut a);
+    // An empty lease (the controller's clean stop): both GPUs go to the guard from 300 W.
+    let d = a.handle_lease(s(1), &lease(2, 60_000, &[]));
+    assert!(d.decisions.iter().all(|d| d.limit.get() <= 300.5), "{d:?}");
+    assert!(events(&mut a).contains(&AgentEvent::LeaseReleased {
+        id: 2,
+        released: vec![0, 1]
+    }));
+    let raise = GuardParams::default().raise_w_per_s;
+    for t in 2..=5 {
+        for d in a.tick(s(t), &[reading(0, 50.0, 250.0), reading(1, 50.0, 250.0)]) {
+            assert!(
+                d.limit.get() <= 300.0 + raise * (t - 1) as f64 + 0.5,
+                "t {t}: {d:?}"
+            );
+            assert_eq!(d.cause, Cause::Guard);
+        }
+    }
+}

@@ -380,6 +380,15 @@ impl Agent {
                     id,
                     "ALARM: the controller's cap lease ran out without renewal; the local guard holds the caps and raises them gradually"
                 ),
+                AgentEvent::StaleLease { id } => tracing::warn!(
+                    id,
+                    "a cap lease that already ended here arrived again; refused, not re-applied"
+                ),
+                AgentEvent::LeaseReleased { id, released } => tracing::info!(
+                    id,
+                    gpus = ?released,
+                    "the controller released caps; the local guard takes them over and raises them gradually"
+                ),
                 AgentEvent::LeaseForOtherHost { host } => {
                     crate::log_limited!(warn, "a cap lease for another host arrived on this host's topic; ignored", lease_host = %host)
                 }
