@@ -251,11 +251,15 @@ impl CapSender {
         };
         self.counters.acks += 1;
         let mut enforced = Vec::new();
+        let mut vanished = Vec::new();
         hc.resend_failed_at = None;
         for r in &ack.results {
             if let Some(refusal) = r.refusal_kind() {
                 if refusal == Refusal::Failed {
                     hc.resend_failed_at = Some(now + self.cfg.ack_timeout);
+                }
+                if refusal == Refusal::UnknownGpu {
+                    vanished.push(r.index);
                 }
                 self.counters.refusals += 1;
                 self.events.push_back(CapEvent::Refused {
@@ -280,11 +284,51 @@ impl CapSender {
             enforced,
             dry_run: ack.dry_run,
         });
+        let mut caps = p.caps;
+        // A GPU the host no longer has (its agent restarted with fewer) is dropped from what
+        // this controller wants there, or every renewal would carry a cap refused again.
+        for index in vanished {
+            caps.remove(&index);
+            hc.wanted.remove(&index);
+        }
         hc.held = Some(Held {
             id: p.id,
             until: p.first_sent + self.cfg.lease,
-            caps: p.caps,
+            caps,
         });
+    }
+
+    /// The agent of `host` restarted, or came back after being lost: what it holds is
+    /// unknown (a restart restores the original limits, and a lease may have run out
+    /// meanwhile), so the caps this controller wants there go out at once under a new id.
+    pub fn resend(&mut self, host: &str) {
+        if let Some(hc) = self.hosts.get_mut(host) {
+            hc.pending = None;
+            hc.held = None;
+            hc.resend_failed_at = None;
+        }
+    }
+
+    /// For a clean stop: an empty lease, under a new id, to every host that holds or is
+    /// being sent caps of this controller, so its agent hands them to its local guard now
+    /// instead of holding them until the lease ends.
+    pub fn release_all(&mut self) -> Vec<CapLease> {
+        let mut out = Vec::new();
+        for (host, hc) in &mut self.hosts {
+            let holds = hc.held.as_ref().is_some_and(|h| !h.caps.is_empty())
+                || hc.pending.as_ref().is_some_and(|p| !p.caps.is_empty());
+            if !holds {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            hc.wanted.clear();
+            hc.pending = None;
+            hc.held = None;
+            self.counters.sent += 1;
+            out.push(lease(host, id, &BTreeMap::new(), self.cfg.lease));
+        }
+        out
     }
 
     /// The id of the lease the agent of `host` acknowledged last.

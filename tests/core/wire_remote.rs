@@ -533,6 +533,47 @@ fn a_lease_round_trip_through_the_agent_with_a_vanished_gpu() {
         .expect("acknowledged");
     assert_eq!(enforced.len(), 8);
     assert!(enforced.iter().all(|(_, w)| *w == Watts(400.0)));
+    // The vanished GPU is dropped: the held caps and the renewal name only the other eight.
+    assert_eq!(s.held("n1").map(BTreeMap::len), Some(8));
+    let renewal = s.poll_transmit(ms(8_000));
+    assert_eq!(renewal.len(), 1, "{renewal:?}");
+    assert!(renewal[0].caps.iter().all(|c| c.index < 8), "{renewal:?}");
+}
+
+#[test]
+fn a_host_back_gets_its_caps_again_at_once_under_a_new_id() {
+    let mut s = sender();
+    s.set_caps("n1", caps(300.0));
+    let first = s.poll_transmit(ms(0)).remove(0);
+    s.handle_ack(ms(50), &ack_of(&first));
+    assert!(s.poll_transmit(ms(1_000)).is_empty(), "held, not due");
+    // The agent restarted (or came back after being lost): what it holds is unknown.
+    s.resend("n1");
+    let again = s.poll_transmit(ms(1_000));
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0].id, first.id, "a new id, not a replay");
+    assert_eq!(again[0].caps, first.caps);
+}
+
+#[test]
+fn a_clean_stop_releases_held_and_pending_caps_with_empty_leases() {
+    let mut s = sender();
+    s.set_caps("n1", caps(300.0));
+    s.set_caps("n2", caps(250.0));
+    s.set_caps("n3", BTreeMap::new());
+    let sent = s.poll_transmit(ms(0));
+    let n1 = sent.iter().find(|l| l.host == "n1").expect("n1 lease");
+    s.handle_ack(ms(50), &ack_of(n1));
+    // n1 holds caps, n2's wait for their ack, n3 has none: two releases.
+    let releases = s.release_all();
+    let hosts: Vec<&str> = releases.iter().map(|l| l.host.as_str()).collect();
+    assert_eq!(hosts, ["n1", "n2"]);
+    assert!(releases.iter().all(|l| l.caps.is_empty()));
+    assert!(releases.iter().all(|l| sent.iter().all(|s| s.id != l.id)));
+    assert!(
+        s.poll_transmit(ms(60_000)).is_empty(),
+        "nothing after a release"
+    );
 }
 
 #[test]

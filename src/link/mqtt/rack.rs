@@ -132,8 +132,20 @@ impl RackLink {
     }
 
     /// Ends the session with a DISCONNECT (no last will: the controller left on purpose,
-    /// and says so).
-    pub async fn shutdown(self) {
+    /// and says so), after publishing `releases` (host, encoded lease) ahead of it.
+    pub async fn shutdown(self, releases: Vec<(String, Vec<u8>)>) {
+        for (host, payload) in releases {
+            let _ = self
+                .client
+                .publish_binary(Message {
+                    topic: Topic::format(&self.prefix, &host, Kind::Caps),
+                    payload,
+                    reliable: true,
+                    retain: false,
+                    correlation_data: None,
+                })
+                .await;
+        }
         let _ = self
             .client
             .publish(Message {

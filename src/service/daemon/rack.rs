@@ -224,6 +224,10 @@ impl Rack {
                 RemoteEvent::HostLost { host, reason } => {
                     tracing::warn!(host = %host, reason = %reason, "rack: host's GPUs are lost inputs")
                 }
+                RemoteEvent::HostRestarted { host, .. } | RemoteEvent::HostRecovered { host } => {
+                    tracing::info!(host = %host, event = ?e, "rack: host back; its caps are sent again under a new lease");
+                    self.caps.resend(host);
+                }
                 RemoteEvent::DuplicateHost { host, sessions } => {
                     tracing::error!(host = %host, sessions = ?sessions, "rack: two agents claim one host; neither is trusted")
                 }
@@ -469,9 +473,23 @@ impl Rack {
         }
     }
 
+    /// A clean stop releases this controller's caps (an empty lease to each host holding
+    /// some), so the agents' guards take over now rather than when the leases run out.
     pub(super) async fn shutdown(&mut self) {
+        let releases: Vec<(String, Vec<u8>)> = self
+            .caps
+            .release_all()
+            .into_iter()
+            .filter_map(|l| wire::encode(&l).ok().map(|b| (l.host, b)))
+            .collect();
+        if !releases.is_empty() {
+            tracing::info!(
+                hosts = releases.len(),
+                "rack: releasing the caps held on the agents"
+            );
+        }
         if let Some(l) = self.link.take() {
-            l.shutdown().await;
+            l.shutdown(releases).await;
         }
     }
 }
