@@ -6,7 +6,8 @@
 //! - [`victoria`]: VictoriaMetrics (InfluxDB write API, Prometheus export);
 //!   [`influxdb1`]: InfluxDB 1.x with InfluxQL. Both start, wait and stop through [`server`].
 //! - [`modbus_common`], [`pymodbus_map`]: simulated CDU states, the pymodbus register map and
-//!   peer detection; [`modbus_proxy`]: a Modbus TCP proxy that counts, hangs and rewrites.
+//!   peer detection; [`modbus_proxy`]: a Modbus TCP proxy that counts, hangs and rewrites;
+//!   [`tcp_proxy`]: a byte-for-byte TCP proxy that can partition its clients (blackhole).
 //! - [`sim_daemon`]: a daemon on the plant simulator, in process or as configuration text for
 //!   the real binary; [`daemon_process`]: the real binary as a child, its log collected.
 //! - [`nvml_replay`]: private copies of the replay NVML library (crates/nvml-replay).
@@ -24,6 +25,7 @@ pub mod nvml_replay;
 pub mod pymodbus_map;
 pub mod server;
 pub mod sim_daemon;
+pub mod tcp_proxy;
 pub mod victoria;
 pub mod wire_client;
 
