@@ -887,7 +887,8 @@ async fn rack_fault_after_a_broker_restart_no_expired_lease_is_applied_again() {
 // 4. The controller killed, and stopped cleanly
 
 /// Brings up a controller and one agent (2 GPUs), leaks, and waits until the agent holds
-/// both GPUs at their minimum. Returns the rig and the seq of the first capped readings.
+/// both GPUs at their minimum under an acknowledged lease. Returns the broker, the folder, the
+/// agent, the controller and a tap that has seen the capped readings.
 async fn capped_rig(tag: &str) -> (Mosquitto, TempDir, Vec<DaemonProcess>, Controller, Tap) {
     let broker = Mosquitto::start();
     let dir = TempDir::new(tag);
@@ -1051,10 +1052,12 @@ async fn rack_fault_two_agents_claiming_one_host_are_both_distrusted_until_one_l
             has_alarm(s, "rack_host_duplicate:node01") && !online(s, "node01")
         })
         .await;
-    // From the twin's start: its process start and first readings count too.
-    eprintln!(
-        "rack fault: two agents claim node01 → rack_host_duplicate, GPUs lost: {} ticks from the twin's spawn",
-        tick(&s) - t0
+    // From the twin's spawn: its process start and first readings count too.
+    report(
+        "two agents claim node01",
+        "rack_host_duplicate, GPUs lost (from the second agent's spawn)",
+        tick(&s) - t0,
+        10,
     );
     let s = ctl
         .until("Degraded", BOUND, |s| s["state"] == "degraded")
