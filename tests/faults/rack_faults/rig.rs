@@ -87,13 +87,69 @@ period_ms = {PERIOD_MS}
     path
 }
 
+/// How a freshly spawned process ended its start.
+enum Start {
+    Up,
+    /// A port picked by `free_port` was taken by another process before this one bound it
+    /// (the race `free_port` accepts); worth another try on a fresh port.
+    PortTaken,
+}
+
+/// Waits until `up` says the process started, or it exits; any other exit fails the test.
+/// Blocks its runtime worker (a start takes well under a second), so the tests run on the
+/// multi-threaded runtime and the other worker serves the proxies and subscribers meanwhile.
+fn started(p: &mut DaemonProcess, what: &str, up: impl Fn(&DaemonProcess) -> bool) -> Start {
+    tokio::task::block_in_place(|| wait_started(p, what, up))
+}
+
+fn wait_started(p: &mut DaemonProcess, what: &str, up: impl Fn(&DaemonProcess) -> bool) -> Start {
+    let t0 = Instant::now();
+    loop {
+        if up(p) {
+            return Start::Up;
+        }
+        if let Some(st) = p.try_wait() {
+            let log = p.log();
+            if log.contains("Address already in use") {
+                return Start::PortTaken;
+            }
+            panic!("{what} exited with {st} while starting; log:\n{log}");
+        }
+        assert!(
+            t0.elapsed() < BOUND,
+            "{what} did not start within {BOUND:?}; log:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `coolantd agent --config config` and waits until it runs; a simulator port taken
+/// meanwhile is replaced by a fresh one in the file and the start tried again.
 pub(super) fn spawn_agent(config: &Path) -> DaemonProcess {
-    DaemonProcess::spawn(
-        Command::new(env!("CARGO_BIN_EXE_coolantd"))
-            .arg("agent")
-            .arg("--config")
-            .arg(config),
-    )
+    for _ in 0..3 {
+        let mut p = DaemonProcess::spawn(
+            Command::new(env!("CARGO_BIN_EXE_coolantd"))
+                .arg("agent")
+                .arg("--config")
+                .arg(config),
+        );
+        match started(&mut p, "the agent", |p| p.log().contains("agent started")) {
+            Start::Up => return p,
+            Start::PortTaken => {
+                let text = std::fs::read_to_string(config).expect("read the agent's configuration");
+                let listen = text
+                    .lines()
+                    .find(|l| l.starts_with("listen = "))
+                    .expect("a simulator listen line")
+                    .to_string();
+                let fresh = format!("listen = \"127.0.0.1:{}\"", free_port());
+                std::fs::write(config, text.replace(&listen, &fresh))
+                    .expect("write the agent's configuration");
+            }
+        }
+    }
+    panic!("the agent found its ports taken three times");
 }
 
 /// Starts one agent per host (`host` is also its client id), `gpus` GPUs each.
@@ -122,8 +178,25 @@ pub(super) struct Controller {
 }
 
 impl Controller {
-    /// `coolantd run` on the simulated CDU (no GPUs of its own) for `hosts`.
+    /// `coolantd run` on the simulated CDU (no GPUs of its own) for `hosts`, once `/status`
+    /// answers; ports taken meanwhile by another process are replaced and the start tried
+    /// again.
     pub(super) async fn start(dir: &Path, broker: u16, hosts: &[&str]) -> Controller {
+        for _ in 0..3 {
+            let mut c = Controller::spawn(dir, broker, hosts).await;
+            let what = "the controller";
+            let http = c.http;
+            let up = |_: &DaemonProcess| http_get(http, "/status").0 == 200;
+            match started(&mut c.proc, what, up) {
+                Start::Up => return c,
+                Start::PortTaken => {}
+            }
+        }
+        panic!("the controller found its ports taken three times");
+    }
+
+    /// One start, on ports picked now.
+    async fn spawn(dir: &Path, broker: u16, hosts: &[&str]) -> Controller {
         let sim_port = free_port();
         let cdu = Proxy::start(([127, 0, 0, 1], sim_port).into()).await;
         let http = free_port();
