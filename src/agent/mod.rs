@@ -237,10 +237,16 @@ impl AgentCore {
                 .collect();
             return answer;
         }
-        if let Some(current) = self.lease.as_ref().filter(|l| l.id == msg.id) {
+        if self.lease.as_ref().is_some_and(|l| l.id == msg.id) {
             // A retry of the lease in force (its acknowledgement was lost): acknowledged
-            // again, not extended, so the lease still ends when its controller expects.
-            answer.accepted = current.caps.keys().copied().collect();
+            // again with the same answers, not extended, so the lease still ends when its
+            // controller expects.
+            let _ = Lease::accept(
+                now,
+                msg,
+                |index| self.gpus.get(&index).map(|g| *g.guard.limits()),
+                &mut answer,
+            );
             return answer;
         }
         let lease = Lease::accept(
