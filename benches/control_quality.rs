@@ -1,6 +1,7 @@
 //! Control quality on the plant simulator: coolantd's controller against the strategies
-//! common fan controllers use, on the benchmark workload, for 8 H200s and for 8 H100s on one
-//! simulated CDU.
+//! common fan controllers use, for 8 H200s, 8 H100s (on 30 °C and on 50 °C water) and a rack
+//! of 64 H200s that differ (config/sim-rack.toml: plate and power spread, a hot spot at the
+//! top, so the hottest GPU moves) on one simulated CDU.
 //!
 //! Every strategy drives the same deterministic plant (`coolantd::sim`) in closed loop, in
 //! process, at a 1 s control period with the plant stepped 1 s per tick:
@@ -26,11 +27,14 @@
 //!
 //! Workloads (see `workloads()`): the benchmark trace, training iterations (2.55 s compute,
 //! 0.45 s communication dips, every 3 s), a synchronized 30 s checkpoint drop, a job start on a
-//! cold loop, and facility water warming 12 K over 10 minutes at full load. README.md's table and the baseline cover the benchmark trace; the others go
-//! to the Markdown report and the JSON.
+//! cold loop, facility water warming 12 K over 10 minutes at full load, and full load then half
+//! load (where the rack's hottest GPU changes). README.md's table and the baseline cover the
+//! benchmark trace; the others go to the Markdown report (which ends with every plant and
+//! workload side by side, docs/control.md's table) and the JSON.
 //!
 //! Run: `cargo bench --bench control_quality`. Prints Markdown tables and writes them to
-//! `target/control_quality.md`. Under `cargo test --benches` (no `--bench` argument) it runs
+//! `target/control_quality.md`. `-- --plant h200,rack --workload training` runs a part only
+//! (plants h200, h100, h100-warm, rack), writes nothing and skips the baseline. Under `cargo test --benches` (no `--bench` argument) it runs
 //! the same comparison on a shortened trace as a smoke test and writes nothing.
 
 use coolantd::collect::GpuBackend;
@@ -119,12 +123,18 @@ struct Metrics {
     /// of the set point for the rest of the full-load segment (the segment's length when it
     /// never does).
     settle_s: f64,
+    /// How many different GPUs were the hottest (by the controlled value) in some tick, and
+    /// how often the hottest GPU changed: on a rack whose GPUs differ the pump loop's
+    /// controlled value moves between GPUs.
+    hottest_gpus: usize,
+    hottest_moves: u32,
 }
 
 /// The controlled variable as `controlled_variable = "max"` defines it, from the plant's truth:
 /// the hottest of each GPU's core and its HBM expressed as an equivalent core temperature
 /// (slowdown threshold minus the HBM's margin to its own limit).
-fn controlled_truth(plant: &Plant) -> f64 {
+/// Returns the GPU that sets it (index in plant order) and the value.
+fn hottest_truth(plant: &Plant) -> (usize, f64) {
     let th = &plant.profile().thresholds;
     plant
         .gpus()
@@ -133,7 +143,11 @@ fn controlled_truth(plant: &Plant) -> f64 {
             let hbm_equiv = th.slowdown_c.0 - (th.hbm_max_c.0 - g.thermal.hbm.0);
             g.thermal.die.0.max(hbm_equiv)
         })
-        .fold(f64::MIN, f64::max)
+        .enumerate()
+        .fold(
+            (0, f64::MIN),
+            |best, (i, v)| if v > best.1 { (i, v) } else { best },
+        )
 }
 
 /// The same from GPU samples, as a controller that only sees NVML readings computes it.
@@ -274,6 +288,24 @@ fn workloads() -> Vec<(&'static str, Workload, u64, (f64, f64), f64)> {
             (5.0, 600.0),
             0.02,
         ),
+        // Full load, then every GPU at half load (config/sim-rack.toml's trace, shortened):
+        // at full load every GPU sits on its power cap and the worst plate is the hottest;
+        // at half load the power spread counts too, so on a rack whose GPUs differ another GPU
+        // becomes the hottest.
+        (
+            "half-load",
+            Workload::Trace {
+                segments: vec![
+                    seg(30.0, 0.0, None, None),
+                    seg(240.0, 1.0, None, None),
+                    seg(240.0, 0.5, None, None),
+                ],
+                repeat: false,
+            },
+            510,
+            (30.0, 270.0),
+            0.0,
+        ),
     ]
 }
 
@@ -331,7 +363,7 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
             }
             let setup = CduSetup {
                 name: CDU.into(),
-                hosts: vec![HOST.into()],
+                hosts: s.sim.hosts_or(HOST),
                 pump_min: coolantd::units::Percent(pump_lo),
                 pump_max: coolantd::units::Percent(pump_hi),
                 roles: s.cdu.roles(),
@@ -383,6 +415,8 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
     let (step_at, full_end) = s.step;
     let mut last_outside = step_at - PERIOD_S;
     let mut recent: std::collections::VecDeque<(f64, f64)> = std::collections::VecDeque::new();
+    let mut hottest_seen = std::collections::BTreeSet::new();
+    let mut last_hottest = None;
 
     for k in 1..=s.trace_s {
         let now = dt * k as u32;
@@ -397,7 +431,12 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
         // Measure the plant's truth over the step just made.
         {
             let p = lock(&plant);
-            let cv = controlled_truth(&p);
+            let (hot, cv) = hottest_truth(&p);
+            hottest_seen.insert(hot);
+            if last_hottest.is_some_and(|h| h != hot) {
+                m.hottest_moves += 1;
+            }
+            last_hottest = Some(hot);
             let e = cv - sp;
             if e > 0.0 {
                 m.above_s += PERIOD_S;
@@ -438,7 +477,8 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
                 for j in 1..=substeps {
                     let ts = (now - dt + sub * j).as_secs_f64();
                     let load = p.workload().load(i, ts);
-                    let demand = idle_w + load * (full_w - idle_w);
+                    // A GPU of a rack that differs draws its own share above idle.
+                    let demand = idle_w + load * g.power_factor * (full_w - idle_w);
                     reference += demand.min(ref_limit) * sub.as_secs_f64();
                 }
                 let delivered = g.energy.0 - energy_before[i];
@@ -504,6 +544,7 @@ fn run(s: &Setup<'_>, strategy: &Strategy) -> Metrics {
     // Settled once inside the band: the sample after the last one outside it.
     m.settle_s = (last_outside + PERIOD_S - step_at).min(full_end - step_at);
     m.pump_kj = lock(&plant).pump_energy().0 / 1000.0;
+    m.hottest_gpus = hottest_seen.len();
     m.perf_lost_pct = if ref_j > 0.0 {
         100.0 * lost_j / ref_j
     } else {
@@ -529,7 +570,7 @@ fn table(title: &str, s: &Setup<'_>, rows: &[(&str, Metrics)]) -> String {
         "### {title}: set point {:.1} °C, supply {:.0} °C, {} GPUs, {} s of workload `{}`\n",
         s.setpoint,
         s.sim.supply_setpoint_c,
-        s.sim.gpus_per_host,
+        s.sim.hosts.len().max(1) * s.sim.gpus_per_host as usize,
         s.trace_s,
         workload_id(&s.sim.workload)
     );
@@ -582,8 +623,21 @@ clock falls as (power/demand)^0.82, so lost work is of the same order. *t at slo
 with any GPU core at or above its slowdown threshold (89 °C). *t not Running*: seconds the \
 coolantd controller spent outside Running (boot, emergency, failsafe); — for the others.\n";
 
+/// The values of `--<name> a,b` on the command line (empty: no filter).
+fn filter_arg(name: &str) -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .filter(|w| w[0] == format!("--{name}"))
+        .flat_map(|w| w[1].split(',').map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
+    // `--plant h200,rack --workload training`: a part of the run, for quick measurements;
+    // such a run writes no files and skips the baseline (which needs every row).
+    let (plant_filter, workload_filter) = (filter_arg("plant"), filter_arg("workload"));
+    let filtered = !plant_filter.is_empty() || !workload_filter.is_empty();
     let trace_s = if bench { TRACE_S } else { SMOKE_TRACE_S };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let started = Instant::now();
@@ -595,6 +649,14 @@ fn main() {
         .expect("firmware-profiles/cdu/sim-cdu.toml loads");
     let sim_toml = Config::load(&root.join("config/sim.toml")).expect("config/sim.toml loads");
     let control = sim_toml.control.clone();
+    // The rack: 64 H200s that differ (config/sim-rack.toml's [simulator]: plate and power
+    // spread, a hot spot at the top), with its set point.
+    let rack_toml =
+        Config::load(&root.join("config/sim-rack.toml")).expect("config/sim-rack.toml loads");
+    let rack_sim = rack_toml
+        .simulator
+        .clone()
+        .expect("config/sim-rack.toml has a [simulator] section");
 
     let mut report = String::new();
     let _ = writeln!(
@@ -621,14 +683,31 @@ fn main() {
             "h200-sxm",
             control.setpoint,
             30.0,
+            SimConfig::default(),
         ),
-        ("H100 (h100-sxm)", "h100", "h100-sxm", H100_SETPOINT_C, 30.0),
+        (
+            "H100 (h100-sxm)",
+            "h100",
+            "h100-sxm",
+            H100_SETPOINT_C,
+            30.0,
+            SimConfig::default(),
+        ),
         (
             "Stress: H100 (h100-sxm) on warm water",
             "h100-warm",
             "h100-sxm",
             WARM_SETPOINT_C,
             WARM_SUPPLY_C,
+            SimConfig::default(),
+        ),
+        (
+            "Rack: 64 H200s that differ (config/sim-rack.toml)",
+            "rack",
+            "h200-sxm",
+            rack_toml.control.setpoint,
+            rack_sim.supply_setpoint_c,
+            rack_sim.clone(),
         ),
     ];
     let mut all = Vec::new();
@@ -637,8 +716,12 @@ fn main() {
     let wls: Vec<_> = workloads()
         .into_iter()
         .filter(|w| bench || w.0 == "benchmark")
+        .filter(|w| workload_filter.is_empty() || workload_filter.iter().any(|f| f == w.0))
         .collect();
-    for (title, id, name, setpoint, supply) in cases {
+    for (title, id, name, setpoint, supply, base) in cases {
+        if !plant_filter.is_empty() && !plant_filter.iter().any(|f| f == id) {
+            continue;
+        }
         for (wl_id, workload, wl_s, step, drift_k_per_s) in wls.clone() {
             case_ids.push((id, wl_id));
             let gpu = gpu_profiles
@@ -647,7 +730,7 @@ fn main() {
             let sim = SimConfig {
                 workload,
                 supply_setpoint_c: supply,
-                ..SimConfig::default()
+                ..base.clone()
             };
             let setup = Setup {
                 gpu,
@@ -732,12 +815,26 @@ fn main() {
                         .map_or("never".to_string(), |s| format!("{s:.0} s"))
                 );
             }
+            if setup.sim.hosts.len() > 1 {
+                let fb = &rows[0].1;
+                let ff = &rows[5].1;
+                let _ = writeln!(
+                    t,
+                    "\nThe hottest GPU moves: GPUs that were the hottest at some tick (of {1}) and changes of the hottest, feedback only {0} and {2}, with feed-forward {3} and {4}.\n",
+                    fb.hottest_gpus,
+                    setup.sim.hosts.len() * setup.sim.gpus_per_host as usize,
+                    fb.hottest_moves,
+                    ff.hottest_gpus,
+                    ff.hottest_moves
+                );
+            }
             report.push_str(&t);
             report.push('\n');
             all.push((name, rows));
         }
     }
     report.push_str(DEFINITIONS);
+    report.push_str(&side_by_side(&case_ids, &all));
     print!("{report}");
 
     // Invariants of the harness itself, checked in both modes: a run that breaks them
@@ -758,12 +855,21 @@ fn main() {
             );
         }
     }
-    // The controller must keep the well-cooled H200 out of slowdown at its working set point.
-    let h200 = &all[0].1[0].1;
-    assert_eq!(h200.slowdown_s, 0.0, "coolantd let an H200 reach slowdown");
+    // The controller must keep the well-cooled H200s (alone or in the rack) out of slowdown
+    // at their working set point.
+    for ((case, workload), (_, rows)) in case_ids.iter().zip(&all) {
+        if *case == "h200" || *case == "rack" {
+            assert_eq!(
+                rows[0].1.slowdown_s, 0.0,
+                "coolantd let an H200 reach slowdown ({case}, {workload})"
+            );
+        }
+    }
 
     let mut regressions = Vec::new();
-    if bench {
+    if bench && filtered {
+        eprintln!("control_quality: a filtered run: no files written, no baseline compared");
+    } else if bench {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
@@ -802,9 +908,49 @@ fn main() {
         }
         std::process::exit(1);
     }
-    if bench {
+    if bench && !filtered {
         eprintln!("control_quality: every figure of README.md's table within its tolerance");
     }
+}
+
+/// The short names of the side-by-side table, in its order (the other rows are left out).
+const SIDE_BY_SIDE: [(&str, &str); 6] = [
+    ("(b) naive PID, integrator clamped", "naive clamped"),
+    ("coolantd", "fb only"),
+    ("coolantd + feed-forward", "FF"),
+    ("coolantd + feed-forward, SIMC gains", "FF+SIMC"),
+    (
+        "coolantd + feed-forward, scheduled SIMC gains",
+        "FF+scheduled",
+    ),
+    ("(a) pump fixed 100 %", "fixed 100%"),
+];
+
+/// Every plant, workload and strategy in one Markdown table (docs/control.md's).
+fn side_by_side(case_ids: &[(&str, &str)], all: &[(&str, Vec<(&str, Metrics)>)]) -> String {
+    let mut out = String::from(
+        "\n### Every plant and workload\n\n| plant | workload | strategy | overshoot K | settle s | IAE loaded K·s | >SP+1K s | pump kJ | travel % | perf lost % | slowdown s |\n|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for ((case, workload), (_, rows)) in case_ids.iter().zip(all) {
+        for (bench_name, short) in SIDE_BY_SIDE {
+            let Some((_, m)) = rows.iter().find(|(n, _)| *n == bench_name) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| {case} | {workload} | {short} | {:.2} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} |",
+                m.overshoot_k,
+                m.settle_s,
+                m.iae_loaded,
+                m.above_1k_s,
+                m.pump_kj,
+                m.pump_travel,
+                m.perf_lost_pct,
+                m.slowdown_s
+            );
+        }
+    }
+    out
 }
 
 /// The README table's strategy names for the bench's rows.
@@ -852,6 +998,8 @@ fn figures_json(
                 "above_sp_plus1_s": m.above_1k_s,
                 "pump_energy_kj": m.pump_kj,
                 "pump_travel_pct": m.pump_travel,
+                "hottest_gpus": m.hottest_gpus,
+                "hottest_moves": m.hottest_moves,
             }));
         }
     }

@@ -11,6 +11,7 @@ fn case_of(plant: &str) -> &'static str {
         "H200, SP 55 °C" => "h200",
         "H100, SP 72 °C" => "h100",
         "H100 on 50 °C water, SP 82 °C" => "h100-warm",
+        "H200 rack, 64 GPUs that differ, SP 55 °C" => "rack",
         other => panic!("README.md: unknown plant {other:?} in the control-quality table"),
     }
 }

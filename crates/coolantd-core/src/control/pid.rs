@@ -402,6 +402,22 @@ impl Pid {
         self.terms.output = self.output;
     }
 
+    /// Holds this tick's output at `applied` where the step just made asked for more: the
+    /// output becomes `applied` and the integrator is set so that, with the same error, the
+    /// next step starts from it without a bump (this step's integral action is dropped, as
+    /// in [`Pid::track`]). An `applied` at or above the output changes nothing.
+    pub fn hold_below(&mut self, applied: f64) {
+        if !applied.is_finite() || applied >= self.output {
+            return;
+        }
+        let applied = applied.clamp(self.params.out_min, self.params.out_max);
+        let t = self.terms;
+        self.integral = self.bounded_integral(applied - t.p - t.d - t.ff);
+        self.output = applied;
+        self.terms.i = self.integral;
+        self.terms.output = applied;
+    }
+
     /// Applies an output without any measurement (it is unknown). The integrator is set to
     /// the output minus the last feed-forward, and the derivative history is forgotten, so that
     /// the first automatic step after the measurement returns starts from here.
@@ -512,6 +528,33 @@ mod tests {
         let mut pid = Pid::new(params(), 50.0);
         let t = pid.update(65.0, 60.0, 0.0, 1.0).expect("valid input");
         assert!(t.output < 50.0, "cold plant must slow the pump down: {t:?}");
+    }
+
+    #[test]
+    fn a_held_output_resumes_without_a_bump() {
+        let mut pid = Pid::new(
+            PidParams {
+                kd: 0.0,
+                ..params()
+            },
+            50.0,
+        );
+        let asked = pid
+            .update(65.0, 66.0, 10.0, 1.0)
+            .expect("valid input")
+            .output;
+        assert!(asked > 50.0, "{asked}");
+        pid.hold_below(50.0);
+        assert_eq!(pid.output(), 50.0);
+        // A hold above the output changes nothing.
+        pid.hold_below(60.0);
+        assert_eq!(pid.output(), 50.0);
+        // With the same error the next step starts from the held output.
+        let next = pid
+            .update(65.0, 66.0, 10.0, 1.0)
+            .expect("valid input")
+            .output;
+        assert!((next - 50.0).abs() < 1e-9, "{next}");
     }
 
     #[test]
