@@ -1,0 +1,220 @@
+//! `coolantd agent` as an operable service, the real binary on simulated GPUs against real
+//! peers: its points in VictoriaMetrics (through the InfluxDB write API), its `/metrics` read
+//! by the Prometheus client's own parser, its alarms on a real Mosquitto (lease run out, broker
+//! lost and regained), each logged once, and the energy counter in its readings.
+
+use super::host_agent::{agent_config, spawn_agent, Wire, BOUND, HOST};
+use super::service_http::{family, parse_with_prometheus_client, sample_value};
+use coolantd::wire::Readings;
+use coolantd_testkit::mosquitto::Mosquitto;
+use coolantd_testkit::mqtt_client::TestClient;
+use coolantd_testkit::victoria::Victoria;
+use coolantd_testkit::{free_port, TempDir};
+use std::path::Path;
+use std::time::Duration;
+
+/// The agent's alarm topic: the daemon's `alarms/events` under its site and host.
+const ALARMS: &str = "coolantd/rack1/node07/alarms/events";
+
+/// Adds `extra` to the agent's file and reads the slow counters every second.
+fn with(path: &Path, extra: &str) {
+    let text = std::fs::read_to_string(path)
+        .expect("read agent.toml")
+        .replace(
+            "backend = \"simulated\"",
+            "backend = \"simulated\"\nslow_period_ms = 1000",
+        );
+    std::fs::write(path, format!("{text}\n{extra}\n")).expect("write agent.toml");
+}
+
+fn get(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "{url}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn alarm_lines(log: &str, id: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("ALARM") && l.contains(id))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_points_reach_influxdb_and_its_metrics_parse_tagged_with_the_host() {
+    let broker = Mosquitto::start();
+    let vm = Victoria::start();
+    let dir = TempDir::new("agent-ops-points");
+    let http = free_port();
+    let cfg = agent_config(&dir, broker.port(), false);
+    with(
+        &cfg,
+        &format!(
+            "[influx]\nurl = \"{}\"\norg = \"test\"\nbucket = \"coolantd\"\ntoken = \"t\"\nflush_interval_ms = 50\n\n[http]\nlisten = \"127.0.0.1:{http}\"",
+            vm.url()
+        ),
+    );
+    let agent = spawn_agent(&cfg, &[]);
+    let mut sub = Wire::connect(broker.port(), "test-ops-points").await;
+
+    // The energy counter of the slow path rides in the readings.
+    let r: Readings = sub
+        .readings_until(&agent, "energy on every GPU", |r| {
+            r.gpus.len() == 2 && r.gpus.iter().all(|g| g.energy_mj.is_some())
+        })
+        .await;
+    assert!(r.gpus.iter().all(|g| g.energy_mj.is_some()), "{r:?}");
+
+    // /metrics through the Prometheus client's parser.
+    agent.wait_http_ok(http, "/healthz", BOUND);
+    let text = get(&format!("http://127.0.0.1:{http}/metrics"));
+    let families = parse_with_prometheus_client(&text);
+    let me = [("site", "rack1"), ("host", HOST)];
+    assert!(sample_value(family(&families, "agent_seq"), &me) >= 1.0);
+    assert_eq!(
+        sample_value(family(&families, "agent_broker_connected"), &me),
+        1.0
+    );
+    assert!(sample_value(family(&families, "agent_readings_published"), &me) >= 1.0);
+    assert_eq!(
+        family(&families, "agent_readings_published")["type"],
+        "counter"
+    );
+    assert_eq!(
+        sample_value(family(&families, "agent_lease_active"), &me),
+        0.0
+    );
+    assert_eq!(
+        sample_value(family(&families, "agent_read_failures"), &me),
+        0.0
+    );
+    for gpu in ["0", "1"] {
+        let labels = [("site", "rack1"), ("host", HOST), ("gpu", gpu)];
+        assert_eq!(
+            sample_value(family(&families, "agent_gpu_guard_engaged"), &labels),
+            0.0
+        );
+        assert_eq!(
+            sample_value(family(&families, "agent_gpu_decided_cap_w"), &labels),
+            700.0
+        );
+    }
+    let core = family(&families, "gpu_core_temp_c");
+    assert_eq!(
+        core["samples"].as_array().map(Vec::len),
+        Some(2),
+        "{core:#}"
+    );
+    assert!(
+        family(&families, "coolantd_tick_duration_seconds")["samples"][0]["value"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0)
+    );
+    let status = get(&format!("http://127.0.0.1:{http}/status"));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("/status is JSON");
+    assert_eq!(status["host"], HOST);
+    assert_eq!(status["gpus"].as_array().map(Vec::len), Some(2));
+
+    // The points in the database, tagged with the agent's host: its GPUs (fast and slow
+    // fields) and its own.
+    let gpus = vm.export_until("gpu_core_temp_c", |s| s.len() == 2);
+    assert_eq!(gpus.len(), 2, "one series per GPU");
+    for s in &gpus {
+        assert_eq!(s.label("host"), Some(HOST));
+        assert_eq!(s.label("site"), Some("rack1"));
+        assert_eq!(s.label("model"), Some("NVIDIA H200"));
+    }
+    let energy = vm.export_until("gpu_energy_j", |s| s.len() == 2);
+    assert_eq!(energy.len(), 2, "the slow counters are written too");
+    let seq = vm.export_until("agent_seq", |s| s.iter().any(|s| s.values.len() >= 3));
+    assert_eq!(seq.len(), 1);
+    assert_eq!(seq[0].label("host"), Some(HOST));
+    assert!(
+        seq[0].values.windows(2).all(|w| w[0] < w[1]),
+        "{:?}",
+        seq[0].values
+    );
+    let guard = vm.export_until("agent_gpu_guard_cap_w", |s| s.len() == 2);
+    assert!(guard.iter().all(|s| s.label("host") == Some(HOST)));
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_and_a_lost_broker_are_alarmed_once_over_mqtt() {
+    let mut broker = Mosquitto::start();
+    let dir = TempDir::new("agent-ops-alarms");
+    let http = free_port();
+    let cfg = agent_config(&dir, broker.port(), false);
+    // A first reconnect 2 s after the drop: the test's subscriber is back on the restarted
+    // broker before the agent, so it hears what the agent publishes on its return.
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace("reconnect_min_ms = 100", "reconnect_min_ms = 2000");
+    std::fs::write(&cfg, text).expect("write");
+    with(&cfg, &format!("[http]\nlisten = \"127.0.0.1:{http}\""));
+    let agent = spawn_agent(&cfg, &[]);
+    let mut events = TestClient::connect(broker.port(), "test-alarms", &[ALARMS]).await;
+    let sub = Wire::connect(broker.port(), "test-ops-alarms").await;
+    agent.wait_http_ok(http, "/healthz", BOUND);
+    agent.wait_line("the agent's first readings", BOUND, |l| {
+        l.contains("agent started")
+    });
+
+    // A lease of 600 ms that nobody renews: the guard takes over and the alarm is raised.
+    sub.lease(7, 600, &[(0, 500.0)]).await;
+    let raised = events
+        .wait_for("lease_expired raised", BOUND, |m| {
+            m.payload.contains("\"raised\"") && m.payload.contains("lease_expired:node07")
+        })
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&raised.payload).expect("JSON");
+    assert_eq!(v["alarm"]["kind"], "lease_expired");
+    assert_eq!(v["alarm"]["severity"], "warning");
+    assert!(!raised.retain, "alarm events are not retained");
+    // A renewal clears it.
+    sub.lease(8, 60_000, &[(0, 500.0)]).await;
+    events
+        .wait_for("lease_expired cleared", BOUND, |m| {
+            m.payload.contains("\"cleared\"") && m.payload.contains("lease_expired:node07")
+        })
+        .await;
+    assert_eq!(alarm_lines(&agent.log(), "lease_expired:node07"), 1);
+
+    // The broker goes away: the agent keeps ticking (its HTTP endpoint says so) and raises
+    // broker_lost; both transitions reach a subscriber once the broker is back.
+    broker.stop();
+    let t0 = std::time::Instant::now();
+    loop {
+        let status = get(&format!("http://127.0.0.1:{http}/status"));
+        if status.contains("broker_lost:node07") {
+            break;
+        }
+        assert!(t0.elapsed() < BOUND, "no broker_lost in /status: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(events);
+    drop(sub);
+    broker.restart();
+    let mut events = TestClient::connect(broker.port(), "test-alarms-2", &[ALARMS]).await;
+    let raised = events
+        .wait_for("broker_lost raised", BOUND, |m| {
+            m.payload.contains("broker_lost:node07")
+        })
+        .await;
+    assert!(raised.payload.contains("\"raised\""), "{}", raised.payload);
+    let cleared = events
+        .wait_for("broker_lost cleared", BOUND, |m| {
+            m.payload.contains("broker_lost:node07")
+        })
+        .await;
+    assert!(
+        cleared.payload.contains("\"cleared\""),
+        "{}",
+        cleared.payload
+    );
+    let log = agent.log();
+    assert_eq!(alarm_lines(&log, "broker_lost:node07"), 1, "{log}");
+    drop(agent);
+}
