@@ -3,14 +3,17 @@
 //! by the Prometheus client's own parser, its alarms on a real Mosquitto (lease run out, broker
 //! lost and regained), each logged once, and the energy counter in its readings.
 
-use super::host_agent::{agent_config, spawn_agent, Wire, BOUND, HOST};
+use super::host_agent::{agent_config, hot_agent_config, spawn_agent, Wire, BOUND, HOST};
 use super::service_http::{family, parse_with_prometheus_client, sample_value};
 use coolantd::wire::Readings;
+use coolantd_testkit::daemon_process::DaemonProcess;
 use coolantd_testkit::mosquitto::Mosquitto;
 use coolantd_testkit::mqtt_client::TestClient;
 use coolantd_testkit::victoria::Victoria;
 use coolantd_testkit::{free_port, TempDir};
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// The agent's alarm topic: the daemon's `alarms/events` under its site and host.
@@ -217,4 +220,109 @@ async fn lease_expiry_and_a_lost_broker_are_alarmed_once_over_mqtt() {
     let log = agent.log();
     assert_eq!(alarm_lines(&log, "broker_lost:node07"), 1, "{log}");
     drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_held_at_slowdown_is_one_alarm_event_and_one_log_line() {
+    let broker = Mosquitto::start();
+    let dir = TempDir::new("agent-ops-hot");
+    let cfg = hot_agent_config(&dir, broker.port());
+    // The guard's cut of each critical tick is a debug line: it shows how many ticks the GPU
+    // spent at its slowdown margin, against which the alarm lines are counted.
+    // A cut of 0.1 % per critical tick keeps the GPU at its margin for many ticks in a row.
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        "guard_critical_margin_k = 29.9",
+        "guard_critical_margin_k = 29.99\nguard_critical_cut = 0.001",
+    );
+    std::fs::write(&cfg, text).expect("write");
+    with(&cfg, "[logging]\nlevel = \"info,coolantd=debug\"");
+    let mut events = TestClient::connect(broker.port(), "test-hot-alarms", &[ALARMS]).await;
+    let agent = spawn_agent(&cfg, &[]);
+    let raised = events
+        .wait_for("gpu_at_slowdown raised", BOUND, |m| {
+            m.payload.contains("gpu_at_slowdown:node07/gpu0")
+        })
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&raised.payload).expect("JSON");
+    assert_eq!(v["transition"], "raised");
+    assert_eq!(v["alarm"]["severity"], "critical");
+    // Full load, the plant 50 × real time, small cuts: the GPU stays at its margin.
+    agent.wait_line("a few more critical ticks", BOUND, |_| {
+        agent_cuts(&agent.log()) >= 3
+    });
+    let again = events.collect(Duration::from_millis(500)).await;
+    assert!(
+        !again
+            .iter()
+            .any(|m| m.payload.contains("gpu_at_slowdown:node07/gpu0")
+                && m.payload.contains("\"raised\"")),
+        "raised again while still active: {again:?}"
+    );
+    let log = agent.log();
+    assert_eq!(alarm_lines(&log, "gpu_at_slowdown:node07/gpu0"), 1, "{log}");
+}
+
+fn agent_cuts(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("guard cut its cap this tick") && l.contains("gpu=0"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_agent_is_ready_feeds_the_watchdog_and_refuses_a_period_too_long() {
+    let broker = Mosquitto::start();
+    let dir = TempDir::new("agent-ops-notify");
+    let cfg = agent_config(&dir, broker.port(), false);
+    let sock_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(BOUND)).expect("read timeout");
+    let mut agent = DaemonProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_coolantd"))
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "10000000"),
+    );
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(
+        recv(),
+        "READY=1",
+        "READY=1 comes first, after the first tick"
+    );
+    for _ in 0..3 {
+        assert_eq!(recv(), "WATCHDOG=1", "one ping per tick");
+    }
+    agent.signal(libc::SIGTERM);
+    let mut stopping = false;
+    for _ in 0..20 {
+        if recv() == "STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM; log:\n{}", agent.log());
+    let (status, _) = agent.wait_exit(BOUND).expect("the agent exits");
+    assert!(status.success(), "{status:?}; log:\n{}", agent.log());
+
+    // A watchdog of 300 ms cannot be fed by a 200 ms tick that may run late: refused with
+    // EX_CONFIG, so systemd's RestartPreventExitStatus=78 stops a restart loop.
+    let out = Command::new(env!("CARGO_BIN_EXE_coolantd"))
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .env("WATCHDOG_USEC", "300000")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("agent.period_ms") && stderr.contains("300 ms"),
+        "{stderr}"
+    );
 }

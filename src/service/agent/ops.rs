@@ -266,12 +266,12 @@ impl Ops {
             health.tick(t.took);
             health.set_ready(true);
         }
-        // A tick that completed is a live agent: only then is the watchdog fed.
-        tell(self.notifier.watchdog());
         if !self.ready_sent {
             tell(self.notifier.ready());
             self.ready_sent = true;
         }
+        // A tick that completed is a live agent: only then is the watchdog fed.
+        tell(self.notifier.watchdog());
         let topic = &self.alarm_topic;
         self.alarms
             .flush(|payload| t.link.publish(topic, payload, false));
