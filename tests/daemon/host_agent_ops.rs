@@ -9,8 +9,9 @@ use coolantd::wire::Readings;
 use coolantd_testkit::daemon_process::DaemonProcess;
 use coolantd_testkit::mosquitto::Mosquitto;
 use coolantd_testkit::mqtt_client::TestClient;
+use coolantd_testkit::nvml_replay::Replay;
 use coolantd_testkit::victoria::Victoria;
-use coolantd_testkit::{free_port, TempDir};
+use coolantd_testkit::{free_port, repo_root, TempDir};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
@@ -325,4 +326,69 @@ async fn under_systemd_the_agent_is_ready_feeds_the_watchdog_and_refuses_a_perio
         stderr.contains("agent.period_ms") && stderr.contains("300 ms"),
         "{stderr}"
     );
+}
+
+/// The value of the agent's own metric `name` on `/metrics`.
+fn agent_metric(http: u16, name: &str) -> f64 {
+    let text = get(&format!("http://127.0.0.1:{http}/metrics"));
+    let families = parse_with_prometheus_client(&text);
+    sample_value(
+        family(&families, name),
+        &[("site", "rack1"), ("host", HOST)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvml_read_failures_are_counted_on_metrics() {
+    // The real NVML backend on the replay library (an H200 capture, 2 GPUs), in dry run.
+    let replay = Replay::new("agent-read-failures", "h200", 2);
+    let broker = Mosquitto::start();
+    let dir = TempDir::new("agent-ops-nvml");
+    let http = free_port();
+    let cfg = dir.0.join("agent.toml");
+    let text = format!(
+        "[site]\nname = \"rack1\"\nhost = \"{HOST}\"\nstate_dir = {state:?}\nprofiles_dir = {profiles:?}\ndry_run = true\n\n\
+         [gpus]\nbackend = \"nvml\"\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
+         [agent]\nperiod_ms = 100\n\n\
+         [http]\nlisten = \"127.0.0.1:{http}\"\n",
+        state = dir.0.join("state").display().to_string(),
+        profiles = repo_root().join("firmware-profiles").display().to_string(),
+        port = broker.port(),
+    );
+    std::fs::write(&cfg, text).expect("write agent.toml");
+    let agent = DaemonProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_coolantd"))
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .env("LD_LIBRARY_PATH", &replay.dir)
+            .env_remove("NOTIFY_SOCKET"),
+    );
+    agent.wait_http_ok(http, "/healthz", BOUND);
+    assert!(agent_metric(http, "agent_seq") >= 1.0);
+    assert_eq!(agent_metric(http, "agent_read_failures"), 0.0);
+
+    // GPU 1's temperature read times out from now on: one missing value per tick.
+    replay.set_faults("timeout 1 nvmlDeviceGetTemperature\n");
+    let t0 = std::time::Instant::now();
+    let failing = loop {
+        let n = agent_metric(http, "agent_read_failures");
+        if n >= 3.0 {
+            break n;
+        }
+        assert!(
+            t0.elapsed() < BOUND,
+            "read failures stay at {n}; log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    replay.set_faults("");
+    // Once the fault is gone the count stops growing (a tick or two may still be in flight).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = agent_metric(http, "agent_read_failures");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(agent_metric(http, "agent_read_failures"), settled);
+    assert!(settled >= failing);
+    drop(agent);
 }
