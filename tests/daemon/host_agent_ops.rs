@@ -392,3 +392,50 @@ async fn nvml_read_failures_are_counted_on_metrics() {
     assert!(settled >= failing);
     drop(agent);
 }
+
+#[test]
+fn check_config_names_the_agents_sink_and_endpoint_and_refuses_their_faults() {
+    let dir = TempDir::new("agent-ops-check");
+    let cfg = agent_config(&dir, free_port(), false);
+    let base = std::fs::read_to_string(&cfg).expect("read");
+    let check = |extra: &str| {
+        std::fs::write(&cfg, format!("{base}\n{extra}\n")).expect("write");
+        Command::new(env!("CARGO_BIN_EXE_coolantd"))
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("run check-config")
+    };
+    let out = check(
+        "[influx]\nurl = \"http://127.0.0.1:8428\"\norg = \"o\"\nbucket = \"b\"\n\n[http]\nlisten = \"127.0.0.1:9105\"",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{out:?}");
+    assert!(
+        stdout.contains("InfluxDB http://127.0.0.1:8428") && stdout.contains("HTTP 127.0.0.1:9105"),
+        "{stdout}"
+    );
+
+    let missing = dir.0.join("no-such-token");
+    let out = check(&format!(
+        "[influx]\nurl = \"http://127.0.0.1:8428\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = {:?}\n\n[http]\nlisten = \"localhost:9105\"",
+        missing.display().to_string()
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("http.listen"),
+        "the bad address is named: {stderr}"
+    );
+
+    let out = check(&format!(
+        "[influx]\nurl = \"http://127.0.0.1:8428\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = {:?}",
+        missing.display().to_string()
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("influx") && stderr.contains("no-such-token"),
+        "the missing token file is named: {stderr}"
+    );
+}
