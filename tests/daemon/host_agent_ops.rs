@@ -49,7 +49,7 @@ fn alarm_lines(log: &str, id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_points_reach_influxdb_and_its_metrics_parse_tagged_with_the_host() {
     let broker = Mosquitto::start();
-    let vm = Victoria::start();
+    let mut vm = Victoria::start();
     let dir = TempDir::new("agent-ops-points");
     let http = free_port();
     let cfg = agent_config(&dir, broker.port(), false);
@@ -142,6 +142,31 @@ async fn agent_points_reach_influxdb_and_its_metrics_parse_tagged_with_the_host(
     );
     let guard = vm.export_until("agent_gpu_guard_cap_w", |s| s.len() == 2);
     assert!(guard.iter().all(|s| s.label("host") == Some(HOST)));
+
+    // The database goes away for a while: the agent's points wait in its spool and arrive
+    // once it is back, every tick's `seq` without a gap.
+    vm.stop();
+    let before = agent_metric(http, "agent_seq");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let during = agent_metric(http, "agent_seq");
+    assert!(
+        during >= before + 5.0,
+        "the agent kept ticking: {before} → {during}"
+    );
+    vm.restart();
+    let seq = vm.export_until("agent_seq", |s| {
+        s.first()
+            .is_some_and(|s| s.values.iter().any(|&v| v >= during))
+    });
+    let mut values = seq[0].values.clone();
+    values.sort_by(f64::total_cmp);
+    values.dedup();
+    assert!(
+        values.windows(2).all(|w| w[1] == w[0] + 1.0),
+        "a tick's point was lost across the outage: {values:?}"
+    );
+    assert_eq!(values.first(), Some(&1.0), "from the first tick on");
+    assert!(values.contains(&during));
     drop(agent);
 }
 

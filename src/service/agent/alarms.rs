@@ -104,6 +104,22 @@ impl AgentAlarms {
         self.new.push((ev, wall_ns));
     }
 
+    /// Takes a transition raised elsewhere (the InfluxDB sink's `telemetry_*` alarms of
+    /// `service::sink_alarms`, which raise and clear each alarm once themselves): logged
+    /// and published like the agent's own.
+    pub(super) fn external(&mut self, ev: AlarmEvent, wall_ns: i64) {
+        match ev.transition {
+            AlarmTransition::Raised => tracing::error!(
+                alarm = %ev.alarm.id,
+                severity = ?ev.alarm.severity,
+                "ALARM: {}",
+                ev.alarm.message
+            ),
+            _ => tracing::info!(alarm = %ev.alarm.id, "alarm cleared: {}", ev.alarm.message),
+        }
+        self.push(ev, wall_ns);
+    }
+
     /// Takes the alarm transitions among the core's events; the others are not alarms.
     pub(super) fn on_event(&mut self, now: Mono, wall_ns: i64, ev: &AgentEvent) {
         let lease_id = format!("lease_expired:{}", self.host);

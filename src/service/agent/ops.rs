@@ -15,6 +15,7 @@ use crate::link::mqtt::WireLink;
 use crate::model::{GpuSample, GpuSlowSample, GpuStatic, Mono, Snapshot};
 use crate::service::http::{self, Health};
 use crate::service::notify::Notifier;
+use crate::service::sink_alarms::SinkAlarms;
 use crate::sink::influx::InfluxSink;
 use crate::sink::schema::{AgentGpuHealth, AgentHealth, Ctx};
 use crate::units::Joules;
@@ -49,6 +50,9 @@ pub(super) struct Ops {
     health: AgentHealth,
     tick: u64,
     alarms: AgentAlarms,
+    /// The InfluxDB sink's own alarms (points dropped or rejected, spool damaged or its
+    /// disk failing), as the daemon raises them.
+    sink_alarms: SinkAlarms,
     alarm_topic: String,
     influx: Option<InfluxSink>,
     http: Option<Endpoint>,
@@ -133,6 +137,7 @@ impl Ops {
             },
             tick: 0,
             alarms: AgentAlarms::new(host),
+            sink_alarms: SinkAlarms::default(),
             alarm_topic: crate::link::mqtt::Topics::new(&mqtt.topic_prefix, &cfg.site.name, host)
                 .events,
             influx,
@@ -207,6 +212,12 @@ impl Ops {
                 decided_cap_w: g.decided.get(),
             })
             .collect();
+        let stats = self.influx.as_ref().map(|s| s.stats());
+        if let Some(stats) = &stats {
+            for ev in self.sink_alarms.update(t.now, stats) {
+                self.alarms.external(ev, wall_ns);
+            }
+        }
         let h = &mut self.health;
         h.seq = t.seq;
         h.broker_connected = connected;
@@ -214,7 +225,8 @@ impl Ops {
         h.tick_duration_ms = Some(t.took.as_secs_f64() * 1000.0);
         h.guards_engaged = gpus.iter().filter(|g| g.guard_engaged).count() as u64;
         h.read_failures += read_failures(t.inventory, t.samples);
-        let active = self.alarms.active();
+        let mut active = self.alarms.active();
+        active.extend(self.sink_alarms.active().cloned());
         h.alarms_active = active.len() as u64;
 
         let ctx = Ctx {
@@ -242,7 +254,7 @@ impl Ops {
                 health: &self.health,
                 gpus: &gpus,
                 alarms: &events,
-                influx: self.influx.as_ref().map(|s| s.stats()),
+                influx: stats,
             },
         );
         if let Some(sink) = &self.influx {
