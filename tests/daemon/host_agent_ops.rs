@@ -198,6 +198,8 @@ async fn lease_expiry_and_a_lost_broker_are_alarmed_once_over_mqtt() {
             m.payload.contains("\"raised\"") && m.payload.contains("lease_expired:node07")
         })
         .await;
+    // The daemon's alarm payload, to the letter of its schema.
+    coolantd_testkit::json_schema::validate("mqtt-alarm.schema.json", raised.payload.as_bytes());
     let v: serde_json::Value = serde_json::from_str(&raised.payload).expect("JSON");
     assert_eq!(v["alarm"]["kind"], "lease_expired");
     assert_eq!(v["alarm"]["severity"], "warning");
@@ -243,6 +245,13 @@ async fn lease_expiry_and_a_lost_broker_are_alarmed_once_over_mqtt() {
         "{}",
         cleared.payload
     );
+    coolantd_testkit::json_schema::validate("mqtt-alarm.schema.json", cleared.payload.as_bytes());
+    // The counters of the leases above, on /metrics.
+    assert!(agent_metric(http, "agent_leases_accepted") >= 2.0);
+    assert_eq!(agent_metric(http, "agent_leases_expired"), 1.0);
+    assert!(agent_metric(http, "agent_caps_applied") >= 2.0);
+    let ack = agent_metric(http, "agent_ack_latency_ms");
+    assert!(ack > 0.0 && ack < 1000.0, "ack latency {ack} ms");
     let log = agent.log();
     assert_eq!(alarm_lines(&log, "broker_lost:node07"), 1, "{log}");
     drop(agent);
