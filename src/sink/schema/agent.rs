@@ -25,7 +25,7 @@ pub struct AgentHealth {
     pub caps_applied: u64,
     pub caps_refused: u64,
     pub cap_write_failures: u64,
-    /// From a lease's arrival to its acknowledgement handed to the broker, last lease.
+    /// For the last lease: from taking it from the MQTT session to its ack handed back to it.
     pub ack_latency_ms: Option<f64>,
     pub tick_duration_ms: Option<f64>,
     /// GPU values NVML did not return (a core temperature or power missing from a read).
