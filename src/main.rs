@@ -441,16 +441,28 @@ fn check_agent_config(path: &std::path::Path, connect: bool) -> ExitCode {
             ));
         }
     }
+    // The InfluxDB secrets are read when the agent starts its sink: a missing one is refused
+    // here (the unit's ExecStartPre=, exit 78) rather than failing every restart.
+    if let Some(ic) = &cfg.influx {
+        if let Err(e) = ic.resolve_token().and_then(|_| ic.resolve_password()) {
+            return refused(&format!("{}:\n  influx: {e}", path.display()));
+        }
+    }
     let mqtt = cfg.mqtt.resolved(cfg.base_dir());
     let host = cfg.site.host_name();
     println!(
-        "{}: OK (host agent for `{host}`, GPUs: {:?}, tick period {} ms, broker {}:{}, topics {}/v1/host/{host}/...)",
+        "{}: OK (host agent for `{host}`, GPUs: {:?}, tick period {} ms, broker {}:{}, topics {}/v1/host/{host}/..., InfluxDB {}, HTTP {})",
         path.display(),
         cfg.gpus.backend,
         cfg.agent.period_ms,
         mqtt.host,
         mqtt.port(),
-        mqtt.topic_prefix
+        mqtt.topic_prefix,
+        cfg.influx.as_ref().map_or("off", |i| i.url.as_str()),
+        cfg.http
+            .as_ref()
+            .filter(|h| h.enabled)
+            .map_or("off", |h| h.listen.as_str()),
     );
     let mut code = ExitCode::SUCCESS;
     if connect {

@@ -109,6 +109,20 @@ pub enum AgentEvent {
     },
 }
 
+/// One GPU's guard as [`AgentCore::guards`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuardView {
+    pub index: u32,
+    /// The last state seen with temperatures (a blind step keeps the previous one).
+    pub state: GuardState,
+    /// The cap the guard alone would set.
+    pub cap: Watts,
+    /// The cap decided: the lower of the lease's and the guard's.
+    pub decided: Watts,
+    /// The guard holds the cap under the GPU's original limit.
+    pub engaged: bool,
+}
+
 #[derive(Debug)]
 struct GpuCtl {
     guard: Guard,
@@ -200,6 +214,17 @@ impl AgentCore {
     /// The lease in force, if any.
     pub fn lease(&self) -> Option<&Lease> {
         self.lease.as_ref()
+    }
+
+    /// Each GPU's guard after the last step, for the agent's metrics and alarms.
+    pub fn guards(&self) -> impl Iterator<Item = GuardView> + '_ {
+        self.gpus.iter().map(|(&index, g)| GuardView {
+            index,
+            state: g.last_state,
+            cap: g.guard.cap(),
+            decided: g.decided,
+            engaged: g.guard.cap().get() < g.guard.limits().ceiling().get() - 0.5,
+        })
     }
 
     /// The limit last decided for a GPU.

@@ -23,6 +23,22 @@ impl RestoreTarget {
     /// an unreadable file or a missing key falls back to the packaged default state folder.
     /// The second value is the reason the full configuration was not used, for the log.
     pub fn load(file: &Path) -> (RestoreTarget, Option<String>) {
+        // A host agent's file (`coolantd agent`, its unit's `ExecStopPost=`) is not a daemon
+        // configuration, but names the same state folder and host: restore from those.
+        let agent = std::fs::read_to_string(file)
+            .is_ok_and(|t| crate::config::is_agent_config(&t))
+            .then(|| crate::config::AgentFile::load(file).ok())
+            .flatten();
+        if let Some(a) = agent {
+            return (
+                RestoreTarget {
+                    state_dir: a.state_dir(),
+                    host: a.site.host_name(),
+                    config: None,
+                },
+                None,
+            );
+        }
         match Config::load(file) {
             Ok(cfg) => (
                 RestoreTarget {

@@ -109,6 +109,61 @@ fn older_minor_without_optional_fields_decodes() {
     assert_eq!(back.gpus[0].energy_mj, None);
 }
 
+/// `Readings` as a decoder that predates `energy_mj` (tag 7 of a GPU) reads it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReadingsBeforeEnergy {
+    #[prost(message, optional, tag = "1")]
+    v: Option<Version>,
+    #[prost(uint64, tag = "4")]
+    seq: u64,
+    #[prost(message, repeated, tag = "7")]
+    gpus: Vec<GpuReadingBeforeEnergy>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct GpuReadingBeforeEnergy {
+    #[prost(uint32, tag = "1")]
+    index: u32,
+    #[prost(float, optional, tag = "2")]
+    core_c: Option<f32>,
+    #[prost(float, optional, tag = "5")]
+    limit_w: Option<f32>,
+}
+
+#[test]
+fn a_decoder_without_energy_reads_readings_that_carry_it() {
+    // The agent fills `energy_mj` from NVML's total energy counter; a controller built before
+    // the field existed must read the rest of the message unchanged.
+    let r = Readings {
+        v: Some(VERSION),
+        host: "node03".into(),
+        session: 1,
+        seq: 9,
+        sent_unix_ms: 0,
+        facts_hash: 0,
+        gpus: vec![GpuReading {
+            index: 2,
+            core_c: Some(55.0),
+            limit_w: Some(700.0),
+            energy_mj: Some(123_456_789_012),
+            ..GpuReading::default()
+        }],
+    };
+    let bytes = wire::encode(&r).expect("encodes");
+    let old = ReadingsBeforeEnergy::decode(bytes.as_slice()).expect("an older decoder reads it");
+    assert_eq!(old.seq, 9);
+    assert_eq!(
+        old.gpus,
+        vec![GpuReadingBeforeEnergy {
+            index: 2,
+            core_c: Some(55.0),
+            limit_w: Some(700.0),
+        }]
+    );
+    let back: Readings = wire::decode(&bytes).expect("decodes");
+    assert_eq!(back.gpus[0].energy_mj, Some(123_456_789_012));
+}
+
 #[test]
 fn other_major_is_refused_with_both_versions_named() {
     for (major, minor) in [(2, 0), (0, 9)] {

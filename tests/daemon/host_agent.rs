@@ -12,11 +12,11 @@ use std::process::Command;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-const HOST: &str = "node07";
+pub(crate) const HOST: &str = "node07";
 /// The agent's tick in these tests, ms.
-const PERIOD_MS: u64 = 200;
+pub(crate) const PERIOD_MS: u64 = 200;
 /// Bound on anything the agent does once (start, connect, answer), not a speed target.
-const BOUND: Duration = Duration::from_secs(20);
+pub(crate) const BOUND: Duration = Duration::from_secs(20);
 /// The simulated H200's limit before any cap, W (its profile's default).
 const H200_DEFAULT_W: f32 = 700.0;
 
@@ -25,7 +25,7 @@ fn topic(kind: &str) -> String {
 }
 
 /// An agent configuration on simulated H200s, with its state in `dir`.
-fn agent_config(dir: &TempDir, broker: u16, dry_run: bool) -> std::path::PathBuf {
+pub(crate) fn agent_config(dir: &TempDir, broker: u16, dry_run: bool) -> std::path::PathBuf {
     let root = repo_root();
     let text = format!(
         r#"
@@ -66,7 +66,7 @@ period_ms = {PERIOD_MS}
 
 /// [`agent_config`] with every GPU at full load, the plant 50 × faster than real time and a
 /// guard whose critical margin (29.9 K) a loaded GPU reaches within seconds.
-fn hot_agent_config(dir: &TempDir, broker: u16) -> std::path::PathBuf {
+pub(crate) fn hot_agent_config(dir: &TempDir, broker: u16) -> std::path::PathBuf {
     let path = agent_config(dir, broker, false);
     let text = std::fs::read_to_string(&path)
         .expect("read agent.toml")
@@ -84,7 +84,7 @@ fn hot_agent_config(dir: &TempDir, broker: u16) -> std::path::PathBuf {
     path
 }
 
-fn spawn_agent(config: &std::path::Path, extra: &[&str]) -> DaemonProcess {
+pub(crate) fn spawn_agent(config: &std::path::Path, extra: &[&str]) -> DaemonProcess {
     DaemonProcess::spawn(
         Command::new(env!("CARGO_BIN_EXE_coolantd"))
             .arg("agent")
@@ -95,14 +95,14 @@ fn spawn_agent(config: &std::path::Path, extra: &[&str]) -> DaemonProcess {
 }
 
 /// A binary-safe subscriber: the wire format is protobuf, not text.
-struct Wire {
+pub(crate) struct Wire {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Wire {
-    async fn connect(port: u16, id: &str) -> Wire {
+    pub(crate) async fn connect(port: u16, id: &str) -> Wire {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut el) = AsyncClient::new(o, 64);
@@ -133,7 +133,11 @@ impl Wire {
     }
 
     /// The next message on `kind`'s topic, decoded; panics after [`BOUND`].
-    async fn next<M: wire::WireMessage>(&mut self, kind: &str, agent: &DaemonProcess) -> (M, bool) {
+    pub(crate) async fn next<M: wire::WireMessage>(
+        &mut self,
+        kind: &str,
+        agent: &DaemonProcess,
+    ) -> (M, bool) {
         let want = topic(kind);
         let deadline = tokio::time::Instant::now() + BOUND;
         loop {
@@ -154,7 +158,7 @@ impl Wire {
     }
 
     /// Readings until one satisfies `pred`; panics after [`BOUND`].
-    async fn readings_until(
+    pub(crate) async fn readings_until(
         &mut self,
         agent: &DaemonProcess,
         what: &str,
@@ -175,11 +179,11 @@ impl Wire {
     }
 
     /// Drops what arrived so far, so the next message is one sent from now on.
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         while self.rx.try_recv().is_ok() {}
     }
 
-    async fn lease(&self, id: u64, lease_ms: u32, caps: &[(u32, f32)]) {
+    pub(crate) async fn lease(&self, id: u64, lease_ms: u32, caps: &[(u32, f32)]) {
         let msg = CapLease {
             v: Some(VERSION),
             host: HOST.into(),
@@ -197,7 +201,7 @@ impl Wire {
             .expect("queue the lease");
     }
 
-    async fn ack(&mut self, id: u64, agent: &DaemonProcess) -> CapAck {
+    pub(crate) async fn ack(&mut self, id: u64, agent: &DaemonProcess) -> CapAck {
         loop {
             let (a, retained) = self.next::<CapAck>("acks", agent).await;
             assert!(!retained, "acks are not retained");
@@ -214,7 +218,7 @@ impl Drop for Wire {
     }
 }
 
-fn limit(r: &Readings, index: u32) -> f32 {
+pub(crate) fn limit(r: &Readings, index: u32) -> f32 {
     r.gpus
         .iter()
         .find(|g| g.index == index)

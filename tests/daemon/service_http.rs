@@ -281,7 +281,7 @@ async fn healthz_fails_when_the_loop_stops_ticking() {
 }
 
 /// Parses exposition text with prometheus_client and returns its families as JSON.
-fn parse_with_prometheus_client(text: &str) -> Value {
+pub(crate) fn parse_with_prometheus_client(text: &str) -> Value {
     const SCRIPT: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
@@ -315,7 +315,7 @@ print(json.dumps(out))
     serde_json::from_slice(&out.stdout).expect("parser output is JSON")
 }
 
-fn family<'a>(families: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn family<'a>(families: &'a Value, name: &str) -> &'a Value {
     families
         .as_array()
         .expect("list of families")
@@ -324,7 +324,7 @@ fn family<'a>(families: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("family {name} missing in {families:#}"))
 }
 
-fn sample_value(f: &Value, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sample_value(f: &Value, labels: &[(&str, &str)]) -> f64 {
     let samples = f["samples"].as_array().expect("samples");
     let matching: Vec<&Value> = samples
         .iter()

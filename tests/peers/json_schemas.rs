@@ -15,33 +15,9 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
 
-/// Validates `doc` against `docs/schemas/<schema>`; panics with the validator's message.
+/// Validates `doc` against `docs/schemas/<schema>` (the testkit's validator).
 pub(crate) fn validate(schema: &str, doc: &[u8]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("docs/schemas")
-        .join(schema);
-    let dir = TempDir::new("schema");
-    let doc_path = dir.0.join("doc.json");
-    std::fs::write(&doc_path, doc).expect("write document");
-    let script = "import json,sys,jsonschema\n\
-        s=json.load(open(sys.argv[1]));d=json.load(open(sys.argv[2]))\n\
-        jsonschema.Draft202012Validator.check_schema(s)\n\
-        errs=sorted(jsonschema.Draft202012Validator(s).iter_errors(d),key=lambda e:list(e.path))\n\
-        [print(list(e.path),e.message) for e in errs]\n\
-        sys.exit(1 if errs else 0)\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(&path)
-        .arg(&doc_path)
-        .output()
-        .expect("python3 runs (apt-get install python3-jsonschema)");
-    assert!(
-        out.status.success(),
-        "{schema}: {}{}\ndocument: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(doc)
-    );
+    coolantd_testkit::json_schema::validate(schema, doc)
 }
 
 fn probe(replace: &[(&str, &str)]) -> serde_json::Value {

@@ -23,12 +23,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
 
 /// Users of the shipped ACL: agents are named as their hosts; ctrl-rack01 cools node01..08,
 /// ctrl-rack02 node09..16.
-const USERS: [(&str, &str); 5] = [
+const USERS: [(&str, &str); 6] = [
     ("node01", "pw-node01"),
     ("node02", "pw-node02"),
     ("node09", "pw-node09"),
     ("ctrl-rack01", "pw-ctrl-rack01"),
     ("ctrl-rack02", "pw-ctrl-rack02"),
+    ("monitor", "pw-monitor"),
 ];
 
 fn broker() -> Mosquitto {
@@ -174,6 +175,27 @@ async fn an_agent_publishing_another_hosts_readings_is_dropped() {
     assert!(
         log.contains("Denied PUBLISH from node01"),
         "the broker did not log the denied publish:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_publishes_its_own_alarm_events_only() {
+    let b = broker();
+    let mut monitor = login(&b, "monitor").await;
+    let mut agent = login(&b, "node01").await;
+    monitor.subscribe("coolantd/+/+/alarms/events").await;
+    // node01 forges node02's alarm, then publishes its own.
+    agent
+        .publish_acked("coolantd/rack1/node02/alarms/events", b"forged".to_vec())
+        .await;
+    agent
+        .publish_acked("coolantd/rack1/node01/alarms/events", b"own".to_vec())
+        .await;
+    let (t, payload) = first(&mut monitor, "the monitor").await;
+    assert_eq!(
+        (t.as_str(), payload.as_slice()),
+        ("coolantd/rack1/node01/alarms/events", b"own".as_slice()),
+        "the monitor received node01's forged alarm for node02 first"
     );
 }
 

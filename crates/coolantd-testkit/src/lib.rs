@@ -17,6 +17,7 @@
 
 pub mod daemon_process;
 pub mod influxdb1;
+pub mod json_schema;
 pub mod modbus_common;
 pub mod modbus_proxy;
 pub mod mosquitto;

@@ -29,7 +29,7 @@ mod wire_link;
 pub use commands::{CommandRequest, MAX_COMMAND};
 pub use config::{MqttConfig, MqttProtocol, MqttTlsConfig};
 pub use connection::check_connect;
-pub use payload::{parse_command, BadCommand, Topics, OFFLINE, ONLINE};
+pub use payload::{event_json, parse_command, BadCommand, Topics, OFFLINE, ONLINE};
 pub use wire_link::{WireIncoming, WireLink, WireLinkOptions};
 
 use crate::model::{AlarmEvent, Snapshot};

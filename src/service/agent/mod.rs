@@ -10,6 +10,15 @@
 //! GPUs' original limits are recorded in the state directory; they are restored on SIGTERM
 //! and SIGINT, and on the next start after a crash. In dry run nothing is written: the acks
 //! carry `dry_run` and say what would have been set.
+//!
+//! Beside the wire protocol the agent is a service like the daemon (`ops.rs`): its points go
+//! to InfluxDB (`sink.rs`), it serves `/healthz` and `/metrics` (`http.rs`), publishes its
+//! alarms (`alarms.rs`) and feeds systemd's watchdog.
+
+mod alarms;
+mod http;
+mod ops;
+mod sink;
 
 use crate::agent::{
     AgentConfig, AgentCore, AgentEvent, CapDecision, Cause, GpuLimits, LocalReading,
@@ -73,6 +82,8 @@ struct Agent {
     link: WireLink,
     inbox: tokio::sync::mpsc::Receiver<WireIncoming>,
     seq: u64,
+    /// Counters, InfluxDB, HTTP, alarms, systemd (`ops.rs`).
+    ops: ops::Ops,
     /// Kept alive for the simulated GPUs; `None` on NVML.
     _sim: Option<SimRuntime>,
 }
@@ -162,6 +173,7 @@ impl Agent {
             subscriptions: vec![Topic::format(&prefix, &host, Kind::Caps)],
         })
         .context("starting the MQTT session")?;
+        let ops = ops::Ops::start(&cfg, &host, dry_run, gpus.clone()).await?;
         let agent = Agent {
             host,
             prefix,
@@ -177,6 +189,7 @@ impl Agent {
             link,
             inbox,
             seq: 0,
+            ops,
             _sim: sim,
         };
         agent.publish_retained(
@@ -216,11 +229,13 @@ impl Agent {
 
     /// One tick: read, guard, apply, publish.
     fn tick(&mut self) {
+        let t0 = Instant::now();
         let now = self.now();
         let samples = self.gpus.read_fast(now);
         let locals: Vec<LocalReading> = samples.iter().map(local).collect();
         let decisions = self.core.tick(now, &locals);
-        self.apply(&decisions, &samples);
+        let failed = self.apply(&decisions, &samples);
+        self.ops.applied(decisions.len(), failed.len());
         self.log_events();
         self.seq += 1;
         let readings = Readings {
@@ -232,19 +247,31 @@ impl Agent {
             facts_hash: self.facts.hash,
             gpus: samples
                 .iter()
-                .map(|s| GpuReading::from_sample(s, None))
+                .map(|s| GpuReading::from_sample(s, self.ops.energy(s.key.index)))
                 .collect(),
         };
         match wire::encode(&readings) {
             Ok(b) => {
-                self.link.publish(&self.topic(Kind::Readings), b, false);
+                let sent = self.link.publish(&self.topic(Kind::Readings), b, false);
+                self.ops.readings(sent);
             }
             Err(e) => crate::log_limited!(error, "cannot encode the readings", error = %e),
         }
+        self.ops.after_tick(ops::TickReport {
+            now,
+            wall: SystemTime::now(),
+            took: t0.elapsed(),
+            samples: &samples,
+            inventory: &self.inventory,
+            core: &self.core,
+            link: &self.link,
+            seq: self.seq,
+        });
     }
 
     /// An incoming message: only leases are expected.
     fn incoming(&mut self, m: WireIncoming) {
+        let arrived = Instant::now();
         let kind = Topic::parse(&self.prefix, &m.topic).map(|t| t.kind);
         if kind != Some(Kind::Caps) {
             crate::log_limited!(warn, "unexpected MQTT message ignored", topic = %m.topic);
@@ -270,6 +297,7 @@ impl Agent {
         }
         let samples = self.gpus.read_fast(now);
         let failed = self.apply(&answer.decisions, &samples);
+        self.ops.applied(answer.decisions.len(), failed.len());
         let after = if self.dry_run || answer.decisions.is_empty() {
             samples
         } else {
@@ -305,6 +333,7 @@ impl Agent {
         match wire::encode(&ack) {
             Ok(b) => {
                 self.link.publish(&self.topic(Kind::Acks), b, false);
+                self.ops.acked(arrived.elapsed());
             }
             Err(e) => {
                 tracing::error!(error = %e, id = lease.id, "cannot encode the acknowledgement")
@@ -371,15 +400,15 @@ impl Agent {
     }
 
     fn log_events(&mut self) {
+        let now = self.now();
         while let Some(ev) = self.core.poll_event() {
+            // Lease expiry and a GPU at slowdown are alarms: `ops` logs each once, publishes
+            // and writes it.
+            self.ops.on_event(now, &ev);
             match ev {
                 AgentEvent::LeaseAccepted { id, .. } => tracing::info!(id, "cap lease accepted"),
                 AgentEvent::LeaseRenewed { id, .. } => tracing::debug!(id, "cap lease renewed"),
-                AgentEvent::LeaseExpired { id } => tracing::error!(
-                    alarm = "lease_expired",
-                    id,
-                    "ALARM: the controller's cap lease ran out without renewal; the local guard holds the caps and raises them gradually"
-                ),
+                AgentEvent::LeaseExpired { .. } => {}
                 AgentEvent::StaleLease { id } => tracing::warn!(
                     id,
                     "a cap lease that already ended here arrived again; refused, not re-applied"
@@ -395,12 +424,11 @@ impl Agent {
                 AgentEvent::CapRefused { id, index, refusal } => {
                     tracing::warn!(id, gpu = index, refusal = %refusal, "cap refused")
                 }
-                AgentEvent::GuardCritical { index, margin, cap } => tracing::error!(
-                    alarm = "gpu_at_slowdown",
+                AgentEvent::GuardCritical { index, margin, cap } => tracing::debug!(
                     gpu = index,
                     margin_k = margin.0,
                     cap_w = cap.get(),
-                    "ALARM: GPU at its slowdown margin; the agent cut its cap this tick"
+                    "GPU at its slowdown margin; the guard cut its cap this tick"
                 ),
                 AgentEvent::GuardCapping { index, cap } => {
                     tracing::warn!(gpu = index, cap_w = cap.get(), "the local guard is capping")
@@ -415,6 +443,7 @@ impl Agent {
     /// Restores the recorded limits, publishes the readings that show them and the offline
     /// status, and closes the session.
     async fn leave(mut self) {
+        self.ops.stopping();
         if let Some(store) = self.limits.as_mut() {
             let n = restore_recorded(store, self.gpus.as_ref(), &self.inventory);
             tracing::info!(restored = n, "power limits restored");
@@ -423,6 +452,7 @@ impl Agent {
         self.tick_readings_only();
         let offline = wire::encode(&status(&self.host, self.session, false)).ok();
         let topic = self.topic(Kind::Status);
+        self.ops.shutdown(&self.link).await;
         self.link
             .shutdown(offline.map(|b| (topic, b)), CLOSE_BOUND)
             .await;

@@ -1,6 +1,6 @@
 //! The configuration file of a host agent (`coolantd agent`): which host it is, its GPUs,
 //! the broker it talks to and its own tuning. It shares the daemon's sections (`[site]`,
-//! `[gpus]`, `[simulator]`, `[mqtt]`, `[logging]`) and adds `[agent]`; it has no `[[cdu]]` or
+//! `[gpus]`, `[simulator]`, `[mqtt]`, `[influx]`, `[http]`, `[logging]`) and adds `[agent]`; it has no `[[cdu]]` or
 //! `[control]`, because the agent controls no CDU: the controller on the broker does.
 
 use super::{parse_toml, read_file, ConfigError, GpuBackendKind, GpusConfig, Issues};
@@ -24,6 +24,10 @@ pub struct AgentFile {
     /// The agent's own tuning; every key has a default, but the table must be there: it is
     /// what marks the file as an agent's.
     pub agent: AgentSection,
+    /// Where the agent writes its GPUs' points and its own: the daemon's sink, spool and all.
+    pub influx: Option<crate::sink::influx::InfluxConfig>,
+    /// `/healthz`, `/readyz`, `/metrics` and `/status`, as the daemon serves them.
+    pub http: Option<crate::service::http::HttpConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(skip)]
@@ -52,6 +56,12 @@ impl AgentFile {
         cfg.gpus.validate(&mut issues);
         cfg.mqtt.validate("mqtt", &mut issues);
         cfg.agent.validate("agent", &mut issues);
+        if let Some(x) = &cfg.influx {
+            x.validate("influx", &mut issues);
+        }
+        if let Some(x) = &cfg.http {
+            x.validate("http", &mut issues);
+        }
         if let Some(sim) = &cfg.simulator {
             sim.validate("simulator", &mut issues);
         }

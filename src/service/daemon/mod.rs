@@ -441,7 +441,7 @@ fn build_rack(cfg: &Config, host: &str, sinks: bool) -> anyhow::Result<Option<Ra
     Ok(Some(Rack::new(&cfg.rack_or_default(), hosts, link, scale)))
 }
 
-fn spawn_slow_reader(
+pub(crate) fn spawn_slow_reader(
     gpus: Arc<dyn GpuBackend>,
     period: Duration,
     out: Arc<Mutex<Vec<GpuSlowSample>>>,

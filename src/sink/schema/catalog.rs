@@ -255,6 +255,7 @@ pub fn sample_points() -> Vec<Point> {
         },
         0,
     ));
+    points.extend(super::agent::samples(&ctx));
     points
 }
 

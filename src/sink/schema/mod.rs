@@ -19,9 +19,11 @@ use crate::model::{
     AlarmEvent, AlarmTransition, CduSample, CduStatus, ControlState, FieldValue, GpuSample,
     GpuSlowSample, GpuStatic, Mode, Point, Role, Severity, TickTiming,
 };
+pub mod agent;
 mod catalog;
 pub mod process;
 
+pub use agent::{agent_gpu_point, agent_point, AgentGpuHealth, AgentHealth, AGENT, AGENT_GPU};
 pub use catalog::{catalog, field_help, field_unit, sample_points, FieldKind, MeasurementSchema};
 
 /// Where the points come from: the site and this daemon's host.
@@ -394,7 +396,7 @@ pub fn rack_host_point(ctx: &Ctx, h: &crate::model::RemoteHostStatus, time_ns: i
 
 /// Fields that only grow while the daemon (or the GPU driver) runs: Prometheus counters.
 /// Everything else is a gauge.
-pub const COUNTERS: [(&str, &str); 12] = [
+pub const COUNTERS: [(&str, &str); 20] = [
     (GPU, "energy_j"),
     (GPU, "violation_power_ns"),
     (GPU, "violation_thermal_ns"),
@@ -407,6 +409,14 @@ pub const COUNTERS: [(&str, &str); 12] = [
     (RACK_HOST, "gaps"),
     (RACK_HOST, "missed"),
     (RACK_HOST, "replays"),
+    (AGENT, "readings_published"),
+    (AGENT, "readings_unsent"),
+    (AGENT, "leases_accepted"),
+    (AGENT, "leases_expired"),
+    (AGENT, "caps_applied"),
+    (AGENT, "caps_refused"),
+    (AGENT, "cap_write_failures"),
+    (AGENT, "read_failures"),
 ];
 
 /// Whether `measurement`'s `field` is a counter (see [`COUNTERS`]).
@@ -531,7 +541,9 @@ mod tests {
                 TELEMETRY,
                 CDU_LINK,
                 RACK_HOST,
-                TICK
+                TICK,
+                AGENT,
+                AGENT_GPU
             ]
         );
         let gpu = &c[0];
