@@ -24,6 +24,7 @@ pub mod nvml_replay;
 pub mod pymodbus_map;
 pub mod server;
 pub mod sim_daemon;
+pub mod sim_rack;
 pub mod victoria;
 pub mod wire_client;
 

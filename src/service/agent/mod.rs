@@ -12,11 +12,11 @@
 //! carry `dry_run` and say what would have been set.
 
 use crate::agent::{
-    AgentConfig, AgentCore, AgentEvent, CapDecision, Cause, GpuLimits, LocalReading,
+    AgentConfig, AgentCore, AgentEvent, AgentSection, CapDecision, Cause, GpuLimits, LocalReading,
 };
 use crate::collect::GpuBackend;
 use crate::config::AgentFile;
-use crate::link::mqtt::{WireIncoming, WireLink, WireLinkOptions};
+use crate::link::mqtt::{MqttConfig, WireIncoming, WireLink, WireLinkOptions};
 use crate::model::{ActuationError, GpuKey, GpuSample, GpuStatic, Mono};
 use crate::profile::gpu::GpuProfiles;
 use crate::service::daemon::actuate::{restore_recorded, set_gpu_power_limit};
@@ -27,6 +27,7 @@ use crate::wire::{
     self, CapAck, CapLease, Facts, GpuFacts, GpuReading, Kind, Readings, Status, Topic, VERSION,
 };
 use anyhow::Context as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
@@ -57,7 +58,24 @@ pub async fn run(cfg: AgentFile, dry_run_flag: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Agent {
+/// What an agent runs on, however it was configured: `coolantd agent` builds it from its
+/// file, `coolantd sim` once per simulated host from the rack's plant.
+pub struct AgentSetup {
+    pub host: String,
+    pub dry_run: bool,
+    /// This host's GPUs only.
+    pub gpus: Arc<dyn GpuBackend>,
+    /// The `[mqtt]` section, its paths resolved.
+    pub mqtt: MqttConfig,
+    pub section: AgentSection,
+    /// Where the original power limits are recorded.
+    pub state_dir: PathBuf,
+    /// Plant seconds per wall second: 1 on real GPUs; a sped-up simulator's `time_scale`,
+    /// so the tick and the leases keep the plant's time.
+    pub time_scale: f64,
+}
+
+pub struct Agent {
     host: String,
     prefix: String,
     session: u64,
@@ -73,6 +91,9 @@ struct Agent {
     link: WireLink,
     inbox: tokio::sync::mpsc::Receiver<WireIncoming>,
     seq: u64,
+    time_scale: f64,
+    /// A partitioned host (a simulated fault): nothing is published, what arrives is dropped.
+    partitioned: bool,
     /// Kept alive for the simulated GPUs; `None` on NVML.
     _sim: Option<SimRuntime>,
 }
@@ -99,17 +120,38 @@ impl Agent {
             sim.as_ref(),
         )?
         .context("gpus.backend: the agent needs GPUs")?;
+        let time_scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
+        let setup = AgentSetup {
+            host,
+            dry_run,
+            gpus,
+            mqtt: cfg.mqtt.resolved(cfg.base_dir()),
+            section: cfg.agent.clone(),
+            state_dir: cfg.state_dir(),
+            time_scale,
+        };
+        let mut agent = Agent::start_with(setup).await?;
+        agent._sim = sim;
+        Ok(agent)
+    }
+
+    /// Starts an agent on the given GPUs and broker.
+    pub async fn start_with(setup: AgentSetup) -> anyhow::Result<Agent> {
+        let AgentSetup {
+            host,
+            dry_run,
+            gpus,
+            mqtt,
+            section,
+            state_dir,
+            time_scale,
+        } = setup;
         let inventory = gpus.inventory();
-        anyhow::ensure!(
-            !inventory.is_empty(),
-            "no GPU found on this host (gpus.backend = {:?}, gpus.indices = {:?})",
-            cfg.gpus.backend,
-            cfg.gpus.indices
-        );
+        anyhow::ensure!(!inventory.is_empty(), "no GPU found on host {host}");
         let mut limits = if dry_run {
             None
         } else {
-            Some(LimitStore::open(&cfg.state_dir()).context("opening the recorded power limits")?)
+            Some(LimitStore::open(&state_dir).context("opening the recorded power limits")?)
         };
         // Limits an earlier run recorded but never restored are caps of a run that crashed:
         // put the originals back first, or they would be taken for the GPUs' own limits.
@@ -142,11 +184,10 @@ impl Agent {
                 host: host.clone(),
                 session,
                 dry_run,
-                guard: cfg.agent.guard(),
+                guard: section.guard(),
             },
             facts.gpus.iter().map(GpuLimits::from_facts),
         );
-        let mqtt = cfg.mqtt.resolved(cfg.base_dir());
         let prefix = mqtt.topic_prefix.clone();
         let status_topic = Topic::format(&prefix, &host, Kind::Status);
         let will =
@@ -167,7 +208,7 @@ impl Agent {
             prefix,
             session,
             dry_run,
-            period: cfg.agent.period(),
+            period: section.period().div_f64(time_scale),
             started: Instant::now(),
             gpus,
             inventory,
@@ -177,7 +218,9 @@ impl Agent {
             link,
             inbox,
             seq: 0,
-            _sim: sim,
+            time_scale,
+            partitioned: false,
+            _sim: None,
         };
         agent.publish_retained(
             Kind::Status,
@@ -198,7 +241,28 @@ impl Agent {
     }
 
     fn now(&self) -> Mono {
-        self.started.elapsed()
+        self.started.elapsed().mul_f64(self.time_scale)
+    }
+
+    /// The tick period in wall time.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The next incoming message; `None` when the session's task has ended.
+    pub async fn recv(&mut self) -> Option<WireIncoming> {
+        self.inbox.recv().await
+    }
+
+    /// Cuts the host off (a simulated partition) or heals it.
+    pub fn set_partitioned(&mut self, partitioned: bool) {
+        self.partitioned = partitioned;
+    }
+
+    /// Dies as a killed process would: no restore, no goodbye; the broker publishes the
+    /// last will when it sees the connection drop.
+    pub fn die(self) {
+        self.link.abort();
     }
 
     fn topic(&self, kind: Kind) -> String {
@@ -206,6 +270,9 @@ impl Agent {
     }
 
     fn publish_retained(&self, kind: Kind, bytes: Result<Vec<u8>, wire::WireError>) {
+        if self.partitioned {
+            return;
+        }
         match bytes {
             Ok(b) => {
                 self.link.publish(&self.topic(kind), b, true);
@@ -215,13 +282,16 @@ impl Agent {
     }
 
     /// One tick: read, guard, apply, publish.
-    fn tick(&mut self) {
+    pub fn tick(&mut self) {
         let now = self.now();
         let samples = self.gpus.read_fast(now);
         let locals: Vec<LocalReading> = samples.iter().map(local).collect();
         let decisions = self.core.tick(now, &locals);
         self.apply(&decisions, &samples);
         self.log_events();
+        if self.partitioned {
+            return;
+        }
         self.seq += 1;
         let readings = Readings {
             v: Some(VERSION),
@@ -244,7 +314,10 @@ impl Agent {
     }
 
     /// An incoming message: only leases are expected.
-    fn incoming(&mut self, m: WireIncoming) {
+    pub fn incoming(&mut self, m: WireIncoming) {
+        if self.partitioned {
+            return;
+        }
         let kind = Topic::parse(&self.prefix, &m.topic).map(|t| t.kind);
         if kind != Some(Kind::Caps) {
             crate::log_limited!(warn, "unexpected MQTT message ignored", topic = %m.topic);
@@ -405,7 +478,7 @@ impl Agent {
 
     /// Restores the recorded limits, publishes the readings that show them and the offline
     /// status, and closes the session.
-    async fn leave(mut self) {
+    pub async fn leave(mut self) {
         if let Some(store) = self.limits.as_mut() {
             let n = restore_recorded(store, self.gpus.as_ref(), &self.inventory);
             tracing::info!(restored = n, "power limits restored");
