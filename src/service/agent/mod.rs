@@ -120,7 +120,9 @@ impl Agent {
             sim.as_ref(),
         )?
         .context("gpus.backend: the agent needs GPUs")?;
-        let time_scale = cfg.simulator.as_ref().map_or(1.0, |s| s.time_scale);
+        // `coolantd agent` ticks in wall time even on simulated GPUs, as its tests expect;
+        // only the simulated rack's agents (`coolantd sim`) keep a sped-up plant's time.
+        let time_scale = 1.0;
         let setup = AgentSetup {
             host,
             dry_run,
