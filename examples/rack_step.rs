@@ -1,7 +1,10 @@
 //! The load step of `config/sim.toml` (idle, then every GPU on full load from 60 s) on two
 //! loops, and the figures that compare them:
 //!
-//! - **single host**: `config/sim.toml`, 8 simulated H200s read by the daemon itself;
+//! - **single host**: `config/sim.toml`, 8 simulated H200s read by the daemon itself, with
+//!   its heat-load feed-forward (on by default) and without it (`[control.feed_forward]
+//!   enabled = false`): the rack's controller has no feed-forward, because it learns its
+//!   GPUs' board only from the agents' facts after it starts (it logs "feed-forward off");
 //! - **rack**: `config/sim-rack-agents.toml`, 64 GPUs with spread on 8 host agents, each
 //!   with its own session on a real Mosquitto, and its controller
 //!   `config/sim-rack-controller.toml` hearing them and leasing caps through the broker;
@@ -136,11 +139,17 @@ fn figures(name: &'static str, gpus: usize, setpoint: f64, tr: &[Sample]) -> Fig
     }
 }
 
-async fn single_host(scale: f64) -> Figures {
+async fn single_host(scale: f64, name: &'static str, feed_forward: bool) -> Figures {
     let dir = TempDir::new("rack-step-single");
     let port = sim_daemon::free_port();
     let scale_line = format!("time_scale = {scale:?}");
-    let text = sim_daemon::sim_config_text(port, &dir.0, &[("time_scale = 1.0", &scale_line)], "");
+    let extra = if feed_forward {
+        ""
+    } else {
+        "[control.feed_forward]\nenabled = false\n"
+    };
+    let text =
+        sim_daemon::sim_config_text(port, &dir.0, &[("time_scale = 1.0", &scale_line)], extra);
     let path = dir.0.join("sim.toml");
     std::fs::write(&path, text).expect("write the single host's file");
     let cfg = Config::load(&path).expect("config/sim.toml is valid");
@@ -155,7 +164,7 @@ async fn single_host(scale: f64) -> Figures {
         .clone();
     let tr = drive(&mut d, &plant, scale).await;
     d.shutdown(Duration::from_secs(2)).await;
-    figures("single host (config/sim.toml)", 8, setpoint, &tr)
+    figures(name, 8, setpoint, &tr)
 }
 
 async fn rack(scale: f64, name: &'static str, spread: bool) -> Figures {
@@ -267,7 +276,8 @@ fn main() {
         .expect("tokio runtime");
     let rows = rt.block_on(async {
         vec![
-            single_host(scale).await,
+            single_host(scale, "single host (config/sim.toml)", true).await,
+            single_host(scale, "single host, feedback only", false).await,
             rack(scale, "rack, 8 agents via Mosquitto", true).await,
             rack(scale, "rack, no spread", false).await,
         ]
