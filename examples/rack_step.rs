@@ -9,7 +9,10 @@
 //!   with its own session on a real Mosquitto, and its controller
 //!   `config/sim-rack-controller.toml` hearing them and leasing caps through the broker;
 //! - **rack, no spread**: the same rack with identical GPUs, which separates what the
-//!   network and the agents cost from what the GPUs' spread costs.
+//!   network and the agents cost from what the GPUs' spread costs;
+//! - **rack, no spread, 3.5 l of loop per GPU**: also the single host's coolant volume per
+//!   GPU (the default volume is 20 l + 1 l per GPU), so the plant per GPU is the single
+//!   host's and what remains is the agents and the broker.
 //!
 //! Every loop runs in real time at the same `time_scale`, the daemon's own tick on a timer
 //! as `coolantd run` ticks (the simulator steps its plant on its own clock), and the plant
@@ -167,7 +170,12 @@ async fn single_host(scale: f64, name: &'static str, feed_forward: bool) -> Figu
     figures(name, 8, setpoint, &tr)
 }
 
-async fn rack(scale: f64, name: &'static str, spread: bool) -> Figures {
+/// The simulator's default loop volume is 20 l plus 1 l per GPU: 3.5 l per GPU for the
+/// single host's 8, 1.3 l for the rack's 64. This gives the rack the single host's volume
+/// per GPU, so that what remains between them is the agents and the network.
+const SINGLE_HOST_VOLUME: &str = "spread_seed = 1\nloop_volume_l = 224.0";
+
+async fn rack(scale: f64, name: &'static str, spread: bool, same_volume: bool) -> Figures {
     let broker = Mosquitto::start();
     let ports = RackPorts {
         mqtt: broker.port(),
@@ -179,8 +187,14 @@ async fn rack(scale: f64, name: &'static str, spread: bool) -> Figures {
         ("power_spread_pct = 5.0", "power_spread_pct = 0.0"),
         ("hot_spot_pct = 6.0", "hot_spot_pct = 0.0"),
     ];
-    let agents_text =
-        agents_config_text(&ports, &dir.0, scale, if spread { &[] } else { no_spread });
+    let mut replace: Vec<(&str, &str)> = Vec::new();
+    if !spread {
+        replace.extend_from_slice(no_spread);
+    }
+    if same_volume {
+        replace.push(("spread_seed = 1", SINGLE_HOST_VOLUME));
+    }
+    let agents_text = agents_config_text(&ports, &dir.0, scale, &replace);
     let agents_path = dir.0.join("sim-rack-agents.toml");
     std::fs::write(&agents_path, agents_text).expect("write the rack's file");
     let ctl_dir = dir.0.join("controller");
@@ -278,8 +292,9 @@ fn main() {
         vec![
             single_host(scale, "single host (config/sim.toml)", true).await,
             single_host(scale, "single host, feedback only", false).await,
-            rack(scale, "rack, 8 agents via Mosquitto", true).await,
-            rack(scale, "rack, no spread", false).await,
+            rack(scale, "rack, 8 agents via Mosquitto", true, false).await,
+            rack(scale, "rack, no spread", false, false).await,
+            rack(scale, "rack, no spread, 3.5 l of loop per GPU", false, true).await,
         ]
     });
     println!(
