@@ -350,6 +350,9 @@ fn check_config(path: &std::path::Path, connect: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => return refused(&e),
     };
+    if let Some(sc) = cfg.simulator.as_ref().filter(|s| s.agents) {
+        return check_sim_rack_config(&cfg, sc, &profiles);
+    }
     if let Err(e) = preflight::check_startup(&cfg, true) {
         return refused(&e);
     }
@@ -412,6 +415,48 @@ fn restore(config: &std::path::Path, force: bool) -> ExitCode {
         );
     }
     exit_code(service::restore::restore(target, force))
+}
+
+/// `coolantd check-config` for a simulated rack with agents (`coolantd sim`): it controls
+/// nothing, so what is checked is its simulator, its profiles and its broker's secrets.
+fn check_sim_rack_config(
+    cfg: &Config,
+    sc: &coolantd::sim::SimConfig,
+    profiles: &service::daemon::LoadedProfiles,
+) -> ExitCode {
+    let mut issues = coolantd::config::Issues::default();
+    service::preflight::check_secrets(cfg, &mut issues);
+    issues.check(
+        profiles.gpu.by_name(&sc.gpu_profile).is_some(),
+        "simulator.gpu_profile",
+        format!(
+            "a GPU profile of the profiles folder, got `{}`",
+            sc.gpu_profile
+        ),
+    );
+    if let Err(e) = issues.into_result(&cfg.path) {
+        eprintln!("coolantd: configuration refused:\n{e}");
+        return ExitCode::from(EX_CONFIG);
+    }
+    let broker = cfg
+        .mqtt
+        .as_ref()
+        .map(|m| format!("{}:{}", m.host, m.port()))
+        .unwrap_or_default();
+    println!(
+        "{}: OK (simulated rack for `coolantd sim`: {} hosts × {} GPUs, one agent per host on \
+         the broker {broker}, CDU on Modbus TCP {}, {} scheduled fault(s), time scale {})",
+        cfg.path.display(),
+        sc.hosts.len(),
+        sc.gpus_per_host,
+        sc.listen,
+        sc.faults.len(),
+        sc.time_scale
+    );
+    println!(
+        "writes only to the simulated plant: the agents' caps and the controller's pump speed"
+    );
+    ExitCode::SUCCESS
 }
 
 /// `coolantd check-config` for a host agent's file: the file, its GPU profiles folder and,

@@ -12,6 +12,7 @@ pub mod notify;
 pub mod preflight;
 pub mod probe;
 pub mod restore;
+pub mod sim_rack;
 pub mod simulate;
 pub mod sink_alarms;
 pub mod status;

@@ -234,6 +234,20 @@ pub fn check_gpu_inputs(cfg: &Config, issues: &mut Issues) {
 /// starts anything. `sinks` is false for commands that start no sink (`probe`, `sim`).
 pub fn check_startup(cfg: &Config, sinks: bool) -> Result<(), ConfigError> {
     let mut issues = Issues::default();
+    if cfg.simulator.as_ref().is_some_and(|s| s.agents) {
+        // The agents and their plant run under `coolantd sim`; a daemon that started the
+        // plant too would serve a second CDU and read the agents' GPUs behind their back.
+        issues.push(
+            "simulator.agents",
+            format!(
+                "false for `coolantd run`: this file runs a simulated rack with its agents; \
+                 start it with `coolantd sim --config {}`, and its controller with a file of \
+                 its own (config/sim-rack-controller.toml)",
+                cfg.path.display()
+            ),
+        );
+        return issues.into_result(&cfg.path);
+    }
     check_gpu_inputs(cfg, &mut issues);
     if sinks {
         check_secrets(cfg, &mut issues);

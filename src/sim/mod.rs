@@ -10,6 +10,7 @@
 pub mod fit;
 pub mod gpus;
 pub mod plant;
+pub mod rack;
 pub mod rehearsal;
 pub mod runtime;
 pub mod thermal;
@@ -17,6 +18,7 @@ pub mod workload;
 
 pub use gpus::SimGpus;
 pub use plant::{GpuFault, Plant, PlantParams, Spread};
+pub use rack::{SimFault, SimFaultKind};
 pub use rehearsal::Rehearsal;
 pub use runtime::SimRuntime;
 pub use workload::{Segment, Workload};
@@ -118,6 +120,19 @@ pub struct SimConfig {
     pub hot_spot_pct: f64,
     /// Seed of the spread: the same seed gives every GPU the same factors on every run.
     pub spread_seed: u64,
+    /// `coolantd sim` runs one host agent per simulated host, each with its own session on
+    /// the `[mqtt]` broker, reading only its host's GPUs and applying the caps its
+    /// controller leases to the shared plant. Such a file is for `coolantd sim` only.
+    pub agents: bool,
+    /// `[simulator.agent]`: the simulated agents' tick and guard (the `[agent]` keys of an
+    /// agent's file); defaults when absent. Periods are plant time.
+    pub agent: Option<crate::agent::AgentSection>,
+    /// The plant runs in another process (`coolantd sim` with agents): this daemon starts
+    /// no simulator and serves no CDU; it only keeps its clock at `time_scale`, the
+    /// plant's speed, so its control period and leases stay those of the plant.
+    pub external: bool,
+    /// `[[simulator.faults]]`: faults on the simulated hosts' agents, plant time.
+    pub faults: Vec<SimFault>,
 }
 
 impl Default for SimConfig {
@@ -153,6 +168,10 @@ impl Default for SimConfig {
             power_spread_pct: 0.0,
             hot_spot_pct: 0.0,
             spread_seed: 1,
+            agents: false,
+            agent: None,
+            external: false,
+            faults: Vec::new(),
         }
     }
 }
@@ -325,6 +344,32 @@ impl SimConfig {
         ] {
             issues.range(v, 0.0, max, k(name), "a spread in %");
         }
+        if let Some(a) = &self.agent {
+            a.validate(&k("agent"), issues);
+        }
+        issues.check(
+            !(self.agents && self.external),
+            k("external"),
+            "false when simulator.agents is true: the process that runs the agents runs the plant",
+        );
+        issues.check(
+            self.agents || (self.agent.is_none() && self.faults.is_empty()),
+            k("agents"),
+            "true when [simulator.agent] or [[simulator.faults]] is given: they act on the simulated agents",
+        );
+        issues.check(
+            !self.agents || !self.hosts.is_empty(),
+            k("hosts"),
+            "the simulated hosts, one agent each, when simulator.agents is true",
+        );
+        for (i, f) in self.faults.iter().enumerate() {
+            f.validate(&format!("{key}.faults[{i}]"), &self.hosts, issues);
+        }
+    }
+
+    /// The simulated agents' settings: `[simulator.agent]` or the defaults.
+    pub fn agent_section(&self) -> crate::agent::AgentSection {
+        self.agent.clone().unwrap_or_default()
     }
 
     /// The wall-clock period at which to step the plant.

@@ -167,3 +167,114 @@ fn rack_controller_config_is_valid_and_hears_eight_hosts() {
         "{verdict}"
     );
 }
+
+/// `coolantd check-config` on a file, with its exit code and output.
+fn check_config(path: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coolantd"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .expect("run coolantd check-config");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn simulated_rack_files_are_accepted_by_check_config_and_kept_apart() {
+    let agents = root().join("config/sim-rack-agents.toml");
+    let (code, out) = check_config(&agents);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("simulated rack for `coolantd sim`: 8 hosts × 8 GPUs"),
+        "{out}"
+    );
+    let cfg = Config::load(&agents).unwrap_or_else(|e| panic!("{e}"));
+    let sc = cfg.simulator.as_ref().expect("[simulator]");
+    assert!(sc.agents && !sc.external && sc.hosts.len() == 8);
+
+    let ctl = root().join("config/sim-rack-controller.toml");
+    let (code, out) = check_config(&ctl);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("power cap leases to the agents of 8 host(s)"),
+        "{out}"
+    );
+    let c = Config::load(&ctl).unwrap_or_else(|e| panic!("{e}"));
+    let csc = c.simulator.as_ref().expect("[simulator]");
+    assert!(csc.external, "the controller runs no plant of its own");
+    assert_eq!(csc.time_scale, sc.time_scale, "both keep the plant's time");
+    assert_eq!(
+        c.cdus[0].hosts, sc.hosts,
+        "the controller hears every simulated host"
+    );
+    assert_eq!(
+        c.cdus[0].transport,
+        coolantd::config::CduTransport::Tcp {
+            address: sc.listen.clone()
+        },
+        "the controller drives the rack's simulated CDU"
+    );
+
+    // `run` refuses the rack's file, naming the key and the command that runs it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coolantd"))
+        .args(["run", "--config"])
+        .arg(&agents)
+        .output()
+        .expect("run coolantd run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("simulator.agents") && err.contains("coolantd sim --config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_simulated_fault_is_refused_naming_its_key() {
+    let tmp = coolantd_testkit::TempDir::new("sim-rack-fault");
+    let path = tmp.path().join("rack.toml");
+    let text = std::fs::read_to_string(root().join("config/sim-rack-agents.toml"))
+        .expect("read")
+        .replace(
+            "profiles_dir = \"../firmware-profiles\"",
+            &format!(
+                "profiles_dir = {:?}",
+                root().join("firmware-profiles").display().to_string()
+            ),
+        );
+    let bad = format!(
+        "{text}\n[[simulator.faults]]\nat_s = 10.0\nhost = \"node99\"\nkind = \"agent_dies\"\nduration_s = -5.0\n"
+    );
+    std::fs::write(&path, bad).expect("write");
+    let (code, out) = check_config(&path);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("rack.toml"), "{out}");
+    assert!(
+        out.contains("simulator.faults[0].host") && out.contains("node99"),
+        "{out}"
+    );
+    assert!(out.contains("simulator.faults[0].duration_s"), "{out}");
+    let unknown_kind = format!(
+        "{text}\n[[simulator.faults]]\nat_s = 10.0\nhost = \"node01\"\nkind = \"meteor\"\n"
+    );
+    std::fs::write(&path, unknown_kind).expect("write");
+    let (code, out) = check_config(&path);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(
+        out.contains("agent_dies") && out.contains("partition"),
+        "the refusal lists the kinds: {out}"
+    );
+    // Faults need the agents they act on.
+    let no_agents = format!(
+        "{}\n[[simulator.faults]]\nat_s = 10.0\nhost = \"node01\"\nkind = \"partition\"\n",
+        text.replace("agents = true", "agents = false")
+    );
+    std::fs::write(&path, no_agents).expect("write");
+    let (code, out) = check_config(&path);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("simulator.agents"), "{out}");
+}

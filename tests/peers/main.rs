@@ -22,4 +22,5 @@ mod mqtt_sink;
 mod nvml_backend;
 mod prometheus_rules;
 mod rack_controller;
+mod sim_rack;
 mod sparkplug_host;

@@ -26,6 +26,7 @@ pub mod nvml_replay;
 pub mod pymodbus_map;
 pub mod server;
 pub mod sim_daemon;
+pub mod sim_rack;
 pub mod tcp_proxy;
 pub mod victoria;
 pub mod wire_client;

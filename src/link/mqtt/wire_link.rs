@@ -142,6 +142,13 @@ impl WireLink {
         }
     }
 
+    /// Ends the session as a killed process would: the polling task stops, the socket is
+    /// closed without a DISCONNECT, and the broker publishes the last will.
+    pub fn abort(self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.task.abort();
+    }
+
     /// Publishes `last` (retained: the offline status), disconnects cleanly so the broker
     /// discards the will, and waits up to `bound` for the DISCONNECT to go out.
     pub async fn shutdown(self, last: Option<(String, Vec<u8>)>, bound: Duration) {

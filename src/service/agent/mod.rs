@@ -18,14 +18,15 @@
 mod alarms;
 mod http;
 mod ops;
+pub use ops::OpsSetup;
 mod sink;
 
 use crate::agent::{
-    AgentConfig, AgentCore, AgentEvent, CapDecision, Cause, GpuLimits, LocalReading,
+    AgentConfig, AgentCore, AgentEvent, AgentSection, CapDecision, Cause, GpuLimits, LocalReading,
 };
 use crate::collect::GpuBackend;
 use crate::config::AgentFile;
-use crate::link::mqtt::{WireIncoming, WireLink, WireLinkOptions};
+use crate::link::mqtt::{MqttConfig, WireIncoming, WireLink, WireLinkOptions};
 use crate::model::{ActuationError, GpuKey, GpuSample, GpuStatic, Mono};
 use crate::profile::gpu::GpuProfiles;
 use crate::service::daemon::actuate::{restore_recorded, set_gpu_power_limit};
@@ -36,6 +37,7 @@ use crate::wire::{
     self, CapAck, CapLease, Facts, GpuFacts, GpuReading, Kind, Readings, Status, Topic, VERSION,
 };
 use anyhow::Context as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
@@ -66,7 +68,26 @@ pub async fn run(cfg: AgentFile, dry_run_flag: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Agent {
+/// What an agent runs on, however it was configured: `coolantd agent` builds it from its
+/// file, `coolantd sim` once per simulated host from the rack's plant.
+pub struct AgentSetup {
+    pub host: String,
+    pub dry_run: bool,
+    /// This host's GPUs only.
+    pub gpus: Arc<dyn GpuBackend>,
+    /// The `[mqtt]` section, its paths resolved.
+    pub mqtt: MqttConfig,
+    pub section: AgentSection,
+    /// Where the original power limits are recorded.
+    pub state_dir: PathBuf,
+    /// Plant seconds per wall second: 1 on real GPUs; a sped-up simulator's `time_scale`,
+    /// so the tick and the leases keep the plant's time.
+    pub time_scale: f64,
+    /// InfluxDB, HTTP and systemd: what the file configures, or nothing for a simulated host.
+    pub ops: OpsSetup,
+}
+
+pub struct Agent {
     host: String,
     prefix: String,
     session: u64,
@@ -84,6 +105,9 @@ struct Agent {
     seq: u64,
     /// Counters, InfluxDB, HTTP, alarms, systemd (`ops.rs`).
     ops: ops::Ops,
+    time_scale: f64,
+    /// A partitioned host (a simulated fault): nothing is published, what arrives is dropped.
+    partitioned: bool,
     /// Kept alive for the simulated GPUs; `None` on NVML.
     _sim: Option<SimRuntime>,
 }
@@ -110,17 +134,42 @@ impl Agent {
             sim.as_ref(),
         )?
         .context("gpus.backend: the agent needs GPUs")?;
+        // `coolantd agent` ticks in wall time even on simulated GPUs, as its tests expect;
+        // only the simulated rack's agents (`coolantd sim`) keep a sped-up plant's time.
+        let time_scale = 1.0;
+        let setup = AgentSetup {
+            host,
+            dry_run,
+            gpus,
+            mqtt: cfg.mqtt.resolved(cfg.base_dir()),
+            section: cfg.agent.clone(),
+            state_dir: cfg.state_dir(),
+            time_scale,
+            ops: OpsSetup::from_file(&cfg),
+        };
+        let mut agent = Agent::start_with(setup).await?;
+        agent._sim = sim;
+        Ok(agent)
+    }
+
+    /// Starts an agent on the given GPUs and broker.
+    pub async fn start_with(setup: AgentSetup) -> anyhow::Result<Agent> {
+        let AgentSetup {
+            host,
+            dry_run,
+            gpus,
+            mqtt,
+            section,
+            state_dir,
+            time_scale,
+            ops,
+        } = setup;
         let inventory = gpus.inventory();
-        anyhow::ensure!(
-            !inventory.is_empty(),
-            "no GPU found on this host (gpus.backend = {:?}, gpus.indices = {:?})",
-            cfg.gpus.backend,
-            cfg.gpus.indices
-        );
+        anyhow::ensure!(!inventory.is_empty(), "no GPU found on host {host}");
         let mut limits = if dry_run {
             None
         } else {
-            Some(LimitStore::open(&cfg.state_dir()).context("opening the recorded power limits")?)
+            Some(LimitStore::open(&state_dir).context("opening the recorded power limits")?)
         };
         // Limits an earlier run recorded but never restored are caps of a run that crashed:
         // put the originals back first, or they would be taken for the GPUs' own limits.
@@ -153,11 +202,10 @@ impl Agent {
                 host: host.clone(),
                 session,
                 dry_run,
-                guard: cfg.agent.guard(),
+                guard: section.guard(),
             },
             facts.gpus.iter().map(GpuLimits::from_facts),
         );
-        let mqtt = cfg.mqtt.resolved(cfg.base_dir());
         let prefix = mqtt.topic_prefix.clone();
         let status_topic = Topic::format(&prefix, &host, Kind::Status);
         let will =
@@ -173,13 +221,13 @@ impl Agent {
             subscriptions: vec![Topic::format(&prefix, &host, Kind::Caps)],
         })
         .context("starting the MQTT session")?;
-        let ops = ops::Ops::start(&cfg, &host, dry_run, gpus.clone()).await?;
+        let ops = ops::Ops::start(&ops, &host, dry_run, gpus.clone()).await?;
         let agent = Agent {
             host,
             prefix,
             session,
             dry_run,
-            period: cfg.agent.period(),
+            period: section.period().div_f64(time_scale),
             started: Instant::now(),
             gpus,
             inventory,
@@ -190,7 +238,9 @@ impl Agent {
             inbox,
             seq: 0,
             ops,
-            _sim: sim,
+            time_scale,
+            partitioned: false,
+            _sim: None,
         };
         agent.publish_retained(
             Kind::Status,
@@ -211,7 +261,28 @@ impl Agent {
     }
 
     fn now(&self) -> Mono {
-        self.started.elapsed()
+        self.started.elapsed().mul_f64(self.time_scale)
+    }
+
+    /// The tick period in wall time.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The next incoming message; `None` when the session's task has ended.
+    pub async fn recv(&mut self) -> Option<WireIncoming> {
+        self.inbox.recv().await
+    }
+
+    /// Cuts the host off (a simulated partition) or heals it.
+    pub fn set_partitioned(&mut self, partitioned: bool) {
+        self.partitioned = partitioned;
+    }
+
+    /// Dies as a killed process would: no restore, no goodbye; the broker publishes the
+    /// last will when it sees the connection drop.
+    pub fn die(self) {
+        self.link.abort();
     }
 
     fn topic(&self, kind: Kind) -> String {
@@ -219,6 +290,9 @@ impl Agent {
     }
 
     fn publish_retained(&self, kind: Kind, bytes: Result<Vec<u8>, wire::WireError>) {
+        if self.partitioned {
+            return;
+        }
         match bytes {
             Ok(b) => {
                 self.link.publish(&self.topic(kind), b, true);
@@ -228,7 +302,7 @@ impl Agent {
     }
 
     /// One tick: read, guard, apply, publish.
-    fn tick(&mut self) {
+    pub fn tick(&mut self) {
         let t0 = Instant::now();
         let now = self.now();
         let samples = self.gpus.read_fast(now);
@@ -237,6 +311,9 @@ impl Agent {
         let failed = self.apply(&decisions, &samples);
         self.ops.applied(decisions.len(), failed.len());
         self.log_events();
+        if self.partitioned {
+            return;
+        }
         self.seq += 1;
         let readings = Readings {
             v: Some(VERSION),
@@ -270,7 +347,10 @@ impl Agent {
     }
 
     /// An incoming message: only leases are expected.
-    fn incoming(&mut self, m: WireIncoming) {
+    pub fn incoming(&mut self, m: WireIncoming) {
+        if self.partitioned {
+            return;
+        }
         let arrived = Instant::now();
         let kind = Topic::parse(&self.prefix, &m.topic).map(|t| t.kind);
         if kind != Some(Kind::Caps) {
@@ -442,7 +522,7 @@ impl Agent {
 
     /// Restores the recorded limits, publishes the readings that show them and the offline
     /// status, and closes the session.
-    async fn leave(mut self) {
+    pub async fn leave(mut self) {
         self.ops.stopping();
         if let Some(store) = self.limits.as_mut() {
             let n = restore_recorded(store, self.gpus.as_ref(), &self.inventory);

@@ -20,6 +20,7 @@ use crate::sink::influx::InfluxSink;
 use crate::sink::schema::{AgentGpuHealth, AgentHealth, Ctx};
 use crate::units::Joules;
 use anyhow::Context as _;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -64,12 +65,46 @@ pub(super) struct Ops {
     slow_task: JoinHandle<()>,
 }
 
+/// What the agent's service side needs from its configuration: the file's sections for
+/// `coolantd agent`, or a bare setup (no database, no endpoint) for the simulated rack's
+/// agents.
+#[derive(Debug, Clone)]
+pub struct OpsSetup {
+    /// Named in a refusal (the period against systemd's watchdog).
+    pub file: PathBuf,
+    pub site: String,
+    pub topic_prefix: String,
+    /// The agent's tick period, in wall time.
+    pub period: Duration,
+    pub slow_period: Duration,
+    pub influx: Option<crate::sink::influx::InfluxConfig>,
+    pub http: Option<crate::service::http::HttpConfig>,
+    /// The sink's spool lives here.
+    pub state_dir: PathBuf,
+}
+
+impl OpsSetup {
+    /// The service side as an agent's file configures it.
+    pub fn from_file(cfg: &AgentFile) -> OpsSetup {
+        OpsSetup {
+            file: cfg.path.clone(),
+            site: cfg.site.name.clone(),
+            topic_prefix: cfg.mqtt.topic_prefix.clone(),
+            period: cfg.agent.period(),
+            slow_period: Duration::from_millis(cfg.gpus.slow_period_ms),
+            influx: cfg.influx.clone(),
+            http: cfg.http.clone(),
+            state_dir: cfg.state_dir(),
+        }
+    }
+}
+
 impl Ops {
     /// Starts the sink, binds the HTTP port (before `READY=1`, so a port in use fails the
     /// start) and starts the slow reader. Refuses a tick period systemd's watchdog cannot
     /// tolerate.
     pub(super) async fn start(
-        cfg: &AgentFile,
+        cfg: &OpsSetup,
         host: &str,
         dry_run: bool,
         gpus: Arc<dyn GpuBackend>,
@@ -77,15 +112,15 @@ impl Ops {
         // The watchdog is fed once per tick, and a late tick delays the next: two pings may
         // be two periods apart. Refused as a configuration error (exit 78: no restart loop).
         if let Some(wd) = crate::service::notify::watchdog_interval() {
-            if cfg.agent.period() * 2 > wd {
+            if cfg.period * 2 > wd {
                 return Err(crate::config::ConfigError {
-                    file: cfg.path.clone(),
+                    file: cfg.file.clone(),
                     issues: vec![crate::config::ConfigIssue {
                         key: "agent.period_ms".into(),
                         expected: format!(
                             "at most half of systemd's watchdog interval ({} ms, WatchdogSec=), got {}",
                             wd.as_millis(),
-                            cfg.agent.period_ms
+                            cfg.period.as_millis()
                         ),
                     }],
                 }
@@ -97,19 +132,17 @@ impl Ops {
             Notifier::disabled()
         });
         let influx = match &cfg.influx {
-            Some(ic) => Some(
-                InfluxSink::start(ic, &cfg.state_dir()).context("starting the InfluxDB sink")?,
-            ),
+            Some(ic) => {
+                Some(InfluxSink::start(ic, &cfg.state_dir).context("starting the InfluxDB sink")?)
+            }
             None => None,
         };
         let http = match cfg.http.clone().filter(|h| h.enabled) {
             Some(h) => {
                 let listener = h.bind().await?;
-                let health = Arc::new(Health::new(cfg.agent.period()));
+                let health = Arc::new(Health::new(cfg.period));
                 let (tx, rx) = watch::channel(Arc::new(super::http::empty_snapshot(
-                    &cfg.site.name,
-                    host,
-                    dry_run,
+                    &cfg.site, host, dry_run,
                 )));
                 let served = health.clone();
                 let task = tokio::spawn(async move {
@@ -122,14 +155,10 @@ impl Ops {
             None => None,
         };
         let slow = Arc::new(Mutex::new(Vec::new()));
-        let slow_task = crate::service::daemon::spawn_slow_reader(
-            gpus,
-            Duration::from_millis(cfg.gpus.slow_period_ms),
-            slow.clone(),
-        );
-        let mqtt = cfg.mqtt.resolved(cfg.base_dir());
+        let slow_task =
+            crate::service::daemon::spawn_slow_reader(gpus, cfg.slow_period, slow.clone());
         Ok(Ops {
-            site: cfg.site.name.clone(),
+            site: cfg.site.clone(),
             host: host.to_string(),
             health: AgentHealth {
                 dry_run,
@@ -138,8 +167,7 @@ impl Ops {
             tick: 0,
             alarms: AgentAlarms::new(host),
             sink_alarms: SinkAlarms::default(),
-            alarm_topic: crate::link::mqtt::Topics::new(&mqtt.topic_prefix, &cfg.site.name, host)
-                .events,
+            alarm_topic: crate::link::mqtt::Topics::new(&cfg.topic_prefix, &cfg.site, host).events,
             influx,
             http,
             notifier,

@@ -78,7 +78,9 @@ impl Config {
             .parse::<toml::Table>()
             .is_ok_and(|t| t.contains_key("control"));
         let mut issues = Issues::default();
-        if require_control && !cfg.control_given {
+        // A file whose simulator runs the agents is `coolantd sim`'s: it controls nothing.
+        let sim_agents = cfg.simulator.as_ref().is_some_and(|s| s.agents);
+        if require_control && !cfg.control_given && !sim_agents {
             issues.push(
                 "control",
                 "a [control] table (its keys have defaults; only `coolantd probe` runs without it)",
@@ -124,6 +126,34 @@ impl Config {
         self.control.validate("control", issues);
         if let Some(sim) = &self.simulator {
             sim.validate("simulator", issues);
+        }
+        if let Some(sim) = self.simulator.as_ref() {
+            if sim.agents {
+                issues.check(
+                    self.mqtt.is_some(),
+                    "mqtt",
+                    "an [mqtt] section: with simulator.agents = true the simulated agents \
+                     publish through this broker",
+                );
+                issues.check(
+                    self.mqtt.as_ref().is_none_or(|m| m.client_id.is_none()),
+                    "mqtt.client_id",
+                    "absent with simulator.agents = true: each simulated agent has its own \
+                     session, coolantd-agent-<host>",
+                );
+                issues.check(
+                    self.cdus.is_empty(),
+                    "cdu",
+                    "no [[cdu]] in a file with simulator.agents = true: it is for `coolantd sim`, \
+                     which controls nothing; the controller has its own file",
+                );
+            }
+            issues.check(
+                !(sim.external && self.gpus.backend == GpuBackendKind::Simulated),
+                "gpus.backend",
+                "`none` or `nvml` with simulator.external = true: the simulated GPUs are read by \
+                 the agents of the process that runs the plant",
+            );
         }
         if self.gpus.backend == GpuBackendKind::Simulated && self.simulator.is_none() {
             issues.push(

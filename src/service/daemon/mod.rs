@@ -203,6 +203,8 @@ impl Daemon {
         let dry_run = rehearsal.is_none() && (cfg.site.dry_run || opts.dry_run);
         let sim = match &cfg.simulator {
             Some(_) if rehearsal.is_some() => None,
+            // The plant runs in another process; only its time scale applies here.
+            Some(sc) if sc.external => None,
             Some(sc) => Some(
                 SimRuntime::start(
                     sc,
