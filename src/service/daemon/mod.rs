@@ -171,6 +171,8 @@ pub struct Daemon {
     caps_not_supported: BTreeMap<GpuKey, String>,
     /// The GPUs of other hosts, heard over MQTT (a `[[cdu]]`'s `hosts`), and their caps.
     rack: Option<Rack>,
+    /// The GPU profiles, for the plate model of GPUs the agents announce while running.
+    gpu_profiles: GpuProfiles,
 }
 
 impl Daemon {
@@ -237,7 +239,7 @@ impl Daemon {
             cdu_setups(&cfg, &host, &profiles),
             inventory.clone(),
         );
-        set_plate_models(&mut controller, &cfg, &host, &profiles, &inventory);
+        set_plate_models(&mut controller, &cfg, &host, &profiles.gpu, &inventory);
         // A rehearsal's GPUs are simulated: their limits need no record, and the production
         // state folder is not touched.
         let mut limits = if dry_run || rehearsal.is_some() {
@@ -336,6 +338,7 @@ impl Daemon {
             sink_alarms: SinkAlarms::default(),
             caps_not_supported: BTreeMap::new(),
             rack,
+            gpu_profiles: profiles.gpu.clone(),
         })
     }
 
@@ -470,29 +473,43 @@ pub(crate) fn spawn_slow_reader(
 }
 
 /// Gives each CDU's pump loop the plate model of the GPUs it cools, for the heat-load
-/// feed-forward. A CDU whose GPUs use different profiles, or none this host knows, gets none:
-/// its feed-forward stays off and says so.
+/// feed-forward: its local GPUs and, on a rack, the GPUs its agents have announced (called
+/// again whenever their facts change). A CDU whose GPUs use different profiles, or none this
+/// host knows, gets none: its feed-forward stays off and says so.
 pub fn set_plate_models(
     ctl: &mut Controller,
     cfg: &Config,
     host: &str,
-    profiles: &LoadedProfiles,
+    profiles: &GpuProfiles,
     inventory: &[crate::model::GpuStatic],
 ) {
-    for c in cdu_setups(cfg, host, profiles) {
+    for c in &cfg.cdus {
+        let hosts = if c.hosts.is_empty() {
+            vec![host.to_string()]
+        } else {
+            c.hosts.clone()
+        };
         let mut names: Vec<&str> = inventory
             .iter()
-            .filter(|g| c.hosts.contains(&g.key.host))
+            .filter(|g| hosts.contains(&g.key.host))
             .map(|g| g.profile.as_str())
             .collect();
         names.sort_unstable();
         names.dedup();
         let model = match names.as_slice() {
-            [one] => profiles.gpu.by_name(one).map(|p| p.thermal.plate_model()),
+            [one] => profiles.by_name(one).map(|p| p.thermal.plate_model()),
             _ => None,
         };
-        if model.is_none() {
-            tracing::warn!(cdu = %c.name, profiles = ?names, "no single GPU thermal model for this CDU: feed-forward off");
+        match (&model, names.is_empty()) {
+            (Some(_), _) => {
+                tracing::info!(cdu = %c.name, profile = names[0], gpus = inventory.iter().filter(|g| hosts.contains(&g.key.host)).count(), "feed-forward on the plate model of this CDU's GPUs")
+            }
+            // A rack controller hears its GPUs' boards only from the agents' facts: none yet.
+            (None, true) if !c.hosts.is_empty() => tracing::info!(
+                cdu = %c.name,
+                "feed-forward off until the agents' facts name this CDU's GPU boards"
+            ),
+            (None, _) => tracing::warn!(cdu = %c.name, profiles = ?names, "no single GPU thermal model for this CDU: feed-forward off"),
         }
         ctl.set_plate_model(&c.name, model);
     }

@@ -107,6 +107,7 @@ impl Daemon {
             tracing::warn!("[influx], [mqtt] or [http] changed: these take effect after a restart");
         }
         self.cfg = new;
+        self.gpu_profiles = profiles.gpu;
         Ok(())
     }
 

@@ -111,7 +111,14 @@ impl Daemon {
         if let Some(rack) = self.rack.as_mut() {
             let remote = rack.collect(now);
             if let Some((statics, originals)) = remote.statics_changed {
-                let all = self.inventory.iter().cloned().chain(statics).collect();
+                let all: Vec<_> = self.inventory.iter().cloned().chain(statics).collect();
+                super::set_plate_models(
+                    &mut self.controller,
+                    &self.cfg,
+                    &self.host,
+                    &self.gpu_profiles,
+                    &all,
+                );
                 self.controller.set_gpus(all);
                 for (gpu, limit) in originals {
                     self.controller.set_original_limit(&gpu, limit);
