@@ -9,13 +9,16 @@
 //! - actuate: a power cap for a remote GPU goes to the cap sender; its outcome reaches the
 //!   core when the agent's acknowledgement arrives (or as a failure once the cap went
 //!   unacknowledged `retries_before_alarm` times);
-//! - publish: the hosts' state for `/status`, and the rack's alarms.
+//! - publish: the hosts' state for `/status`, and the rack's alarms;
+//! - latency: how old each remote reading was when a tick first decided on it, and how long
+//!   each cap lease waited for its acknowledgement (`RackLatency`, on `/status` and as
+//!   Prometheus histograms on `/metrics`), so the rack's figures can be read from outside.
 
 use super::tick::Now;
 use crate::link::mqtt::rack::RackLink;
 use crate::model::{
     Actuation, ActuationError, ActuationOutcome, Alarm, AlarmEvent, AlarmTransition, GpuKey,
-    GpuSample, GpuStatic, Mono, RackStatus, RemoteHostStatus, Severity, Source,
+    GpuSample, GpuStatic, Mono, RackLatency, RackStatus, RemoteHostStatus, Severity, Source,
 };
 use crate::remote::{
     CapEvent, CapSender, LostReason, RackConfig, RemoteEvent, RemoteSource, RemoteView,
@@ -62,6 +65,13 @@ pub(super) struct Rack {
     alarms: BTreeMap<String, Alarm>,
     outcomes: Vec<ActuationOutcome>,
     lost: Vec<(String, LostReason)>,
+    latency: RackLatency,
+    /// Per host, the arrival of the last reading counted in `latency`, so that a reading a
+    /// later tick decides on again (nothing newer arrived) is counted once.
+    counted: BTreeMap<String, Mono>,
+    /// Per host, the newest lease id and the tick that first sent it; an acknowledgement of
+    /// that id measures decision → acknowledgement.
+    lease_sent: BTreeMap<String, (u64, Mono)>,
 }
 
 impl Rack {
@@ -95,6 +105,9 @@ impl Rack {
             alarms: BTreeMap::new(),
             outcomes: Vec::new(),
             lost: Vec::new(),
+            latency: RackLatency::default(),
+            counted: BTreeMap::new(),
+            lease_sent: BTreeMap::new(),
         }
     }
 
@@ -129,6 +142,8 @@ impl Rack {
         }
         self.awaiting.retain(|k, _| hosts.contains(&k.host));
         self.unacked.retain(|h| hosts.contains(h));
+        self.counted.retain(|h, _| hosts.contains(h));
+        self.lease_sent.retain(|h, _| hosts.contains(h));
     }
 
     /// The collect step's part: feeds every message received since the last tick to the
@@ -143,9 +158,36 @@ impl Rack {
             }
         }
         let view = self.source.view(now.mono);
+        self.count_reading_ages(&now);
         self.drain_remote_events();
         self.drain_cap_events(now.mono);
         self.inputs(now.mono, view)
+    }
+
+    /// Records, for each host whose latest reading this tick decides on for the first time,
+    /// its age since arrival (controller clock) and since the agent sent it (wall clocks).
+    /// The tick's start stands for the decision: the steps read no clock, and the decision
+    /// follows within the tick's own duration (`coolantd_tick_duration_seconds`).
+    fn count_reading_ages(&mut self, now: &Now) {
+        let wall_ms = now
+            .wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        for h in self.source.hosts() {
+            let Some(arrival) = h.last_arrival else {
+                continue;
+            };
+            if self.counted.get(h.host) == Some(&arrival) {
+                continue;
+            }
+            self.counted.insert(h.host.to_string(), arrival);
+            let age = now.mono.saturating_sub(arrival).as_secs_f64() / self.time_scale;
+            self.latency.reading_age.observe_ms(age * 1e3);
+            // An agent that does not stamp its readings (0) says nothing about the delay.
+            if let Some(sent) = h.last_sent_unix_ms.filter(|&ms| ms > 0) {
+                self.latency.reading_delay.observe_ms(wall_ms - sent as f64);
+            }
+        }
     }
 
     /// The plant time a message arrived at: the tick's plant time less the real time since,
@@ -162,7 +204,21 @@ impl Rack {
             return;
         }
         match wire::decode::<CapAck>(payload) {
-            Ok(ack) if ack.host == host => self.caps.handle_ack(at, &ack),
+            Ok(ack) if ack.host == host => {
+                // Only the first acknowledgement of the newest lease counts; a stale or
+                // repeated one leaves the figure alone.
+                if self
+                    .lease_sent
+                    .get(host)
+                    .is_some_and(|(id, _)| *id == ack.id)
+                {
+                    if let Some((_, sent)) = self.lease_sent.remove(host) {
+                        let waited = at.saturating_sub(sent).as_secs_f64() / self.time_scale;
+                        self.latency.cap_ack.observe_ms(waited * 1e3);
+                    }
+                }
+                self.caps.handle_ack(at, &ack)
+            }
             Ok(ack) => crate::log_limited!(
                 warn,
                 "rack: a cap acknowledgement names another host than its topic; refused",
@@ -333,6 +389,10 @@ impl Rack {
     /// Publishes the leases due at `now`: new or changed caps, retries, renewals.
     pub(super) fn transmit(&mut self, now: Mono) {
         for lease in self.caps.poll_transmit(now) {
+            // A retry keeps its id and so its first send: the figure includes retries.
+            if self.lease_sent.get(&lease.host).map(|(id, _)| *id) != Some(lease.id) {
+                self.lease_sent.insert(lease.host.clone(), (lease.id, now));
+            }
             match wire::encode(&lease) {
                 Ok(bytes) => match &self.link {
                     Some(l) => l.send_caps(&lease.host, bytes),
@@ -466,6 +526,7 @@ impl Rack {
             caps_sent: k.sent,
             caps_retries: k.retries,
             caps_acks: k.acks,
+            latency: self.latency.clone(),
         }
     }
 
