@@ -115,6 +115,14 @@ impl RackLink {
         v
     }
 
+    /// The next message, waiting for it until `deadline` at most.
+    pub async fn recv_until(&mut self, deadline: tokio::time::Instant) -> Option<RackMessage> {
+        tokio::time::timeout_at(deadline, self.inbox.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Queues an encoded lease for `host`; never waits.
     pub fn send_caps(&self, host: &str, payload: Vec<u8>) {
         let topic = Topic::format(&self.prefix, host, Kind::Caps);

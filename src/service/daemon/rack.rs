@@ -2,8 +2,9 @@
 //! (`link::mqtt::rack`), judged by the sans-IO remote source, and their power caps sent as
 //! leases by the cap sender (`crate::remote`).
 //!
-//! - collect: every message received since the last tick goes to the remote source with its
-//!   arrival time; its view gives the samples of trusted hosts, and an empty sample for each
+//! - collect: the tick first waits, briefly, for the period's readings of every host that is
+//!   online (`wait_round`); then every message received since the last tick goes to the
+//!   remote source with its arrival time; its view gives the samples of trusted hosts, and an empty sample for each
 //!   GPU of a lost host, so the core treats it as a lost input (the graded failsafe), exactly
 //!   as a local GPU that fell off the bus;
 //! - actuate: a power cap for a remote GPU goes to the cap sender; its outcome reaches the
@@ -15,7 +16,7 @@
 //!   Prometheus histograms on `/metrics`), so the rack's figures can be read from outside.
 
 use super::tick::Now;
-use crate::link::mqtt::rack::RackLink;
+use crate::link::mqtt::rack::{RackLink, RackMessage};
 use crate::model::{
     Actuation, ActuationError, ActuationOutcome, Alarm, AlarmEvent, AlarmTransition, GpuKey,
     GpuSample, GpuStatic, Mono, RackLatency, RackStatus, RemoteHostStatus, Severity, Source,
@@ -26,7 +27,7 @@ use crate::remote::{
 use crate::units::Watts;
 use crate::wire::{self, CapAck, Kind, Refusal};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Counts the remote source keeps only in total, per host.
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,6 +67,13 @@ pub(super) struct Rack {
     outcomes: Vec<ActuationOutcome>,
     lost: Vec<(String, LostReason)>,
     latency: RackLatency,
+    /// Messages `wait_round` took from the link, for `collect`.
+    received: Vec<RackMessage>,
+    /// When this tick's round of readings was complete, if that was after the tick began:
+    /// the decision cannot come earlier.
+    round_done: Option<Instant>,
+    /// Per host, the instant its latest readings message came off the socket.
+    arrived: BTreeMap<String, Instant>,
     /// Per host, the arrival of the last reading counted in `latency`, so that a reading a
     /// later tick decides on again (nothing newer arrived) is counted once.
     counted: BTreeMap<String, Mono>,
@@ -106,6 +114,9 @@ impl Rack {
             outcomes: Vec::new(),
             lost: Vec::new(),
             latency: RackLatency::default(),
+            received: Vec::new(),
+            round_done: None,
+            arrived: BTreeMap::new(),
             counted: BTreeMap::new(),
             lease_sent: BTreeMap::new(),
         }
@@ -143,14 +154,56 @@ impl Rack {
         self.awaiting.retain(|k, _| hosts.contains(&k.host));
         self.unacked.retain(|h| hosts.contains(h));
         self.counted.retain(|h, _| hosts.contains(h));
+        self.arrived.retain(|h, _| hosts.contains(h));
         self.lease_sent.retain(|h, _| hosts.contains(h));
+    }
+
+    /// Waits until every online host's readings arrived since the last tick, or `bound`
+    /// past the tick's start, whichever comes first. The tick falls `rack.decide_offset_ms`
+    /// after the boundary the agents publish on (`remote::phase`); a reading that the broker
+    /// or a busy machine delays past it would otherwise wait a whole period. Hosts already
+    /// lost are not waited for, and the bound keeps a host that just fell silent from
+    /// holding the tick longer than that.
+    pub(super) async fn wait_round(&mut self, now: &Now, bound: Duration) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        self.received.extend(link.drain());
+        let mut missing: BTreeSet<&str> = self
+            .source
+            .hosts()
+            .filter(|h| h.lost.is_none() && h.last_arrival.is_some())
+            .map(|h| h.host)
+            .collect();
+        for m in &self.received {
+            if m.kind == Kind::Readings {
+                missing.remove(m.host.as_str());
+            }
+        }
+        let deadline = tokio::time::Instant::from_std(now.started + bound);
+        let mut last = None;
+        while !missing.is_empty() {
+            let Some(m) = link.recv_until(deadline).await else {
+                break;
+            };
+            if m.kind == Kind::Readings {
+                missing.remove(m.host.as_str());
+            }
+            last = Some(m.at);
+            self.received.push(m);
+        }
+        self.round_done = last.filter(|at| *at > now.started);
     }
 
     /// The collect step's part: feeds every message received since the last tick to the
     /// remote source and the cap sender, then takes the source's view at `now`.
     pub(super) fn collect(&mut self, now: Now) -> RemoteInputs {
-        let messages = self.link.as_mut().map(|l| l.drain()).unwrap_or_default();
+        let mut messages = std::mem::take(&mut self.received);
+        messages.extend(self.link.as_mut().map(|l| l.drain()).unwrap_or_default());
         for m in messages {
+            if m.kind == Kind::Readings {
+                self.arrived.insert(m.host.clone(), m.at);
+            }
             let at = self.arrival(&now, m.at);
             match m.kind {
                 Kind::Acks => self.on_ack(at, &m.host, &m.payload),
@@ -166,11 +219,13 @@ impl Rack {
 
     /// Records, for each host whose latest reading this tick decides on for the first time,
     /// its age since arrival (controller clock) and since the agent sent it (wall clocks).
-    /// The tick's start stands for the decision: the steps read no clock, and the decision
-    /// follows within the tick's own duration (`coolantd_tick_duration_seconds`).
+    /// The decision is taken to be the tick's start, or the arrival that completed the round
+    /// when the tick waited for it: the steps read no clock, and the decision follows within
+    /// the tick's own duration (`coolantd_tick_duration_seconds`).
     fn count_reading_ages(&mut self, now: &Now) {
-        let wall_ms = now
-            .wall
+        let decided = self.round_done.take().unwrap_or(now.started);
+        let waited = decided.saturating_duration_since(now.started);
+        let wall_ms = (now.wall + waited)
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64() * 1e3);
         for h in self.source.hosts() {
@@ -181,7 +236,12 @@ impl Rack {
                 continue;
             }
             self.counted.insert(h.host.to_string(), arrival);
-            let age = now.mono.saturating_sub(arrival).as_secs_f64() / self.time_scale;
+            // From the instant the message came off the socket where it is known (the plant
+            // time of a late one is clamped to the tick's), on the real clock.
+            let age = match self.arrived.get(h.host) {
+                Some(at) => decided.saturating_duration_since(*at).as_secs_f64(),
+                None => now.mono.saturating_sub(arrival).as_secs_f64() / self.time_scale,
+            };
             self.latency.reading_age.observe_ms(age * 1e3);
             // An agent that does not stamp its readings (0) says nothing about the delay.
             if let Some(sent) = h.last_sent_unix_ms.filter(|&ms| ms > 0) {
