@@ -24,6 +24,10 @@
 //!   p50/p99 are bucket upper bounds: "at most this many ms". Reading → decision uses the
 //!   agent's `sent_unix_ms` on the controller's wall clock (one machine, one clock here).
 //!
+//! Under `cargo test --benches` (no `--bench` argument) it runs as a smoke test: the
+//! message sizes and the 64-GPU scenario with a 3 s window, checking that every host comes
+//! online and that readings were decided on and caps acknowledged, without figures to keep.
+//!
 //! Environment: `RACK_SCALE_ONLY` (`1024`, `64` or `agent`; default all),
 //! `RACK_SCALE_WINDOW_S` (the steady window, default 60 s), `RACK_SCALE_BROKER_NAGLE=1`
 //! (the broker without `set_tcp_nodelay true`). The load average is printed
@@ -55,14 +59,21 @@ const HOT_EVERY: Duration = Duration::from_secs(10);
 const HOT_FOR: Duration = Duration::from_secs(3);
 
 fn main() {
-    let only = std::env::var("RACK_SCALE_ONLY").ok();
+    let bench = std::env::args().any(|a| a == "--bench");
+    let only = std::env::var("RACK_SCALE_ONLY")
+        .ok()
+        .or_else(|| (!bench).then(|| "64".to_string()));
     let window = Duration::from_secs(
         std::env::var("RACK_SCALE_WINDOW_S")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(60),
+            .unwrap_or(if bench { 60 } else { 3 }),
     );
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        println!("rack_scale: skipped, it needs Mosquitto (/usr/sbin/mosquitto)");
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -664,6 +675,14 @@ async fn controller(title: &str, hosts: usize, period_ms: u64, window: Duration)
         &histogram(&st1, "reading_delay"),
     );
     let ack = window_of(&histogram(&st0, "cap_ack"), &histogram(&st1, "cap_ack"));
+    // Since start, a hot phase has passed (the warm-up lasts one): the path was exercised.
+    for name in ["reading_delay", "cap_ack"] {
+        assert!(
+            histogram(&st1, name).count > 0,
+            "no {name} observed; log:\n{}",
+            ctl.log()
+        );
+    }
     let refused = st1["rack"]["refused_messages"].as_u64().unwrap_or(0);
     let gaps: u64 = st1["rack"]["hosts"]
         .as_array()
