@@ -7,6 +7,12 @@ use crate::validate::Issues;
 use serde::Deserialize;
 use std::time::Duration;
 
+/// The most remote hosts one controller hears (over all its CDUs). The rack session's inbox
+/// (`link::mqtt::rack`) holds 8 messages per host between two ticks: a reading, an
+/// acknowledgement, facts and status with room for a late tick. Messages do not grow with
+/// the host count, so this is the only limit the host count meets.
+pub const MAX_HOSTS: usize = 1024;
+
 /// The `[rack]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +32,11 @@ pub struct RackConfig {
     /// How long only one agent must be heard before a duplicate-host alarm clears.
     #[serde(default = "default_conflict_clear_after_ms")]
     pub conflict_clear_after_ms: u64,
+    /// How long after each wall-clock period boundary (when the agents publish) the
+    /// controller decides (`remote::phase`). Default: 25 ms, or a quarter of a shorter
+    /// period.
+    #[serde(default)]
+    pub decide_offset_ms: Option<u64>,
 }
 
 fn default_stale_after_ms() -> u64 {
@@ -52,6 +63,7 @@ impl Default for RackConfig {
             lease_ms: default_lease_ms(),
             retries_before_alarm: default_retries_before_alarm(),
             conflict_clear_after_ms: default_conflict_clear_after_ms(),
+            decide_offset_ms: None,
         }
     }
 }
@@ -99,6 +111,26 @@ impl RackConfig {
                 self.conflict_clear_after_ms
             ),
         );
+        // Past half the period the decision would come nearer the next boundary than this
+        // one, and the readings would wait longer, not less.
+        if let Some(ms) = self.decide_offset_ms {
+            issues.check(
+                ms <= period_ms / 2,
+                format!("{key}.decide_offset_ms"),
+                format!(
+                    "between 0 and half the control period ({} ms), got {ms}",
+                    period_ms / 2
+                ),
+            );
+        }
+    }
+
+    /// How long after each period boundary of the wall clock the controller ticks.
+    pub fn decide_offset(&self, period: Duration) -> Duration {
+        match self.decide_offset_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => super::phase::DEFAULT_DECIDE_OFFSET.min(period / 4),
+        }
     }
 
     /// The remote source's settings for `hosts`.

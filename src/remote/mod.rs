@@ -19,10 +19,12 @@
 //! the host (a mis-deployed config, a cloned VM): an alarm, and neither is trusted until
 //! only one has been heard for `conflict_clear_after`.
 //!
-//! The cap side (controller → agent leases and their acknowledgements) is [`caps`].
+//! The cap side (controller → agent leases and their acknowledgements) is [`caps`]; when in
+//! the period agents publish and the controller decides is [`phase`].
 
 pub mod caps;
 pub mod config;
+pub mod phase;
 
 pub use caps::{CapEvent, CapSender, CapSenderConfig};
 pub use config::RackConfig;
@@ -128,6 +130,8 @@ pub struct HostSummary<'a> {
     pub host: &'a str,
     pub last_arrival: Option<Mono>,
     pub last_seq: Option<u64>,
+    /// The agent's wall clock when it sent those readings (`Readings::sent_unix_ms`).
+    pub last_sent_unix_ms: Option<u64>,
     pub gpus: usize,
     /// Why its GPUs are lost inputs, as of the last [`RemoteSource::view`].
     pub lost: Option<&'a LostReason>,
@@ -233,6 +237,7 @@ impl RemoteSource {
             host,
             last_arrival: st.latest.as_ref().map(|(at, _)| *at),
             last_seq: st.latest.as_ref().map(|(_, r)| r.seq),
+            last_sent_unix_ms: st.latest.as_ref().map(|(_, r)| r.sent_unix_ms),
             gpus: st.facts.as_ref().map_or(0, |f| f.gpus.len()),
             lost: st.lost.as_ref(),
         })

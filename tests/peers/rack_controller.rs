@@ -250,6 +250,11 @@ impl Rig {
 
     /// A rig with more text replaced in the configuration.
     async fn with(more: &[(&str, &str)]) -> Rig {
+        Rig::with_rack(more, "").await
+    }
+
+    /// [`Rig::with`], with `rack` added to the `[rack]` section.
+    async fn with_rack(more: &[(&str, &str)], rack: &str) -> Rig {
         let broker = Mosquitto::start();
         let port = broker.port();
         let dir = TempDir::new("rack-controller");
@@ -269,7 +274,7 @@ impl Rig {
             &format!(
                 "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
                  [rack]\nstale_after_ms = 2000\nack_timeout_ms = 1000\nlease_ms = 30000\n\
-                 retries_before_alarm = 2\n"
+                 retries_before_alarm = 2\n{rack}"
             ),
         );
         let d = sim_daemon::build(&text, dir.path(), true).await;
@@ -878,4 +883,57 @@ async fn a_dry_run_controller_sends_no_lease() {
     assert!(decided >= 1, "the hot GPU's cap was decided (would set)");
     let got = leases.collect(Duration::from_millis(500)).await;
     assert!(got.is_empty(), "a dry run sent leases: {got:?}");
+}
+
+/// A tick waits, up to its decision offset, for the readings of online hosts that are still
+/// on their way (`Rack::wait_round`), decides on them in that tick, and counts their age at
+/// the decision in `rack.latency`. The offset is long here (400 ms) so that the readings'
+/// 50 ms lateness is well inside it on a busy machine: the test is about what the tick
+/// uses, not how fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_waits_for_readings_still_on_their_way_and_counts_their_age() {
+    if !coolantd_testkit::modbus_common::have_peer("/usr/sbin/mosquitto", "mosquitto") {
+        return;
+    }
+    let mut rig = Rig::with_rack(&[], "decide_offset_ms = 400\n").await;
+    let mut leases = Leases::listen(rig.port).await;
+    let mut agents = rack_up(&mut rig, &mut leases).await;
+    let before = rig.tick().await;
+    let was = before
+        .rack
+        .as_ref()
+        .expect("rack")
+        .latency
+        .reading_age
+        .clone();
+
+    // The readings leave 50 ms after the tick began.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    rig.t += 1;
+    if let Some(sim) = rig.d.sim() {
+        sim.step(Duration::from_secs(1));
+    }
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for a in &mut agents {
+            a.readings(&[]).await;
+        }
+    };
+    let (s, ()) = tokio::join!(rig.d.tick(Duration::from_secs(rig.t)), late);
+    let rack = s.rack.as_ref().expect("rack");
+    for (h, a) in rack.hosts.iter().zip(&agents) {
+        assert_eq!(h.host, a.host);
+        assert_eq!(
+            h.last_seq,
+            Some(a.seq),
+            "the tick decided without the reading on its way: {rack:?}"
+        );
+    }
+    let age = &rack.latency.reading_age;
+    assert_eq!(age.count, was.count + 2, "{age:?}");
+    // Both came off the socket after the tick began, the later one completing the round:
+    // their ages at the decision are the few ms between them, far under the 50 ms they
+    // were late and the 400 ms the tick would have waited.
+    let added_ms = age.sum_ms - was.sum_ms;
+    assert!(added_ms < 100.0, "{added_ms} ms for two readings: {age:?}");
 }

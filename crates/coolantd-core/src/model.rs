@@ -670,6 +670,24 @@ impl Point {
 mod tests {
     use super::*;
 
+    #[test]
+    fn latency_histogram_is_cumulative_and_bounds_its_quantiles() {
+        let mut h = LatencyHistogram::default();
+        assert_eq!(h.quantile_bound_ms(0.5), None);
+        for ms in [0.4, 4.0, 4.0, 60.0, -3.0, 40_000.0] {
+            h.observe_ms(ms);
+        }
+        assert_eq!(h.count, 6);
+        // 0.4 and the negative one (counted as 0) are ≤ 1 ms; both 4 ms ≤ 5 ms.
+        assert_eq!(h.counts[0], 2);
+        assert_eq!(h.counts[3], 4);
+        assert_eq!(*h.counts.last().unwrap(), 5, "40 s is past the last bound");
+        assert_eq!(h.quantile_bound_ms(0.5), Some(5.0));
+        assert_eq!(h.quantile_bound_ms(0.8), Some(75.0));
+        assert_eq!(h.quantile_bound_ms(1.0), Some(f64::INFINITY));
+        assert!((h.sum_ms - 40_068.4).abs() < 1e-6);
+    }
+
     fn reading(role: Role, v: Result<f64, SensorFault>) -> RegisterReading {
         RegisterReading {
             name: role.as_str().into(),
@@ -948,6 +966,85 @@ pub struct RackStatus {
     pub caps_sent: u64,
     pub caps_retries: u64,
     pub caps_acks: u64,
+    /// How fresh the remote readings were when the controller decided on them, and how long
+    /// the agents took to acknowledge a cap, since start.
+    #[serde(default)]
+    pub latency: RackLatency,
+}
+
+/// The rack's latency histograms, since start (docs/metrics.md, "Rack latency").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RackLatency {
+    /// Per decision, each remote reading used for the first time: its arrival at the
+    /// controller → the tick that decided on it, on the controller's clock.
+    pub reading_age: LatencyHistogram,
+    /// The same readings: the agent's `sent_unix_ms` → the tick that decided on them, on the
+    /// controller's wall clock. Meaningful only as far as the hosts' clocks agree (one
+    /// machine in the scale benchmark; NTP on a site).
+    pub reading_delay: LatencyHistogram,
+    /// A cap lease's first send (the tick that decided it) → the arrival of the agent's
+    /// acknowledgement, on the controller's clock, retries included.
+    pub cap_ack: LatencyHistogram,
+}
+
+/// A cumulative latency histogram with fixed bounds ([`LatencyHistogram::BOUNDS_MS`]), the
+/// shape of a Prometheus histogram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    /// Upper bounds of the buckets, ms; `counts[i]` holds observations ≤ `bounds_ms[i]`
+    /// (cumulative), and `count` all of them (the `+Inf` bucket).
+    pub bounds_ms: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+impl LatencyHistogram {
+    /// Fine around the rack's targets (50 ms from reading to decision, 100 ms from cap to
+    /// acknowledgement), coarse beyond a period.
+    pub const BOUNDS_MS: [f64; 22] = [
+        1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 75.0, 100.0, 150.0,
+        250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
+    ];
+
+    /// Adds one observation, in ms (negative ones, from clocks that disagree, count as 0).
+    pub fn observe_ms(&mut self, ms: f64) {
+        let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
+        for (bound, count) in self.bounds_ms.iter().zip(self.counts.iter_mut()) {
+            if ms <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+
+    /// The upper bound of the bucket that holds quantile `q` (0..=1): "at most this many ms";
+    /// `None` without observations, `f64::INFINITY` past the last bound.
+    pub fn quantile_bound_ms(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * self.count as f64).ceil().max(1.0) as u64;
+        Some(
+            self.bounds_ms
+                .iter()
+                .zip(&self.counts)
+                .find(|(_, c)| **c >= rank)
+                .map_or(f64::INFINITY, |(b, _)| *b),
+        )
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            bounds_ms: Self::BOUNDS_MS.to_vec(),
+            counts: vec![0; Self::BOUNDS_MS.len()],
+            count: 0,
+            sum_ms: 0.0,
+        }
+    }
 }
 
 /// One remote host, as the controller hears it.

@@ -105,6 +105,10 @@ pub fn build(c: Connect<'_>) -> (Client, EventLoop) {
             let (client, mut el) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
             let mut n = el.network_options();
             n.set_connection_timeout(CONNECT_TIMEOUT_S);
+            // Nagle's algorithm would hold a small packet (a cap lease, an acknowledgement)
+            // until the broker acknowledges the previous one, up to its delayed-ACK time
+            // (40 ms on Linux): the rack's cap → ack figure doubled with it.
+            n.set_tcp_nodelay(true);
             el.set_network_options(n);
             (Client::V4(client), EventLoop::V4(Box::new(el)))
         }
@@ -125,6 +129,10 @@ pub fn build(c: Connect<'_>) -> (Client, EventLoop) {
             if let Some(u) = &cfg.username {
                 o.set_credentials(u.clone(), c.password.unwrap_or_default());
             }
+            // Without Nagle's algorithm, as for MQTT 3.1.1 above.
+            let mut n = o.network_options();
+            n.set_tcp_nodelay(true);
+            o.set_network_options(n);
             let (client, el) = r5::AsyncClient::new(o, REQUEST_CAPACITY);
             (Client::V5(client), EventLoop::V5(Box::new(el)))
         }

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// How many received messages wait for the next tick at most: 128 hosts × 4 messages a tick
-/// at 10 Hz with room to spare; more means the tick is not draining.
-const INBOX: usize = 8192;
+/// How many received messages wait for the next tick at most: 8 per host at the most hosts
+/// a configuration may list (a reading, an acknowledgement, facts and status, with room for
+/// a late tick); more means the tick is not draining.
+const INBOX: usize = crate::remote::config::MAX_HOSTS * 8;
 
 /// How many leases wait for the broker at most; the cap sender repeats what is not
 /// acknowledged, so a dropped lease is retried, and counted here.
@@ -112,6 +113,14 @@ impl RackLink {
             v.push(m);
         }
         v
+    }
+
+    /// The next message, waiting for it until `deadline` at most.
+    pub async fn recv_until(&mut self, deadline: tokio::time::Instant) -> Option<RackMessage> {
+        tokio::time::timeout_at(deadline, self.inbox.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Queues an encoded lease for `host`; never waits.

@@ -50,8 +50,14 @@ pub async fn run(cfg: AgentFile, dry_run_flag: bool) -> anyhow::Result<()> {
     let mut agent = Agent::start(cfg, dry_run_flag).await?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut timer = tokio::time::interval(agent.period);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Readings leave on the wall clock's period boundaries, where the rack controllers
+    // expect them (`remote::phase`); Skip keeps that grid after a late tick.
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let first = crate::remote::phase::until_phase(wall, agent.period, Duration::ZERO);
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + first, agent.period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             biased;

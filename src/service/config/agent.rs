@@ -65,6 +65,34 @@ impl AgentFile {
         if let Some(sim) = &cfg.simulator {
             sim.validate("simulator", &mut issues);
         }
+        // One readings message carries every GPU of the host, and the wire format caps a
+        // message at `wire::MAX_GPUS` GPUs (and 8 KiB), far under the MQTT client's and
+        // Mosquitto's packet limits; more GPUs could not be published at all.
+        let max = crate::wire::MAX_GPUS;
+        match cfg.gpus.backend {
+            GpuBackendKind::Simulated => {
+                if let Some(sim) = &cfg.simulator {
+                    issues.check(
+                        sim.gpus_per_host as usize <= max,
+                        "simulator.gpus_per_host",
+                        format!(
+                            "at most {max} GPUs on an agent (the rack wire format's limit per \
+                             message), got {}",
+                            sim.gpus_per_host
+                        ),
+                    );
+                }
+            }
+            _ => issues.check(
+                cfg.gpus.indices.len() <= max,
+                "gpus.indices",
+                format!(
+                    "at most {max} GPUs on an agent (the rack wire format's limit per message), \
+                     got {}",
+                    cfg.gpus.indices.len()
+                ),
+            ),
+        }
         match cfg.gpus.backend {
             GpuBackendKind::Simulated if cfg.simulator.is_none() => issues.push(
                 "gpus.backend",
@@ -166,5 +194,27 @@ host = "127.0.0.1"
             .expect_err("simulated GPUs need a [simulator] section")
             .to_string();
         assert!(e.contains("gpus.backend"), "{e}");
+    }
+
+    #[test]
+    fn more_gpus_than_one_wire_message_carries_are_refused() {
+        let sim = format!(
+            "{MINIMAL}\n[gpus]\nbackend = \"simulated\"\n[simulator]\ngpus_per_host = 33\n\
+             gpu_profile = \"h200-sxm\"\ncdu_profile = \"sim-cdu\"\n"
+        );
+        let e = AgentFile::parse(&sim, Path::new("agent.toml"))
+            .expect_err("33 GPUs do not fit one readings message")
+            .to_string();
+        assert!(e.contains("simulator.gpus_per_host"), "{e}");
+        assert!(e.contains("at most 32"), "{e}");
+        let indices = (0..33)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nvml = format!("{MINIMAL}\n[gpus]\nbackend = \"nvml\"\nindices = [{indices}]\n");
+        let e = AgentFile::parse(&nvml, Path::new("agent.toml"))
+            .expect_err("33 NVML indices do not fit one readings message")
+            .to_string();
+        assert!(e.contains("gpus.indices"), "{e}");
     }
 }

@@ -223,6 +223,32 @@ impl Config {
                 );
             }
         }
+        // The rack session's inbox holds what a tick drains (`link::mqtt::rack`); it is
+        // sized for this many hosts. Message sizes do not grow with the host count: every
+        // message is one host's.
+        issues.check(
+            remote.len() <= crate::remote::config::MAX_HOSTS,
+            "cdu.hosts",
+            format!(
+                "at most {} remote hosts over all CDUs, got {}",
+                crate::remote::config::MAX_HOSTS,
+                remote.len()
+            ),
+        );
+        // A simulated rack's hosts publish the wire format, which carries at most
+        // `wire::MAX_GPUS` GPUs per message.
+        if let Some(sim) = self.simulator.as_ref().filter(|s| !s.hosts.is_empty()) {
+            issues.check(
+                sim.gpus_per_host as usize <= crate::wire::MAX_GPUS,
+                "simulator.gpus_per_host",
+                format!(
+                    "at most {} GPUs per host in a simulated rack (the rack wire format's limit \
+                     per message, docs/mqtt.md), got {}",
+                    crate::wire::MAX_GPUS,
+                    sim.gpus_per_host
+                ),
+            );
+        }
         if let Some(r) = &self.rack {
             r.validate("rack", self.control.period_ms, issues);
         }

@@ -261,3 +261,43 @@ fn a_host_cooled_by_two_cdus_is_refused() {
         "{i:?}"
     );
 }
+
+#[test]
+fn rack_scale_limits_are_validated_with_their_keys() {
+    let mqtt = "\n[mqtt]\nhost = \"127.0.0.1\"\n";
+    // The decision's phase lies in the first half of the period (1000 ms by default).
+    let i = issues_of(&format!(
+        "{MINIMAL}hosts = [\"node02\"]\n{mqtt}\n[rack]\ndecide_offset_ms = 501\n"
+    ));
+    assert!(
+        i.iter()
+            .any(|(k, e)| k == "rack.decide_offset_ms" && e.contains("500 ms")),
+        "{i:?}"
+    );
+    let ok = parse(&format!(
+        "{MINIMAL}hosts = [\"node02\"]\n{mqtt}\n[rack]\ndecide_offset_ms = 40\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let period = std::time::Duration::from_millis(1000);
+    assert_eq!(ok.rack_or_default().decide_offset(period).as_millis(), 40);
+    // Without the key: 25 ms, or a quarter of a shorter period.
+    let default = crate::remote::RackConfig::default();
+    assert_eq!(default.decide_offset(period).as_millis(), 25);
+    assert_eq!(
+        default
+            .decide_offset(std::time::Duration::from_millis(40))
+            .as_millis(),
+        10
+    );
+    // More remote hosts than the rack session's inbox is sized for.
+    let many = (0..=crate::remote::config::MAX_HOSTS)
+        .map(|n| format!("\"n{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let i = issues_of(&format!("{MINIMAL}hosts = [{many}]\n{mqtt}"));
+    assert!(
+        i.iter()
+            .any(|(k, e)| k == "cdu.hosts" && e.contains("at most 1024")),
+        "{i:?}"
+    );
+}

@@ -387,6 +387,14 @@ impl Daemon {
         self.cfg.control.period().div_f64(scale)
     }
 
+    /// For a rack controller, how long after each wall-clock boundary of the period its ticks
+    /// fall (`remote::phase`: the agents publish on the boundaries); `None` without remote
+    /// hosts, whose ticks keep no particular phase.
+    pub fn rack_phase(&self) -> Option<Duration> {
+        self.rack.as_ref()?;
+        Some(self.cfg.rack_or_default().decide_offset(self.wall_period()))
+    }
+
     /// How long a tick waits for its CDUs: half the period leaves the other half for GPU
     /// reads, power caps and sinks, so a slow CDU cannot stretch the tick past its period.
     pub fn cdu_budget(&self) -> Duration {

@@ -2,20 +2,24 @@
 //! (`link::mqtt::rack`), judged by the sans-IO remote source, and their power caps sent as
 //! leases by the cap sender (`crate::remote`).
 //!
-//! - collect: every message received since the last tick goes to the remote source with its
-//!   arrival time; its view gives the samples of trusted hosts, and an empty sample for each
+//! - collect: the tick first waits, briefly, for the period's readings of every host that is
+//!   online (`wait_round`); then every message received since the last tick goes to the
+//!   remote source with its arrival time; its view gives the samples of trusted hosts, and an empty sample for each
 //!   GPU of a lost host, so the core treats it as a lost input (the graded failsafe), exactly
 //!   as a local GPU that fell off the bus;
 //! - actuate: a power cap for a remote GPU goes to the cap sender; its outcome reaches the
 //!   core when the agent's acknowledgement arrives (or as a failure once the cap went
 //!   unacknowledged `retries_before_alarm` times);
-//! - publish: the hosts' state for `/status`, and the rack's alarms.
+//! - publish: the hosts' state for `/status`, and the rack's alarms;
+//! - latency: how old each remote reading was when a tick first decided on it, and how long
+//!   each cap lease waited for its acknowledgement (`RackLatency`, on `/status` and as
+//!   Prometheus histograms on `/metrics`), so the rack's figures can be read from outside.
 
 use super::tick::Now;
-use crate::link::mqtt::rack::RackLink;
+use crate::link::mqtt::rack::{RackLink, RackMessage};
 use crate::model::{
     Actuation, ActuationError, ActuationOutcome, Alarm, AlarmEvent, AlarmTransition, GpuKey,
-    GpuSample, GpuStatic, Mono, RackStatus, RemoteHostStatus, Severity, Source,
+    GpuSample, GpuStatic, Mono, RackLatency, RackStatus, RemoteHostStatus, Severity, Source,
 };
 use crate::remote::{
     CapEvent, CapSender, LostReason, RackConfig, RemoteEvent, RemoteSource, RemoteView,
@@ -23,7 +27,7 @@ use crate::remote::{
 use crate::units::Watts;
 use crate::wire::{self, CapAck, Kind, Refusal};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Counts the remote source keeps only in total, per host.
 #[derive(Debug, Default, Clone, Copy)]
@@ -62,6 +66,20 @@ pub(super) struct Rack {
     alarms: BTreeMap<String, Alarm>,
     outcomes: Vec<ActuationOutcome>,
     lost: Vec<(String, LostReason)>,
+    latency: RackLatency,
+    /// Messages `wait_round` took from the link, for `collect`.
+    received: Vec<RackMessage>,
+    /// When this tick's round of readings was complete, if that was after the tick began:
+    /// the decision cannot come earlier.
+    round_done: Option<Instant>,
+    /// Per host, the instant its latest readings message came off the socket.
+    arrived: BTreeMap<String, Instant>,
+    /// Per host, the arrival of the last reading counted in `latency`, so that a reading a
+    /// later tick decides on again (nothing newer arrived) is counted once.
+    counted: BTreeMap<String, Mono>,
+    /// Per host, the newest lease id and the tick that first sent it; an acknowledgement of
+    /// that id measures decision → acknowledgement.
+    lease_sent: BTreeMap<String, (u64, Mono)>,
 }
 
 impl Rack {
@@ -95,6 +113,12 @@ impl Rack {
             alarms: BTreeMap::new(),
             outcomes: Vec::new(),
             lost: Vec::new(),
+            latency: RackLatency::default(),
+            received: Vec::new(),
+            round_done: None,
+            arrived: BTreeMap::new(),
+            counted: BTreeMap::new(),
+            lease_sent: BTreeMap::new(),
         }
     }
 
@@ -129,13 +153,57 @@ impl Rack {
         }
         self.awaiting.retain(|k, _| hosts.contains(&k.host));
         self.unacked.retain(|h| hosts.contains(h));
+        self.counted.retain(|h, _| hosts.contains(h));
+        self.arrived.retain(|h, _| hosts.contains(h));
+        self.lease_sent.retain(|h, _| hosts.contains(h));
+    }
+
+    /// Waits until every online host's readings arrived since the last tick, or `bound`
+    /// past the tick's start, whichever comes first. The tick falls `rack.decide_offset_ms`
+    /// after the boundary the agents publish on (`remote::phase`); a reading that the broker
+    /// or a busy machine delays past it would otherwise wait a whole period. Hosts already
+    /// lost are not waited for, and the bound keeps a host that just fell silent from
+    /// holding the tick longer than that.
+    pub(super) async fn wait_round(&mut self, now: &Now, bound: Duration) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        self.received.extend(link.drain());
+        let mut missing: BTreeSet<&str> = self
+            .source
+            .hosts()
+            .filter(|h| h.lost.is_none() && h.last_arrival.is_some())
+            .map(|h| h.host)
+            .collect();
+        for m in &self.received {
+            if m.kind == Kind::Readings {
+                missing.remove(m.host.as_str());
+            }
+        }
+        let deadline = tokio::time::Instant::from_std(now.started + bound);
+        let mut last = None;
+        while !missing.is_empty() {
+            let Some(m) = link.recv_until(deadline).await else {
+                break;
+            };
+            if m.kind == Kind::Readings {
+                missing.remove(m.host.as_str());
+            }
+            last = Some(m.at);
+            self.received.push(m);
+        }
+        self.round_done = last.filter(|at| *at > now.started);
     }
 
     /// The collect step's part: feeds every message received since the last tick to the
     /// remote source and the cap sender, then takes the source's view at `now`.
     pub(super) fn collect(&mut self, now: Now) -> RemoteInputs {
-        let messages = self.link.as_mut().map(|l| l.drain()).unwrap_or_default();
+        let mut messages = std::mem::take(&mut self.received);
+        messages.extend(self.link.as_mut().map(|l| l.drain()).unwrap_or_default());
         for m in messages {
+            if m.kind == Kind::Readings {
+                self.arrived.insert(m.host.clone(), m.at);
+            }
             let at = self.arrival(&now, m.at);
             match m.kind {
                 Kind::Acks => self.on_ack(at, &m.host, &m.payload),
@@ -143,9 +211,43 @@ impl Rack {
             }
         }
         let view = self.source.view(now.mono);
+        self.count_reading_ages(&now);
         self.drain_remote_events();
         self.drain_cap_events(now.mono);
         self.inputs(now.mono, view)
+    }
+
+    /// Records, for each host whose latest reading this tick decides on for the first time,
+    /// its age since arrival (controller clock) and since the agent sent it (wall clocks).
+    /// The decision is taken to be the tick's start, or the arrival that completed the round
+    /// when the tick waited for it: the steps read no clock, and the decision follows within
+    /// the tick's own duration (`coolantd_tick_duration_seconds`).
+    fn count_reading_ages(&mut self, now: &Now) {
+        let decided = self.round_done.take().unwrap_or(now.started);
+        let waited = decided.saturating_duration_since(now.started);
+        let wall_ms = (now.wall + waited)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        for h in self.source.hosts() {
+            let Some(arrival) = h.last_arrival else {
+                continue;
+            };
+            if self.counted.get(h.host) == Some(&arrival) {
+                continue;
+            }
+            self.counted.insert(h.host.to_string(), arrival);
+            // From the instant the message came off the socket where it is known (the plant
+            // time of a late one is clamped to the tick's), on the real clock.
+            let age = match self.arrived.get(h.host) {
+                Some(at) => decided.saturating_duration_since(*at).as_secs_f64(),
+                None => now.mono.saturating_sub(arrival).as_secs_f64() / self.time_scale,
+            };
+            self.latency.reading_age.observe_ms(age * 1e3);
+            // An agent that does not stamp its readings (0) says nothing about the delay.
+            if let Some(sent) = h.last_sent_unix_ms.filter(|&ms| ms > 0) {
+                self.latency.reading_delay.observe_ms(wall_ms - sent as f64);
+            }
+        }
     }
 
     /// The plant time a message arrived at: the tick's plant time less the real time since,
@@ -162,7 +264,21 @@ impl Rack {
             return;
         }
         match wire::decode::<CapAck>(payload) {
-            Ok(ack) if ack.host == host => self.caps.handle_ack(at, &ack),
+            Ok(ack) if ack.host == host => {
+                // Only the first acknowledgement of the newest lease counts; a stale or
+                // repeated one leaves the figure alone.
+                if self
+                    .lease_sent
+                    .get(host)
+                    .is_some_and(|(id, _)| *id == ack.id)
+                {
+                    if let Some((_, sent)) = self.lease_sent.remove(host) {
+                        let waited = at.saturating_sub(sent).as_secs_f64() / self.time_scale;
+                        self.latency.cap_ack.observe_ms(waited * 1e3);
+                    }
+                }
+                self.caps.handle_ack(at, &ack)
+            }
             Ok(ack) => crate::log_limited!(
                 warn,
                 "rack: a cap acknowledgement names another host than its topic; refused",
@@ -337,6 +453,10 @@ impl Rack {
     /// Publishes the leases due at `now`: new or changed caps, retries, renewals.
     pub(super) fn transmit(&mut self, now: Mono) {
         for lease in self.caps.poll_transmit(now) {
+            // A retry keeps its id and so its first send: the figure includes retries.
+            if self.lease_sent.get(&lease.host).map(|(id, _)| *id) != Some(lease.id) {
+                self.lease_sent.insert(lease.host.clone(), (lease.id, now));
+            }
             match wire::encode(&lease) {
                 Ok(bytes) => match &self.link {
                     Some(l) => l.send_caps(&lease.host, bytes),
@@ -470,6 +590,7 @@ impl Rack {
             caps_sent: k.sent,
             caps_retries: k.retries,
             caps_acks: k.acks,
+            latency: self.latency.clone(),
         }
     }
 

@@ -59,6 +59,19 @@ fn period_timer(period: Duration, start: tokio::time::Instant) -> tokio::time::I
     timer
 }
 
+/// When the period timer first fires: now, or for a rack controller at its phase on the
+/// wall clock's period grid (`remote::phase`), so that it decides shortly after its agents
+/// publish. Read once per timer: the monotonic timer then keeps the grid (NTP slews both
+/// clocks alike; a stepped wall clock is followed at the next reload that sets a timer).
+fn first_tick(period: Duration, phase: Option<Duration>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let Some(offset) = phase else { return now };
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    now + crate::remote::phase::until_phase(wall, period, offset)
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Returns after the outputs are in their safe state.
 pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: SIGHUP's default action is to terminate, so a `systemctl reload` (or a
@@ -99,7 +112,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut timer = period_timer(wall_period, tokio::time::Instant::now());
+    let mut timer = period_timer(wall_period, first_tick(wall_period, daemon.rack_phase()));
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut ready_sent = false;
@@ -140,7 +153,11 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
                                 "control period changed"
                             );
                             wall_period = new_period;
-                            timer = period_timer(wall_period, tokio::time::Instant::now() + wall_period);
+                            let next = match daemon.rack_phase() {
+                                Some(phase) => first_tick(wall_period, Some(phase)),
+                                None => tokio::time::Instant::now() + wall_period,
+                            };
+                            timer = period_timer(wall_period, next);
                             health.set_period(wall_period);
                         }
                     }

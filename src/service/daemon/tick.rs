@@ -108,7 +108,11 @@ impl Daemon {
         }
         // The GPUs of other hosts, as heard since the last tick; their facts, when new, join
         // the controller's inventory.
+        // A rack controller waits at most its decision offset again for late readings, so a
+        // decision comes no later than twice the offset after the agents' boundary.
+        let rack_wait = self.rack_phase().unwrap_or_default();
         if let Some(rack) = self.rack.as_mut() {
+            rack.wait_round(&now, rack_wait).await;
             let remote = rack.collect(now);
             if let Some((statics, originals)) = remote.statics_changed {
                 let all: Vec<_> = self.inventory.iter().cloned().chain(statics).collect();

@@ -3,7 +3,7 @@
 //! formats them: sanitising, label escaping, one `# HELP` and `# TYPE` per family.
 
 use super::Health;
-use crate::model::{FieldValue, Point, Snapshot};
+use crate::model::{FieldValue, LatencyHistogram, Point, Snapshot};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -243,7 +243,38 @@ pub fn render_metrics(snap: &Snapshot, health: Option<&Health>, now: Instant) ->
             out.push('\n');
         }
     }
+    if let Some(rack) = &snap.rack {
+        let l = &rack.latency;
+        for (m, h) in [
+            (own_metrics::RACK_READING_AGE_SECONDS, &l.reading_age),
+            (own_metrics::RACK_READING_DELAY_SECONDS, &l.reading_delay),
+            (own_metrics::RACK_CAP_ACK_SECONDS, &l.cap_ack),
+        ] {
+            render_histogram(&mut out, m, h);
+        }
+    }
     out
+}
+
+/// One histogram family: cumulative `_bucket{le}` in seconds, `+Inf`, `_sum` and `_count`.
+fn render_histogram(
+    out: &mut String,
+    m: crate::sink::schema::process::ProcessMetric,
+    h: &LatencyHistogram,
+) {
+    let name = m.name;
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(m.help));
+    let _ = writeln!(out, "# TYPE {name} {}", m.kind.as_str());
+    for (bound, count) in h.bounds_ms.iter().zip(&h.counts) {
+        let _ = write!(out, "{name}_bucket{{le=\"");
+        format_value(bound / 1e3, out);
+        let _ = writeln!(out, "\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = write!(out, "{name}_sum ");
+    format_value(h.sum_ms / 1e3, out);
+    out.push('\n');
+    let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
 fn bool_f64(b: bool) -> f64 {
@@ -271,5 +302,38 @@ mod tests {
         let mut v = String::new();
         format_value(f64::NEG_INFINITY, &mut v);
         assert_eq!(v, "-Inf");
+    }
+
+    #[test]
+    fn a_rack_histogram_has_cumulative_buckets_sum_and_count() {
+        let mut h = LatencyHistogram::default();
+        h.observe_ms(4.0);
+        h.observe_ms(60.0);
+        let mut out = String::new();
+        render_histogram(
+            &mut out,
+            crate::sink::schema::process::RACK_CAP_ACK_SECONDS,
+            &h,
+        );
+        let n = "coolantd_rack_cap_ack_seconds";
+        assert!(out.contains(&format!("# TYPE {n} histogram\n")), "{out}");
+        assert!(
+            out.contains(&format!("{n}_bucket{{le=\"0.003\"}} 0\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{n}_bucket{{le=\"0.005\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{n}_bucket{{le=\"0.075\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{n}_bucket{{le=\"+Inf\"}} 2\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{n}_sum 0.064\n")), "{out}");
+        assert!(out.contains(&format!("{n}_count 2\n")), "{out}");
     }
 }

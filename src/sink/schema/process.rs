@@ -7,6 +7,8 @@
 pub enum MetricKind {
     Counter,
     Gauge,
+    /// Cumulative buckets (`_bucket{le}`), `_sum` and `_count`.
+    Histogram,
 }
 
 impl MetricKind {
@@ -15,6 +17,7 @@ impl MetricKind {
         match self {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
         }
     }
 }
@@ -31,6 +34,14 @@ const fn gauge(name: &'static str, help: &'static str) -> ProcessMetric {
     ProcessMetric {
         name,
         kind: MetricKind::Gauge,
+        help,
+    }
+}
+
+const fn histogram(name: &'static str, help: &'static str) -> ProcessMetric {
+    ProcessMetric {
+        name,
+        kind: MetricKind::Histogram,
         help,
     }
 }
@@ -84,11 +95,27 @@ pub const LAST_TICK_AGE_SECONDS: ProcessMetric = gauge(
     "coolantd_last_tick_age_seconds",
     "Seconds since the last healthy control tick",
 );
+/// Rack controllers only (`RackLatency` in `/status`): each remote reading, arrival → the
+/// tick that first decided on it, on the controller's clock.
+pub const RACK_READING_AGE_SECONDS: ProcessMetric = histogram(
+    "coolantd_rack_reading_age_seconds",
+    "Remote readings: arrival at the controller to the tick that first decided on them",
+);
+/// The same readings from the agent's send stamp, on the controller's wall clock.
+pub const RACK_READING_DELAY_SECONDS: ProcessMetric = histogram(
+    "coolantd_rack_reading_delay_seconds",
+    "Remote readings: the agent's send stamp to the tick that first decided on them (wall clocks)",
+);
+/// A cap lease's first send → its acknowledgement's arrival.
+pub const RACK_CAP_ACK_SECONDS: ProcessMetric = histogram(
+    "coolantd_rack_cap_ack_seconds",
+    "Cap leases: the tick that decided and first sent one to the arrival of its acknowledgement",
+);
 /// The running version, as the usual `*_build_info` gauge: label `version`, value 1.
 pub const BUILD_INFO: ProcessMetric = gauge("coolantd_build_info", "coolantd version, always 1");
 
 /// Every one of the daemon's own metrics.
-pub const ALL: [ProcessMetric; 11] = [
+pub const ALL: [ProcessMetric; 14] = [
     SNAPSHOT_TICK,
     SNAPSHOT_READY,
     DRY_RUN,
@@ -100,6 +127,9 @@ pub const ALL: [ProcessMetric; 11] = [
     HTTP_CONNECTIONS_TIMED_OUT_TOTAL,
     LAST_TICK_AGE_SECONDS,
     BUILD_INFO,
+    RACK_READING_AGE_SECONDS,
+    RACK_READING_DELAY_SECONDS,
+    RACK_CAP_ACK_SECONDS,
 ];
 
 #[cfg(test)]
