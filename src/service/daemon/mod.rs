@@ -517,7 +517,9 @@ pub fn set_plate_models(
                 cdu = %c.name,
                 "feed-forward off until the agents' facts name this CDU's GPU boards"
             ),
-            (None, _) => tracing::warn!(cdu = %c.name, profiles = ?names, "no single GPU thermal model for this CDU: feed-forward off"),
+            (None, _) => {
+                tracing::warn!(cdu = %c.name, profiles = ?names, "no single GPU thermal model for this CDU: feed-forward off")
+            }
         }
         ctl.set_plate_model(&c.name, model);
     }
