@@ -107,9 +107,20 @@ fn rack_of_64_gpus_on_8_agents_holds_the_setpoint_through_a_load_step() {
             .args(["run", "--config"])
             .arg(&ctl_path),
     );
-    let setpoint = ctl.wait_status(ports.http, Duration::from_secs(20))["setpoint_c"]
-        .as_f64()
-        .expect("setpoint_c in /status");
+    // Before its first tick the endpoint serves an empty snapshot (set point 0); the first
+    // tick may wait for the next period boundary, so wait for a ticked one.
+    let until = Instant::now() + Duration::from_secs(20);
+    let setpoint = loop {
+        let s = ctl.wait_status(ports.http, Duration::from_secs(20));
+        if s["tick"].as_u64().unwrap_or(0) >= 1 {
+            break s["setpoint_c"].as_f64().expect("setpoint_c in /status");
+        }
+        assert!(
+            Instant::now() < until,
+            "the controller did not tick within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let plant_s = |at: Instant| at.duration_since(t0).as_secs_f64() * TIME_SCALE;
 
     // Watch until both faulted hosts are back, the faults are over, or it takes too long.
