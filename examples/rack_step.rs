@@ -1,13 +1,12 @@
 //! The load step of `config/sim.toml` (idle, then every GPU on full load from 60 s) on two
-//! loops, and the figures that compare them:
+//! loops, each with its heat-load feed-forward (on by default) and without it
+//! (`[control.feed_forward] enabled = false`), and the figures that compare them:
 //!
-//! - **single host**: `config/sim.toml`, 8 simulated H200s read by the daemon itself, with
-//!   its heat-load feed-forward (on by default) and without it (`[control.feed_forward]
-//!   enabled = false`): the rack's controller has no feed-forward, because it learns its
-//!   GPUs' board only from the agents' facts after it starts (it logs "feed-forward off");
+//! - **single host**: `config/sim.toml`, 8 simulated H200s read by the daemon itself;
 //! - **rack**: `config/sim-rack-agents.toml`, 64 GPUs with spread on 8 host agents, each
 //!   with its own session on a real Mosquitto, and its controller
-//!   `config/sim-rack-controller.toml` hearing them and leasing caps through the broker;
+//!   `config/sim-rack-controller.toml` hearing them and leasing caps through the broker (its
+//!   feed-forward takes the plate model of the boards the agents' facts name);
 //! - **rack, no spread**: the same rack with identical GPUs, which separates what the
 //!   network and the agents cost from what the GPUs' spread costs;
 //! - **rack, no spread, 3.5 l of loop per GPU**: also the single host's coolant volume per
@@ -175,7 +174,13 @@ async fn single_host(scale: f64, name: &'static str, feed_forward: bool) -> Figu
 /// per GPU, so that what remains between them is the agents and the network.
 const SINGLE_HOST_VOLUME: &str = "spread_seed = 1\nloop_volume_l = 224.0";
 
-async fn rack(scale: f64, name: &'static str, spread: bool, same_volume: bool) -> Figures {
+async fn rack(
+    scale: f64,
+    name: &'static str,
+    spread: bool,
+    same_volume: bool,
+    feed_forward: bool,
+) -> Figures {
     let broker = Mosquitto::start();
     let ports = RackPorts {
         mqtt: broker.port(),
@@ -199,11 +204,11 @@ async fn rack(scale: f64, name: &'static str, spread: bool, same_volume: bool) -
     std::fs::write(&agents_path, agents_text).expect("write the rack's file");
     let ctl_dir = dir.0.join("controller");
     let ctl_path = dir.0.join("sim-rack-controller.toml");
-    std::fs::write(
-        &ctl_path,
-        controller_config_text(&ports, &ctl_dir, scale, &[]),
-    )
-    .expect("write the controller's file");
+    let mut ctl_text = controller_config_text(&ports, &ctl_dir, scale, &[]);
+    if !feed_forward {
+        ctl_text.push_str("\n[control.feed_forward]\nenabled = false\n");
+    }
+    std::fs::write(&ctl_path, ctl_text).expect("write the controller's file");
 
     let rack_cfg = Config::load(&agents_path).expect("the rack's file is valid");
     let sc = rack_cfg.simulator.clone().expect("[simulator]");
@@ -292,9 +297,25 @@ fn main() {
         vec![
             single_host(scale, "single host (config/sim.toml)", true).await,
             single_host(scale, "single host, feedback only", false).await,
-            rack(scale, "rack, 8 agents via Mosquitto", true, false).await,
-            rack(scale, "rack, no spread", false, false).await,
-            rack(scale, "rack, no spread, 3.5 l of loop per GPU", false, true).await,
+            rack(scale, "rack, 8 agents via Mosquitto", true, false, true).await,
+            rack(scale, "rack, feedback only", true, false, false).await,
+            rack(scale, "rack, no spread", false, false, true).await,
+            rack(
+                scale,
+                "rack, no spread, 3.5 l of loop per GPU",
+                false,
+                true,
+                true,
+            )
+            .await,
+            rack(
+                scale,
+                "rack, no spread, 3.5 l per GPU, feedback only",
+                false,
+                true,
+                false,
+            )
+            .await,
         ]
     });
     println!(
