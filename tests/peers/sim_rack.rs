@@ -142,6 +142,18 @@ fn rack_of_64_gpus_on_8_agents_holds_the_setpoint_through_a_load_step() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = || format!("controller log:\n{}\nsim log:\n{}", ctl.log(), sim.log());
+    // A rack controller has no GPUs of its own: its feed-forward runs on the plate model of
+    // the boards the agents' facts name.
+    let (_, metrics) = http_get(ports.http, "/metrics");
+    let engaged: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("ff_engaged") && l.contains("pump:"))
+        .collect();
+    assert!(
+        !engaged.is_empty() && engaged.iter().all(|l| l.ends_with(" 1")),
+        "the pump loop's feed-forward is not engaged: {engaged:?}\n{}",
+        log()
+    );
     eprintln!(
         "{} samples over {:.1} s of wall time",
         trace.len(),
