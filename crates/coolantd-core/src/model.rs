@@ -952,6 +952,37 @@ pub struct Snapshot {
     pub rack: Option<RackStatus>,
 }
 
+impl Snapshot {
+    /// What is served before the first tick: booting, nothing read yet, the configured set
+    /// point (NaN, JSON null, where there is none, as on a host agent).
+    pub fn before_first_tick(
+        site: &str,
+        host: &str,
+        dry_run: bool,
+        setpoint: f64,
+        time_ns: i64,
+    ) -> Snapshot {
+        Snapshot {
+            site: site.to_string(),
+            host: host.to_string(),
+            time_ns,
+            tick: 0,
+            dry_run,
+            mode: Mode::Auto,
+            state: ControlState::Boot,
+            setpoint,
+            controlled: None,
+            ready: false,
+            cdus: Vec::new(),
+            gpus: Vec::new(),
+            alarms: Vec::new(),
+            decisions: Vec::new(),
+            points: Vec::new(),
+            rack: None,
+        }
+    }
+}
+
 /// The controller's view of its rack: every remote host and the wire's counters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RackStatus {

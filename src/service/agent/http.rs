@@ -7,30 +7,13 @@
 //! is up and `degraded` while it is not (the guard still protects the GPUs), and ready when
 //! it is connected and read its GPUs; `/readyz` then names the active alarms.
 
-use crate::model::{Alarm, ControlState, GpuSample, GpuStatic, GpuStatus, Mode, Point, Snapshot};
+use crate::model::{Alarm, ControlState, GpuSample, GpuStatic, GpuStatus, Point, Snapshot};
 use crate::sink::schema::Ctx;
 
-/// The snapshot served before the first tick.
+/// The snapshot served before the first tick. The agent controls no temperature: no set
+/// point (JSON null).
 pub(super) fn empty_snapshot(site: &str, host: &str, dry_run: bool) -> Snapshot {
-    Snapshot {
-        site: site.to_string(),
-        host: host.to_string(),
-        time_ns: 0,
-        tick: 0,
-        dry_run,
-        mode: Mode::Auto,
-        state: ControlState::Boot,
-        // The agent controls no temperature: no set point (JSON null).
-        setpoint: f64::NAN,
-        controlled: None,
-        ready: false,
-        cdus: Vec::new(),
-        gpus: Vec::new(),
-        alarms: Vec::new(),
-        decisions: Vec::new(),
-        points: Vec::new(),
-        rack: None,
-    }
+    Snapshot::before_first_tick(site, host, dry_run, f64::NAN, 0)
 }
 
 /// What a tick shows.

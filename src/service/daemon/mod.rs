@@ -587,28 +587,12 @@ fn gpu_status(inventory: &[GpuStatic], s: &GpuSample) -> Option<GpuStatus> {
 }
 
 fn empty_snapshot(cfg: &Config, host: &str, dry_run: bool) -> Snapshot {
-    Snapshot {
-        site: cfg.site.name.clone(),
-        host: host.to_string(),
-        // Built once at start-up, before any tick: the only wall-clock read outside a `Now`.
-        time_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0),
-        tick: 0,
-        dry_run,
-        mode: crate::model::Mode::Auto,
-        state: crate::model::ControlState::Boot,
-        setpoint: 0.0,
-        controlled: None,
-        ready: false,
-        cdus: Vec::new(),
-        gpus: Vec::new(),
-        alarms: Vec::new(),
-        decisions: Vec::new(),
-        points: Vec::new(),
-        rack: None,
-    }
+    // Built once at start-up, before any tick: the only wall-clock read outside a `Now`.
+    let time_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    Snapshot::before_first_tick(&cfg.site.name, host, dry_run, cfg.control.setpoint, time_ns)
 }
 
 /// A one-line summary of a snapshot: the terminal status line and systemd's STATUS=.
