@@ -12,8 +12,11 @@
 #   COOLANTD  environment variable: the binary that checks the files (default
 #             target/release/coolantd)
 #   AGENT     environment variable: the agent's command, split on spaces (default
-#             target/release/coolantd-agent; "target/release/coolantd agent" measures the
-#             same agent inside the daemon's binary)
+#             target/agent/coolantd-agent, from `cargo build --profile agent --bin
+#             coolantd-agent`; "target/release/coolantd agent" measures the same agent
+#             inside the daemon's binary)
+#   BREAKDOWN environment variable: when set, each run ends with scripts/rss-breakdown.py
+#             on the agent (where its RSS is, and what it touched in 10 s), on stderr
 #
 # Needs the Debian packages victoria-metrics, mosquitto and curl, and python3 (free ports).
 set -euo pipefail
@@ -23,8 +26,8 @@ duration=${1:-120}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${COOLANTD:-$here/target/release/coolantd}
 [ -x "$bin" ] || { echo "error: $bin is missing; run cargo build --release first" >&2; exit 2; }
-read -r -a agent_cmd <<<"${AGENT:-$here/target/release/coolantd-agent}"
-[ -x "${agent_cmd[0]}" ] || { echo "error: ${agent_cmd[0]} is missing; run cargo build --release first" >&2; exit 2; }
+read -r -a agent_cmd <<<"${AGENT:-$here/target/agent/coolantd-agent}"
+[ -x "${agent_cmd[0]}" ] || { echo "error: ${agent_cmd[0]} is missing; run cargo build --profile agent --bin coolantd-agent first" >&2; exit 2; }
 vm_bin=${VICTORIA_METRICS:-/usr/bin/victoria-metrics}
 mosq_bin=${MOSQUITTO:-/usr/sbin/mosquitto}
 for b in "$vm_bin" "$mosq_bin"; do

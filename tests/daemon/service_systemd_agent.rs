@@ -107,7 +107,7 @@ fn agent_unit_has_the_settings_the_agent_relies_on() {
         "Cargo.toml [package.metadata.deb] ships the agent's unit"
     );
     assert!(
-        cargo.contains("[\"target/release/coolantd-agent\", \"usr/bin/\", \"755\"]"),
+        cargo.contains("[\"target/agent/coolantd-agent\", \"usr/bin/\", \"755\"]"),
         "Cargo.toml [package.metadata.deb] ships the agent's binary the unit runs"
     );
 }
