@@ -21,6 +21,8 @@ for f in config/example.toml config/agent.toml config/sim.toml README.md debian/
 done
 
 cargo build --release
+# The host agent's own binary, with its size-optimised profile ([profile.agent] in Cargo.toml).
+cargo build --profile agent --bin coolantd-agent
 bin=target/release/coolantd
 
 # Generated assets, from the binary just built, so they match its command line.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The host agent's footprint with and without its service parts: `coolantd agent` on 8
+# The host agent's footprint with and without its service parts: the agent on 8
 # simulated H200s at 1 Hz against a local Mosquitto, first bare (MQTT only), then with
 # [influx] (to a local VictoriaMetrics) and [http] (scraped once a second, as a busy
 # Prometheus would). Samples /proc/<pid>/status (VmRSS) and /proc/<pid>/stat (utime + stime)
@@ -9,7 +9,14 @@
 #
 # Usage: scripts/footprint-agent.sh [SECONDS]
 #   SECONDS   measured time per run after a 10 s warm-up (default 120)
-#   COOLANTD  environment variable: the binary (default target/release/coolantd)
+#   COOLANTD  environment variable: the binary that checks the files (default
+#             target/release/coolantd)
+#   AGENT     environment variable: the agent's command, split on spaces (default
+#             target/agent/coolantd-agent, from `cargo build --profile agent --bin
+#             coolantd-agent`; "target/release/coolantd agent" measures the same agent
+#             inside the daemon's binary)
+#   BREAKDOWN environment variable: when set, each run ends with scripts/rss-breakdown.py
+#             on the agent (where its RSS is, and what it touched in 10 s), on stderr
 #
 # Needs the Debian packages victoria-metrics, mosquitto and curl, and python3 (free ports).
 set -euo pipefail
@@ -19,6 +26,8 @@ duration=${1:-120}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${COOLANTD:-$here/target/release/coolantd}
 [ -x "$bin" ] || { echo "error: $bin is missing; run cargo build --release first" >&2; exit 2; }
+read -r -a agent_cmd <<<"${AGENT:-$here/target/agent/coolantd-agent}"
+[ -x "${agent_cmd[0]}" ] || { echo "error: ${agent_cmd[0]} is missing; run cargo build --profile agent --bin coolantd-agent first" >&2; exit 2; }
 vm_bin=${VICTORIA_METRICS:-/usr/bin/victoria-metrics}
 mosq_bin=${MOSQUITTO:-/usr/sbin/mosquitto}
 for b in "$vm_bin" "$mosq_bin"; do
@@ -112,7 +121,7 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 declare -A results
 for variant in bare service; do
     http_port=$(write_config "$variant" "$variant")
-    "$bin" agent --config "$work/$variant.toml" >"$work/$variant.log" 2>&1 &
+    "${agent_cmd[@]}" --config "$work/$variant.toml" >"$work/$variant.log" 2>&1 &
     pid=$!
     pids+=("$pid")
     sleep 10
@@ -133,6 +142,10 @@ for variant in bare service; do
         tick_ms=$(curl -s "http://127.0.0.1:$http_port/metrics" | awk '/^agent_tick_duration_ms/ { printf "%.3f", $2 }')
     fi
     rss_final=$(rss_kib "$pid")
+    if [ -n "${BREAKDOWN:-}" ]; then
+        echo "== $variant: where the RSS is (scripts/rss-breakdown.py) ==" >&2
+        python3 "$here/scripts/rss-breakdown.py" "$pid" --referenced 10 >&2
+    fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     cpu=$(awk -v d="$((t1 - t0))" -v hz="$clk_tck" -v s="$duration" 'BEGIN { printf "%.3f", 100 * d / hz / s }')
@@ -143,7 +156,9 @@ done
 series=$(curl -s "http://127.0.0.1:$vm_port/api/v1/export" --data-urlencode 'match[]={__name__="gpu_core_temp_c",host="node01"}' | wc -l)
 agent_points=$(curl -s "http://127.0.0.1:$vm_port/api/v1/export" --data-urlencode 'match[]={__name__="agent_seq"}' | python3 -c 'import json,sys; print(sum(len(json.loads(l)["values"]) for l in sys.stdin if l.strip()))')
 
-printf '\n%-36s %-12s %-14s %-16s %-14s\n' "agent, 8 GPUs at 1 Hz, ${duration} s" "RSS max MiB" "RSS final MiB" "CPU % one core" "tick ms (last)"
+echo
+echo "agent: ${agent_cmd[*]}"
+printf '%-36s %-12s %-14s %-16s %-14s\n' "agent, 8 GPUs at 1 Hz, ${duration} s" "RSS max MiB" "RSS final MiB" "CPU % one core" "tick ms (last)"
 read -r a b c d <<<"${results[bare]}"
 printf '%-36s %-12s %-14s %-16s %-14s\n' "MQTT only" "$a" "$b" "$c" "$d"
 read -r a b c d <<<"${results[service]}"

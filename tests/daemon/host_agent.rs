@@ -1,5 +1,5 @@
-//! `coolantd agent`, the real binary on simulated GPUs, against a real Mosquitto: what it
-//! publishes (readings, retained facts and status, the last will), how it applies and
+//! The host agent, the real binary on simulated GPUs (`coolantd-agent`, which the unit runs;
+//! `coolantd agent` where said), against a real Mosquitto: what it publishes (readings, retained facts and status, the last will), how it applies and
 //! acknowledges a cap lease, hands over to its local guard when the lease runs out, stays
 //! hands-off in dry run and restores the original limits on SIGTERM.
 
@@ -84,13 +84,23 @@ pub(crate) fn hot_agent_config(dir: &TempDir, broker: u16) -> std::path::PathBuf
     path
 }
 
+/// The agent's own binary, which `systemd/coolantd-agent.service` runs.
 pub(crate) fn spawn_agent(config: &std::path::Path, extra: &[&str]) -> DaemonProcess {
+    DaemonProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_coolantd-agent"))
+            .arg("--config")
+            .arg(config)
+            .args(extra),
+    )
+}
+
+/// The same agent as `coolantd agent`, the daemon binary's subcommand.
+fn spawn_agent_subcommand(config: &std::path::Path) -> DaemonProcess {
     DaemonProcess::spawn(
         Command::new(env!("CARGO_BIN_EXE_coolantd"))
             .arg("agent")
             .arg("--config")
-            .arg(config)
-            .args(extra),
+            .arg(config),
     )
 }
 
@@ -228,10 +238,23 @@ pub(crate) fn limit(r: &Readings, index: u32) -> f32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_publishes_readings_facts_and_status_and_its_will() {
+    publishes_readings_facts_and_status_and_its_will(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coolantd_agent_subcommand_publishes_the_same() {
+    publishes_readings_facts_and_status_and_its_will(true).await;
+}
+
+async fn publishes_readings_facts_and_status_and_its_will(subcommand: bool) {
     let broker = Mosquitto::start();
     let dir = TempDir::new("agent-publish");
     let cfg = agent_config(&dir, broker.port(), false);
-    let mut agent = spawn_agent(&cfg, &[]);
+    let mut agent = if subcommand {
+        spawn_agent_subcommand(&cfg)
+    } else {
+        spawn_agent(&cfg, &[])
+    };
     let mut sub = Wire::connect(broker.port(), "test-publish").await;
 
     let (facts, retained) = sub.next::<Facts>("facts", &agent).await;
@@ -471,6 +494,45 @@ fn check_config_tells_an_agent_file_and_names_its_bad_keys() {
         stderr.contains("agent.period_ms") && stderr.contains("agent.guard_raise_w_per_s"),
         "{stderr}"
     );
+}
+
+#[test]
+fn both_agent_binaries_refuse_a_bad_file_with_78_naming_the_key() {
+    let dir = TempDir::new("agent-refuse");
+    let cfg = agent_config(&dir, free_port(), false);
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace(&format!("period_ms = {PERIOD_MS}"), "period_ms = 5");
+    std::fs::write(&cfg, text).expect("write");
+    for (bin, sub) in [
+        (env!("CARGO_BIN_EXE_coolantd-agent"), None),
+        (env!("CARGO_BIN_EXE_coolantd"), Some("agent")),
+    ] {
+        let out = Command::new(bin)
+            .args(sub)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{bin} {sub:?}: {stderr}");
+        assert!(
+            stderr.contains("configuration refused") && stderr.contains("agent.period_ms"),
+            "{bin} {sub:?}: {stderr}"
+        );
+    }
+    // An unknown flag is a usage error (clap's 2) in both, before any file is read.
+    for (bin, sub) in [
+        (env!("CARGO_BIN_EXE_coolantd-agent"), None),
+        (env!("CARGO_BIN_EXE_coolantd"), Some("agent")),
+    ] {
+        let out = Command::new(bin)
+            .args(sub)
+            .arg("--no-such-flag")
+            .output()
+            .expect("run the agent");
+        assert_eq!(out.status.code(), Some(2), "{bin} {sub:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

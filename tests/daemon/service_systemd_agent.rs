@@ -8,6 +8,7 @@ use std::process::Command;
 
 const UNIT: &str = include_str!("../../systemd/coolantd-agent.service");
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
+const AGENT_BIN: &str = env!("CARGO_BIN_EXE_coolantd-agent");
 
 /// The daemon's unit is held to 2.5 (`service_systemd.rs`); the agent's sandbox is the same
 /// or tighter (no serial ports).
@@ -23,11 +24,17 @@ fn analyze(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The unit with `/usr/bin/coolantd` replaced by an existing executable, under its own name.
+/// The unit with `/usr/bin/coolantd-agent` and `/usr/bin/coolantd` replaced by the built
+/// executables, under its own name.
 fn unit_copy(tag: &str) -> (TempDir, PathBuf) {
     let dir = TempDir::new(&format!("agent-unit-{tag}"));
     let path = dir.path().join("coolantd-agent.service");
-    std::fs::write(&path, UNIT.replace("/usr/bin/coolantd", BIN)).expect("write unit copy");
+    std::fs::write(
+        &path,
+        UNIT.replace("/usr/bin/coolantd-agent ", &format!("{AGENT_BIN} "))
+            .replace("/usr/bin/coolantd ", &format!("{BIN} ")),
+    )
+    .expect("write unit copy");
     (dir, path)
 }
 
@@ -81,7 +88,7 @@ fn agent_unit_has_the_settings_the_agent_relies_on() {
     assert_eq!(service_value("RestartPreventExitStatus"), "78");
     assert_eq!(
         service_value("ExecStart"),
-        "/usr/bin/coolantd agent --config /etc/coolantd/agent.toml"
+        "/usr/bin/coolantd-agent --config /etc/coolantd/agent.toml"
     );
     assert_eq!(
         service_value("ExecStartPre"),
@@ -98,6 +105,10 @@ fn agent_unit_has_the_settings_the_agent_relies_on() {
     assert!(
         cargo.contains("\"systemd/coolantd-agent.service\""),
         "Cargo.toml [package.metadata.deb] ships the agent's unit"
+    );
+    assert!(
+        cargo.contains("[\"target/agent/coolantd-agent\", \"usr/bin/\", \"755\"]"),
+        "Cargo.toml [package.metadata.deb] ships the agent's binary the unit runs"
     );
 }
 
