@@ -126,9 +126,8 @@ const DEFAULT_AGENT_CONFIG: &str = "/etc/coolantd/agent.toml";
 /// sysexits(3) EX_UNAVAILABLE: `check-config --connect` could not reach a peer.
 const EX_UNAVAILABLE: u8 = 69;
 
-/// sysexits(3) EX_CONFIG: the unit's `RestartPreventExitStatus=78` stops systemd from
-/// restarting a daemon whose configuration is broken.
-const EX_CONFIG: u8 = 78;
+/// sysexits(3) EX_CONFIG (`service::EX_CONFIG`).
+const EX_CONFIG: u8 = service::EX_CONFIG;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -269,20 +268,7 @@ fn main() -> ExitCode {
 /// itself was accepted (a broken firmware profile, found when `run` loads the profiles) is
 /// EX_CONFIG too: a restart cannot fix it, and `RestartPreventExitStatus=78` relies on it.
 fn exit_code(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // Printed once, on stderr, which the journal records too: logging it as well
-            // showed every start-up failure twice.
-            if e.chain().any(|c| c.is::<coolantd::config::ConfigError>()) {
-                eprintln!("coolantd: configuration refused:\n{e:#}");
-                ExitCode::from(EX_CONFIG)
-            } else {
-                eprintln!("coolantd: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
-    }
+    service::exit_code("coolantd", result)
 }
 
 /// `coolantd generate-man DIR`: coolantd.1 and coolantd-<command>.1 for each visible command.
@@ -546,26 +532,5 @@ fn check_agent_config(path: &std::path::Path, connect: bool) -> ExitCode {
 
 /// `coolantd agent`: the host agent (see `service::agent`).
 fn agent(config: &std::path::Path, dry_run: bool) -> ExitCode {
-    let cfg = match coolantd::config::AgentFile::load(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("coolantd: configuration refused:\n{e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    service::logging::init(&cfg.logging);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("coolantd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(service::agent::run(cfg, dry_run));
-    rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    exit_code(result)
+    service::agent::main(config, dry_run, "coolantd")
 }

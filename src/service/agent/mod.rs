@@ -30,6 +30,7 @@ use crate::link::mqtt::{MqttConfig, WireIncoming, WireLink, WireLinkOptions};
 use crate::model::{ActuationError, GpuKey, GpuSample, GpuStatic, Mono};
 use crate::profile::gpu::GpuProfiles;
 use crate::service::daemon::actuate::{restore_recorded, set_gpu_power_limit};
+use crate::service::daemon::serve::{first_tick, period_timer};
 use crate::service::limits::LimitStore;
 use crate::sim::runtime::SimRuntime;
 use crate::units::Watts;
@@ -37,7 +38,8 @@ use crate::wire::{
     self, CapAck, CapLease, Facts, GpuFacts, GpuReading, Kind, Readings, Status, Topic, VERSION,
 };
 use anyhow::Context as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
@@ -45,19 +47,48 @@ use tokio::signal::unix::{signal, SignalKind};
 /// How long the session may take to say goodbye on exit.
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
 
+/// The whole of `coolantd agent` and of the `coolantd-agent` binary: load the file (refused:
+/// exit 78), start logging and the runtime, run, and turn the outcome into an exit status;
+/// `prog` names the program in what it prints.
+pub fn main(config: &Path, dry_run: bool, prog: &str) -> ExitCode {
+    let cfg = match AgentFile::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{prog}: configuration refused:\n{e}");
+            return ExitCode::from(crate::service::EX_CONFIG);
+        }
+    };
+    crate::service::logging::init(&cfg.logging);
+    // Two workers: a current-thread runtime saved 80 KiB of thread stacks and nothing
+    // measurable in resident code (docs/scale.md), and with it a slow NVML call in the tick
+    // would also hold up the MQTT session and the HTTP endpoint.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{prog}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cfg, dry_run));
+    // A blocking NVML call or DNS lookup still running must not hold the exit past what
+    // systemd's TimeoutStopSec allows.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    crate::service::exit_code(prog, result)
+}
+
 /// Runs the agent until SIGTERM or SIGINT; restores the recorded limits before returning.
 pub async fn run(cfg: AgentFile, dry_run_flag: bool) -> anyhow::Result<()> {
     let mut agent = Agent::start(cfg, dry_run_flag).await?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // Readings leave on the wall clock's period boundaries, where the rack controllers
-    // expect them (`remote::phase`); Skip keeps that grid after a late tick.
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let first = crate::remote::phase::until_phase(wall, agent.period, Duration::ZERO);
-    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + first, agent.period);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Readings leave on the wall clock's period boundaries (phase 0), where the rack
+    // controllers expect them (`remote::phase`); the daemon's period timer keeps that grid
+    // after a late tick.
+    let mut timer = period_timer(agent.period, first_tick(agent.period, Some(Duration::ZERO)));
     loop {
         tokio::select! {
             biased;

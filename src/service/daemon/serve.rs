@@ -53,7 +53,7 @@ fn fits_watchdog(
 
 /// The control period's timer, first firing at `start`. A tick that overruns skips the
 /// ticks it missed rather than bunching them up.
-fn period_timer(period: Duration, start: tokio::time::Instant) -> tokio::time::Interval {
+pub(crate) fn period_timer(period: Duration, start: tokio::time::Instant) -> tokio::time::Interval {
     let mut timer = tokio::time::interval_at(start, period);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     timer
@@ -63,7 +63,7 @@ fn period_timer(period: Duration, start: tokio::time::Instant) -> tokio::time::I
 /// wall clock's period grid (`remote::phase`), so that it decides shortly after its agents
 /// publish. Read once per timer: the monotonic timer then keeps the grid (NTP slews both
 /// clocks alike; a stepped wall clock is followed at the next reload that sets a timer).
-fn first_tick(period: Duration, phase: Option<Duration>) -> tokio::time::Instant {
+pub(crate) fn first_tick(period: Duration, phase: Option<Duration>) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     let Some(offset) = phase else { return now };
     let wall = SystemTime::now()
