@@ -20,9 +20,10 @@ const UNIT: &str = include_str!("../../systemd/coolantd.service");
 
 /// Exposure `systemd-analyze security` gives the unit today (2.2 with systemd 252), plus a
 /// little slack for scoring changes between systemd versions.
-const MAX_EXPOSURE: f64 = 2.5;
+pub(super) const MAX_EXPOSURE: f64 = 2.5;
 
-fn analyze(args: &[&str]) -> (bool, String) {
+/// Runs `systemd-analyze ARGS`: whether it succeeded, and what it printed on both streams.
+pub(super) fn analyze(args: &[&str]) -> (bool, String) {
     let out = Command::new("systemd-analyze")
         .args(args)
         .output()

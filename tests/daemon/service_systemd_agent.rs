@@ -2,6 +2,8 @@
 //! systemd's own tools (`systemd-analyze verify` and `security --offline`), and the
 //! `ExecStopPost=` it relies on: `coolantd restore` with the agent's file.
 
+// The agent's sandbox is the daemon's or tighter (no serial ports): the same bound.
+use super::service_systemd::{analyze, MAX_EXPOSURE};
 use coolantd_testkit::TempDir;
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,20 +11,6 @@ use std::process::Command;
 const UNIT: &str = include_str!("../../systemd/coolantd-agent.service");
 const BIN: &str = env!("CARGO_BIN_EXE_coolantd");
 const AGENT_BIN: &str = env!("CARGO_BIN_EXE_coolantd-agent");
-
-/// The daemon's unit is held to 2.5 (`service_systemd.rs`); the agent's sandbox is the same
-/// or tighter (no serial ports).
-const MAX_EXPOSURE: f64 = 2.5;
-
-fn analyze(args: &[&str]) -> (bool, String) {
-    let out = Command::new("systemd-analyze")
-        .args(args)
-        .output()
-        .expect("systemd-analyze runs (Debian package `systemd`)");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 /// The unit with `/usr/bin/coolantd-agent` and `/usr/bin/coolantd` replaced by the built
 /// executables, under its own name.
